@@ -1,0 +1,75 @@
+"""Predictions of one member (or one blend) on one split: ids, class order, probabilities.
+
+numpy only, so that ensembles, submissions and the leaderboard never import torch.
+Saved as .npz; written atomically so that a reader never sees half a file.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Predictions:
+    ids: np.ndarray  # (n,) str
+    probs: np.ndarray  # (n, C) float32, rows sum to 1
+    classes: tuple  # class names, in column order of probs
+    labels: np.ndarray | None = None  # (n,) int index into classes, when known (validation / out-of-fold)
+
+    def __post_init__(self):
+        ids = np.asarray(self.ids).astype(str)
+        probs = np.asarray(self.probs, dtype=np.float32)
+        object.__setattr__(self, "ids", ids)
+        object.__setattr__(self, "probs", probs)
+        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+        if self.labels is not None:
+            object.__setattr__(self, "labels", np.asarray(self.labels, dtype=np.int64))
+        if probs.ndim != 2 or probs.shape != (len(ids), len(self.classes)):
+            raise ValueError(
+                f"probs must have shape (n_ids, n_classes) = ({len(ids)}, {len(self.classes)}), got {probs.shape}")
+        if self.labels is not None and self.labels.shape != (len(ids),):
+            raise ValueError(f"labels must have shape ({len(ids)},), got {self.labels.shape}")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def reorder(self, ids) -> "Predictions":
+        """The same predictions in the order of `ids` (which must all be present)."""
+        ids = np.asarray(ids).astype(str)
+        index = {k: i for i, k in enumerate(self.ids)}
+        missing = [k for k in ids if k not in index]
+        if missing:
+            raise KeyError(f"{len(missing)} ids have no prediction, e.g. {missing[:3]}")
+        rows = np.array([index[k] for k in ids], dtype=np.int64)
+        labels = None if self.labels is None else self.labels[rows]
+        return Predictions(ids, self.probs[rows], self.classes, labels)
+
+
+def save_predictions(pred: Predictions, path) -> Path:
+    path = Path(path)
+    arrays = dict(ids=pred.ids, probs=pred.probs, classes=np.asarray(pred.classes, dtype=str))
+    if pred.labels is not None:
+        arrays["labels"] = pred.labels
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp.npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_predictions(path) -> Predictions:
+    with np.load(path, allow_pickle=False) as z:
+        labels = z["labels"] if "labels" in z.files else None
+        return Predictions(z["ids"], z["probs"], tuple(z["classes"].tolist()), labels)
