@@ -1,0 +1,319 @@
+"""Blend member predictions into one: mean, geometric mean, rank average, fitted weights, greedy selection.
+
+numpy/scipy only (no torch), so a blend can be redone from saved predictions on any machine.
+Every blend returns rows that sum to 1 with no NaN. Fitted methods are also scored by a nested
+estimate (fit on all folds but one, score the held-out fold), because weights scored on the rows
+they were fitted on look better than they will on the leaderboard.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import optimize, special, stats
+
+from kit.metrics import better, get_metric, score
+from kit.predictions import Predictions
+
+EPS = 1e-15  # the clip of kit.metrics' log loss; log(1e-15) = -34.5 bounds one row's loss
+BLEND_METHODS = ("mean", "gmean", "rank", "weighted")
+METHODS = ("mean", "gmean", "rank", "weights", "greedy")  # what evaluate_methods compares, simplest first
+FITTED = ("weights", "greedy")
+_BLEND_OF = {"mean": "mean", "gmean": "gmean", "rank": "rank", "weights": "weighted", "greedy": "weighted"}
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    method: str
+    weights: np.ndarray  # (n_members,), sums to 1; uniform for mean/gmean/rank
+    oof_score: float  # blend fitted and scored on all oof rows: optimistic for fitted methods
+    nested_score: float  # fitted on other folds, scored on held-out rows; equals oof_score when nothing is fitted
+
+
+# ---------------------------------------------------------------- checks
+
+def check_aligned(preds: list[Predictions]) -> None:
+    """Blending rows of different images, or columns of different classes, gives a plausible-looking wrong answer."""
+    if not preds:
+        raise ValueError("no member predictions to blend; pass at least one Predictions")
+    ref = preds[0]
+    for i, p in enumerate(preds[1:], start=1):
+        if p.classes != ref.classes:
+            raise ValueError(f"member {i} has classes {list(p.classes)} but member 0 has {list(ref.classes)}; "
+                             "blend only members trained with the same class order")
+        if len(p.ids) == len(ref.ids) and np.array_equal(p.ids, ref.ids):
+            continue
+        if len(p.ids) == len(ref.ids) and set(p.ids) == set(ref.ids):
+            raise ValueError(f"member {i} has the ids of member 0 in a different order; "
+                             f"align it with member.reorder(members[0].ids)")
+        missing = sorted(set(ref.ids) - set(p.ids))[:3]
+        extra = sorted(set(p.ids) - set(ref.ids))[:3]
+        raise ValueError(f"member {i} has {len(p.ids)} ids, member 0 has {len(ref.ids)}; ids of member 0 missing "
+                         f"from member {i}, e.g. {missing}; ids only in member {i}, e.g. {extra}. "
+                         "Blend predictions of the same split")
+
+
+def oof_labels(preds: list[Predictions]) -> np.ndarray:
+    """The true labels carried by out-of-fold predictions; members must agree on them."""
+    labelled = [(i, p.labels) for i, p in enumerate(preds) if p.labels is not None]
+    if not labelled:
+        raise ValueError("out-of-fold predictions carry no labels; save them with Predictions(..., labels=y)")
+    i0, y = labelled[0]
+    for i, labels in labelled[1:]:
+        if not np.array_equal(labels, y):
+            raise ValueError(f"member {i} has different labels from member {i0} on the same ids")
+    return y
+
+
+def _stack(probs_list) -> np.ndarray:
+    if len(probs_list) == 0:
+        raise ValueError("no member probabilities to blend")
+    arrays = [np.asarray(p, dtype=np.float64) for p in probs_list]
+    for i, a in enumerate(arrays):
+        if a.ndim != 2 or a.shape != arrays[0].shape:
+            raise ValueError(f"member {i} probabilities have shape {a.shape}, member 0 has {arrays[0].shape}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"member {i} probabilities contain NaN or inf")
+    return np.stack(arrays)  # (members, rows, classes)
+
+
+def _normalise_weights(weights, n_members: int, required: bool = False) -> np.ndarray:
+    if weights is None:
+        if required:
+            raise ValueError("method 'weighted' needs weights; fit them with fit_weights or greedy_select")
+        return np.full(n_members, 1.0 / n_members)
+    w = np.asarray(weights, dtype=np.float64).ravel()
+    if w.shape != (n_members,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError(f"weights must be {n_members} finite non-negative numbers with a positive sum, got {w}")
+    return w / w.sum()
+
+
+def _renormalise(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 0.0, None)
+    s = p.sum(axis=1, keepdims=True)
+    bad = ~np.isfinite(s[:, 0]) | (s[:, 0] <= 0)
+    p = np.where(bad[:, None], 1.0, p)  # a row with no mass left becomes uniform rather than NaN
+    return p / p.sum(axis=1, keepdims=True)
+
+
+# ---------------------------------------------------------------- blends
+
+def _ranks(P: np.ndarray) -> np.ndarray:
+    """Per member and class column, rank over rows scaled to (0, 1]: rank / n_rows.
+
+    Dividing by n (not n - 1) keeps the lowest row above 0, so no row of the blend is all zeros.
+    """
+    return stats.rankdata(P, axis=1) / P.shape[1]
+
+
+def blend(probs_list, method: str, weights=None) -> np.ndarray:
+    """Combine member probabilities; `weights` (uniform when None) apply to every method.
+
+    gmean: exp of the weighted mean log-probability, so one confident member cannot veto the others
+    through a 0 (clipped to 1e-15). rank: mean of per-column ranks, renormalised; it ignores each
+    member's calibration (any strictly increasing transform of a member's column gives the same blend),
+    so its rows are usable as probabilities for argmax metrics but are poorly calibrated for log loss.
+    """
+    P = _stack(probs_list)
+    w = _normalise_weights(weights, len(P), required=(method == "weighted"))
+    if method in ("mean", "weighted"):
+        out = np.tensordot(w, P, axes=1)
+    elif method == "gmean":
+        logp = np.tensordot(w, np.log(np.clip(P, EPS, 1.0)), axes=1)
+        out = np.exp(logp - logp.max(axis=1, keepdims=True))  # shift so the largest entry is exp(0) = 1
+    elif method == "rank":
+        out = np.tensordot(w, _ranks(P), axes=1)
+    else:
+        raise ValueError(f"unknown blend method {method!r}; valid methods: {', '.join(BLEND_METHODS)}")
+    return _renormalise(out)
+
+
+def fit_weights(oof_probs_list, y, metric: str = "log_loss") -> np.ndarray:
+    """Non-negative weights summing to 1 for the weighted mean, minimising log loss on the oof rows.
+
+    Log loss is minimised whatever `metric` is: it is smooth and, for a weighted mean of probabilities,
+    convex in the weights, so SLSQP on the simplex finds the optimum. Accuracy and F1 are piecewise
+    constant in the weights (zero gradient almost everywhere) and would leave the optimiser where it
+    started. Use greedy_select to optimise such a metric directly.
+    """
+    get_metric(metric)  # an unknown name fails here, listing the valid ones
+    P = _stack(oof_probs_list)
+    y = np.asarray(y, dtype=np.int64)
+    n_members = len(P)
+    if n_members == 1:
+        return np.ones(1)
+    q = P[:, np.arange(len(y)), y]  # (members, rows): probability each member gives the true class
+
+    def loss_and_grad(w):
+        mix = np.maximum(w @ q, EPS)
+        return -np.mean(np.log(mix)), -(q / mix).mean(axis=1)
+
+    res = optimize.minimize(
+        loss_and_grad, np.full(n_members, 1.0 / n_members), jac=True, method="SLSQP",
+        bounds=[(0.0, 1.0)] * n_members,
+        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones_like(w)}],
+        options={"ftol": 1e-10, "maxiter": 500})
+    w = np.clip(res.x, 0.0, None)
+    return w / w.sum() if np.all(np.isfinite(w)) and w.sum() > 0 else np.full(n_members, 1.0 / n_members)
+
+
+def _scorer(metric: str):
+    """(fn(y, probs) -> float, higher_is_better); numpy fast paths because greedy calls it ~10^4 times."""
+    m = get_metric(metric)
+    if metric == "log_loss":
+        return (lambda y, p: float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], EPS, 1.0))))), False
+    if metric == "accuracy":
+        return (lambda y, p: float(np.mean(np.argmax(p, axis=1) == y))), True
+    return m.fn, m.higher_is_better
+
+
+def _forward_select(P, y, scorer, n_iter: int, init_best: int) -> np.ndarray:
+    """Counts of one greedy run: start from the init_best best single members, then add (with replacement)
+    whichever member most improves the blend; keep the counts at the best step seen (ties: the earliest)."""
+    fn, higher = scorer
+    n_members = len(P)
+    singles = np.array([fn(y, P[m]) for m in range(n_members)])
+    order = np.argsort(-singles if higher else singles, kind="stable")
+    counts = np.zeros(n_members, dtype=np.int64)
+    counts[order[:max(1, min(init_best, n_members))]] = 1
+    total = np.tensordot(counts, P, axes=1)
+    best_counts, best = counts.copy(), fn(y, total / counts.sum())
+    for _ in range(n_iter):
+        k = counts.sum()
+        cand = np.array([fn(y, (total + P[m]) / (k + 1)) for m in range(n_members)])
+        m = int(np.argmax(cand) if higher else np.argmin(cand))  # ties: the lowest index, so runs are repeatable
+        counts[m] += 1
+        total += P[m]
+        if (cand[m] > best) if higher else (cand[m] < best):
+            best_counts, best = counts.copy(), cand[m]
+    return best_counts
+
+
+def greedy_select(oof_probs_list, y, metric: str = "log_loss", n_iter: int = 50, init_best: int = 1,
+                  bagging: int = 20, bag_fraction: float = 0.5, seed: int = 0) -> np.ndarray:
+    """Caruana et al. (2004) ensemble selection, optimising `metric` itself; returns normalised counts.
+
+    Refinements from the paper: sorted initialisation (start from the `init_best` best single members) and
+    bagged selection (`bagging` runs, each over a random `bag_fraction` of the members, weights averaged),
+    which keeps one lucky member from taking all the weight. A bag holds at least 2 members (a bag of one
+    selects it unconditionally), so with 2 members bagging is skipped; with 3, each bag holds 2.
+    """
+    P = _stack(oof_probs_list)
+    y = np.asarray(y, dtype=np.int64)
+    scorer = _scorer(metric)
+    n_members = len(P)
+    bag_size = min(n_members, max(2, int(np.ceil(bag_fraction * n_members))))
+    if bagging <= 1 or bag_size >= n_members:
+        counts = _forward_select(P, y, scorer, n_iter, init_best)
+        return counts / counts.sum()
+    rng = np.random.default_rng(seed)
+    weights = np.zeros(n_members)
+    for _ in range(bagging):
+        members = np.sort(rng.choice(n_members, size=bag_size, replace=False))
+        counts = _forward_select(P[members], y, scorer, n_iter, init_best)
+        weights[members] += counts / counts.sum()
+    return weights / weights.sum()
+
+
+# ---------------------------------------------------------------- calibration
+
+def _tempered_log(probs, T: float) -> np.ndarray:
+    z = np.log(np.clip(np.asarray(probs, dtype=np.float64), EPS, 1.0)) / T
+    return z - special.logsumexp(z, axis=1, keepdims=True)
+
+
+def temperature_scale(probs, y) -> float:
+    """Temperature T minimising the log loss of p^(1/T) renormalised: T > 1 softens overconfident probabilities.
+
+    Searched over T in [0.05, 20] on a log scale; fit it on out-of-fold probabilities, never on test.
+    """
+    y = np.asarray(y, dtype=np.int64)
+    rows = np.arange(len(y))
+    res = optimize.minimize_scalar(lambda log_t: -np.mean(_tempered_log(probs, np.exp(log_t))[rows, y]),
+                                   bounds=(np.log(0.05), np.log(20.0)), method="bounded",
+                                   options={"xatol": 1e-6})
+    return float(np.exp(res.x))
+
+
+def apply_temperature(probs, T: float) -> np.ndarray:
+    if not (np.isfinite(T) and T > 0):
+        raise ValueError(f"temperature must be a positive number, got T={T}")
+    return np.exp(_tempered_log(probs, T))
+
+
+# ---------------------------------------------------------------- honest comparison
+
+def _stratified_halves(y: np.ndarray, seed: int) -> np.ndarray:
+    """Fold 0/1 per row, each class split evenly; the running offset spreads odd class sizes over both halves."""
+    rng = np.random.default_rng(seed)
+    folds = np.empty(len(y), dtype=np.int64)
+    offset = 0
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        folds[idx] = (np.arange(len(idx)) + offset) % 2
+        offset += len(idx)
+    return folds
+
+
+def _fit(method: str, probs_list, y, metric: str, seed: int, greedy_options: dict) -> np.ndarray:
+    if method == "weights":
+        return fit_weights(probs_list, y, metric)
+    if method == "greedy":
+        return greedy_select(probs_list, y, metric, seed=seed, **greedy_options)
+    return np.full(len(probs_list), 1.0 / len(probs_list))
+
+
+def evaluate_methods(oof: list[Predictions], metric: str, folds=None, methods=METHODS, seed: int = 0,
+                     greedy_options: dict | None = None) -> dict[str, MethodResult]:
+    """Score every method on out-of-fold predictions, with a nested score for the fitted ones.
+
+    `folds` gives each oof row's fold (from the member training); None means a single holdout, which is
+    split into two stratified halves (seeded) for the nested estimate. Rows that sum to 1 are scored with
+    kit.metrics, so numbers here match the leaderboard's.
+    """
+    check_aligned(oof)
+    y = oof_labels(oof)
+    get_metric(metric)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown ensemble methods {unknown}; valid methods: {', '.join(METHODS)}")
+    folds = _stratified_halves(y, seed) if folds is None else np.asarray(folds)
+    if folds.shape != y.shape:
+        raise ValueError(f"folds must give one fold per oof row: shape {y.shape}, got {folds.shape}")
+    if len(np.unique(folds)) < 2:
+        raise ValueError("the nested score needs at least 2 folds; pass folds=None to split a holdout in halves")
+    P = [p.probs for p in oof]
+    greedy_options = dict(greedy_options or {})
+    results = {}
+    for method in methods:
+        w = _fit(method, P, y, metric, seed, greedy_options)
+        oof_score = score(metric, y, blend(P, _BLEND_OF[method], w))
+        nested_score = oof_score
+        if method in FITTED:
+            held_out = np.empty(P[0].shape, dtype=np.float64)
+            for f in np.unique(folds):
+                test = folds == f
+                wf = _fit(method, [p[~test] for p in P], y[~test], metric, seed, greedy_options)
+                held_out[test] = blend([p[test] for p in P], "weighted", wf)
+            nested_score = score(metric, y, held_out)
+        results[method] = MethodResult(method, w, oof_score, nested_score)
+    return results
+
+
+def choose_method(results: dict[str, MethodResult], metric: str) -> str:
+    """The method with the best nested score; on a tie the one listed first (the simpler, in METHODS order)."""
+    if not results:
+        raise ValueError("no method results to choose from; run evaluate_methods first")
+    best = None
+    for name, r in results.items():
+        if best is None or better(metric, r.nested_score, results[best].nested_score):
+            best = name
+    return best
+
+
+def apply_method(test_probs_list, result: MethodResult, method: str | None = None) -> np.ndarray:
+    """Blend test probabilities with a fitted result: ranks are taken within the test rows, gmean is weighted."""
+    method = method or result.method
+    if method not in _BLEND_OF:
+        raise ValueError(f"unknown ensemble method {method!r}; valid methods: {', '.join(METHODS)}")
+    return blend(test_probs_list, _BLEND_OF[method], result.weights)

@@ -1,0 +1,297 @@
+"""The store: one table of results, each row with what produced it. SQLAlchemy Core, so any URL works."""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import random
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field, fields
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+from sqlalchemy import (Column, DateTime, Float, Integer, MetaData, String, Table, Text, create_engine, inspect,
+                        insert, select)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from kit.metrics import get_metric
+
+KINDS = ("member", "tta", "ensemble", "trial", "submission")
+URL_ENV = "KIT_LEADERBOARD_URL"
+DEFAULT_PATH = Path("leaderboard") / "leaderboard.sqlite"  # under the current working directory
+_JSON_FIELDS = ("recipe", "scores", "versions", "extra")
+# Keys dropped from the recipe before hashing config_key: runs that differ only in these are "the same configuration".
+_SEED_KEYS = frozenset({"seed", "seeds", "random_state"})
+
+
+@dataclass(kw_only=True)
+class Entry:
+    """One result. `score` is the primary (validation / out-of-fold) value of `metric`; `scores` holds every metric.
+
+    Conventions read by the plots: a "tta" entry is named after its member and carries `tta_mode` ("none" for
+    the plain prediction); an "ensemble" entry may carry extra["n_members"]; a "trial" entry may carry
+    extra["trial"] (Optuna's trial number) and extra["params"]; extra["fold"], when set, is part of config_key.
+    """
+    kind: str
+    name: str
+    metric: str
+    score: float | None
+    recipe_name: str | None = None
+    recipe_hash: str | None = None
+    recipe: dict | None = None  # the resolved recipe
+    backbone: str | None = None
+    strategy: str | None = None
+    seed: int | None = None
+    fold_scheme: str | None = None  # "holdout", "kfold5", ...
+    tta_mode: str | None = None
+    blend_method: str | None = None
+    scores: dict = field(default_factory=dict)
+    public_score: float | None = None
+    private_score: float | None = None
+    wall_time_s: float | None = None
+    device: str | None = None
+    versions: dict = field(default_factory=dict)  # environment()["versions"]
+    git_commit: str | None = None
+    run_dir: str | None = None
+    created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    extra: dict = field(default_factory=dict)
+    config_key: str | None = None  # same configuration except the seed; computed when None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"Entry kind must be one of {', '.join(KINDS)}; got {self.kind!r}")
+        get_metric(self.metric)  # fails early, listing the valid metric names
+        for name in ("score", "public_score", "private_score", "wall_time_s"):
+            setattr(self, name, _float_or_none(getattr(self, name)))
+        self.seed = None if _missing(self.seed) else int(self.seed)
+        if self.run_dir is not None:
+            self.run_dir = str(self.run_dir)
+        self.created_at = _utc(self.created_at)
+        if self.config_key is None:
+            self.config_key = compute_config_key(self)
+
+    @classmethod
+    def from_row(cls, row) -> "Entry":
+        """An Entry from a row of query() (a mapping or a pandas Series); the row's id is dropped."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: None if _missing(v) else v for k, v in dict(row).items() if k in names})
+
+    def to_row(self) -> dict:
+        row = asdict(self)
+        for name in _JSON_FIELDS:
+            row[name] = None if row[name] is None else json.dumps(row[name], default=_json_default)
+        row["created_at"] = self.created_at.replace(tzinfo=None)  # stored as naive UTC: same in SQLite and PostgreSQL
+        return row
+
+
+def compute_config_key(entry: Entry) -> str:
+    """A 16-hex-digit hash of everything that defines a configuration except its seed."""
+    parts = dict(kind=entry.kind, recipe_name=entry.recipe_name, backbone=entry.backbone, strategy=entry.strategy,
+                 fold_scheme=entry.fold_scheme, tta_mode=entry.tta_mode, blend_method=entry.blend_method,
+                 recipe=_drop_seeds(entry.recipe), fold=(entry.extra or {}).get("fold"))
+    text = json.dumps(parts, sort_keys=True, default=_json_default)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+_metadata = MetaData()
+_table = Table(
+    "kit_leaderboard", _metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False, index=True),
+    Column("name", String(255), nullable=False),
+    Column("config_key", String(16), nullable=False, index=True),
+    Column("recipe_name", String(255), index=True),
+    Column("recipe_hash", String(64)),
+    Column("recipe", Text),
+    Column("backbone", String(255), index=True),
+    Column("strategy", String(64)),
+    Column("seed", Integer),
+    Column("fold_scheme", String(32)),
+    Column("tta_mode", String(32)),
+    Column("blend_method", String(32)),
+    Column("metric", String(32), nullable=False, index=True),
+    Column("score", Float),
+    Column("scores", Text),
+    Column("public_score", Float),
+    Column("private_score", Float),
+    Column("wall_time_s", Float),
+    Column("device", String(255)),
+    Column("versions", Text),
+    Column("git_commit", String(64)),
+    Column("run_dir", Text),
+    Column("created_at", DateTime, nullable=False, index=True),
+    Column("extra", Text),
+)
+COLUMNS = [c.name for c in _table.columns]
+
+
+def resolve_url(url=None) -> str:
+    """url, else $KIT_LEADERBOARD_URL, else leaderboard/leaderboard.sqlite under the cwd. A plain path means SQLite."""
+    url = url or os.environ.get(URL_ENV) or DEFAULT_PATH.resolve()
+    url = str(url)
+    return url if "://" in url else f"sqlite:///{Path(url).expanduser().resolve()}"
+
+
+def record(entries: list[Entry], url=None) -> list[int]:
+    """Insert all entries in one transaction (all or none) and return their ids. Creates the table on first use."""
+    if isinstance(entries, Entry):
+        entries = [entries]
+    rows = [e.to_row() for e in entries]
+    engine = _engine(resolve_url(url), create_dir=True)
+
+    def attempt():
+        _create_table(engine)
+        with engine.begin() as conn:
+            return [conn.execute(insert(_table).values(**row)).inserted_primary_key[0] for row in rows]
+
+    try:
+        return _retry_when_locked(attempt)
+    finally:
+        engine.dispose()
+
+
+def query(url=None, *, metric=None, kind=None, recipe=None, backbone=None, since=None, until=None) -> pd.DataFrame:
+    """Entries as a DataFrame (one row each, id first), oldest first. kind/recipe/backbone take a name or a list;
+    since/until take a datetime or an ISO string (naive means UTC); since is inclusive, until exclusive."""
+    url = resolve_url(url)
+    sqlite_path = make_url(url).database if make_url(url).get_backend_name() == "sqlite" else None
+    if sqlite_path and sqlite_path != ":memory:" and not Path(sqlite_path).exists():
+        return _frame([])  # don't create an empty database file just to read it
+    stmt = select(_table).order_by(_table.c.id)
+    for column, wanted in ((_table.c.metric, metric), (_table.c.kind, kind), (_table.c.recipe_name, recipe),
+                           (_table.c.backbone, backbone)):
+        if wanted is not None:
+            stmt = stmt.where(column.in_([wanted] if isinstance(wanted, str) else list(wanted)))
+    if since is not None:
+        stmt = stmt.where(_table.c.created_at >= _utc(since).replace(tzinfo=None))
+    if until is not None:
+        stmt = stmt.where(_table.c.created_at < _utc(until).replace(tzinfo=None))
+    engine = _engine(url)
+    try:
+        if not _retry_when_locked(lambda: inspect(engine).has_table(_table.name)):
+            return _frame([])
+        with engine.connect() as conn:
+            rows = _retry_when_locked(lambda: [dict(r) for r in conn.execute(stmt).mappings()])
+    finally:
+        engine.dispose()
+    return _frame(rows)
+
+
+def environment() -> dict:
+    """{"versions": {...}, "git_commit": ...}, ready to splat into Entry(...). Reads package metadata only,
+    so torch & co. are not imported. git_commit ends in "-dirty" when the work tree has uncommitted changes."""
+    versions = {"python": platform.python_version()}
+    for package in ("kit", "numpy", "torch", "torchvision", "timm", "albumentations", "ttach", "optuna",
+                    "scikit-learn"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    if versions["kit"] is None:  # running from a checkout that was not pip-installed
+        import kit
+        versions["kit"] = getattr(kit, "__version__", None)
+    return {"versions": versions, "git_commit": _git_commit()}
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=COLUMNS).astype(object)
+    for name in _JSON_FIELDS:
+        df[name] = [None if _missing(v) else json.loads(v) for v in df[name]]
+    df["created_at"] = pd.to_datetime(df["created_at"], utc=True)
+    df["seed"] = df["seed"].astype("Int64")
+    for name in ("id", "score", "public_score", "private_score", "wall_time_s"):
+        df[name] = pd.to_numeric(df[name]).astype(float if name != "id" else "int64")
+    return df
+
+
+def _engine(url: str, create_dir: bool = False):
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite":
+        return create_engine(url)
+    if create_dir and u.database and u.database != ":memory:":
+        Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+    # A writer waits up to 30 s for another process's lock instead of failing at once.
+    return create_engine(url, connect_args={"timeout": 30})
+
+
+def _create_table(engine):
+    try:
+        _metadata.create_all(engine)
+    except DBAPIError:
+        # Another process created it between our check and our CREATE (PostgreSQL reports a duplicate type).
+        if not inspect(engine).has_table(_table.name):
+            raise
+
+
+def _retry_when_locked(fn, attempts: int = 8):
+    """SQLite's busy timeout covers most waits; this covers the rest (a lock taken while upgrading, a slow
+    network disk) with exponential backoff: 0.1 + 0.2 + ... + 12.8 s, jittered, about 25 s in all."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except OperationalError as e:
+            message = str(e.orig).lower()
+            transient = "locked" in message or "busy" in message or "already exists" in message
+            if not transient or i == attempts - 1:
+                raise
+            time.sleep(0.1 * 2 ** i * random.uniform(0.5, 1.5))
+
+
+def _git_commit() -> str | None:
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return head.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
+
+
+def _drop_seeds(value):
+    if isinstance(value, dict):
+        return {k: _drop_seeds(v) for k, v in value.items() if k not in _SEED_KEYS}
+    if isinstance(value, (list, tuple)):
+        return [_drop_seeds(v) for v in value]
+    return value
+
+
+def _json_default(value):
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return value.tolist()
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"cannot store a {type(value).__name__} in the leaderboard as JSON: {value!r}")
+
+
+def _utc(value) -> datetime:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    elif isinstance(value, pd.Timestamp):
+        value = value.to_pydatetime()
+    elif isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day)
+    if not isinstance(value, datetime):
+        raise TypeError(f"expected a datetime or an ISO date string, got {value!r}")
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _float_or_none(value):
+    return None if _missing(value) else float(value)
+
+
+def _missing(value) -> bool:
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    return isinstance(value, float) and math.isnan(value)

