@@ -164,7 +164,18 @@ def _scorer(metric: str):
         return (lambda y, p: float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], EPS, 1.0))))), False
     if metric == "accuracy":
         return (lambda y, p: float(np.mean(np.argmax(p, axis=1) == y))), True
+    if metric == "f1_macro":
+        return _f1_macro, True
     return m.fn, m.higher_is_better
+
+
+def _f1_macro(y, p) -> float:
+    """Macro F1 over all columns, a class never true nor predicted scoring 0 (as kit.metrics' zero_division=0)."""
+    n_classes = p.shape[1]
+    pred = np.argmax(p, axis=1)
+    tp = np.bincount(y[pred == y], minlength=n_classes)
+    denom = np.bincount(pred, minlength=n_classes) + np.bincount(y, minlength=n_classes)
+    return float(np.mean(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)))
 
 
 def _forward_select(P, y, scorer, n_iter: int, init_best: int) -> np.ndarray:

@@ -13,9 +13,12 @@ import pandas as pd
 
 from kit.metrics import get_metric
 
+from ._store import ensemble_size
+
 BY = {"score": "score", "public": "public_score", "private": "private_score"}
 _BY_TEXT = {"score": "validation score", "public": "public score", "private": "private score"}
-_GROUP_FIELDS = ("kind", "recipe_name", "backbone", "strategy", "fold_scheme", "tta_mode", "blend_method", "metric")
+_GROUP_FIELDS = ("kind", "recipe_name", "backbone", "strategy", "fold_scheme", "tta_mode", "blend_method", "n_members",
+                 "metric")
 RANKED_COLUMNS = ["rank", "name", *_GROUP_FIELDS, "seeds", "n", "score", "score_std", "public_score", "private_score",
                   "public_rank", "private_rank", "shake_up", "wall_time_s", "created_at", "config_key"]
 FORMATS = {".csv": "csv", ".md": "md", ".markdown": "md", ".html": "html", ".htm": "html"}
@@ -32,24 +35,34 @@ def resolve_metric(df: pd.DataFrame, metric: str | None = None) -> str | None:
     return present[0] if present else None
 
 
+def metric_values(df: pd.DataFrame, metric: str) -> pd.Series:
+    """Each entry's validation score on `metric`: its primary score, or the value in its `scores` dict."""
+    from_scores = [s.get(metric) if isinstance(s, dict) else None for s in df["scores"]]
+    from_scores = pd.to_numeric(pd.Series(from_scores, index=df.index, dtype=object), errors="coerce")
+    return pd.Series(np.where(df["metric"] == metric, df["score"].astype(float), from_scores.astype(float)),
+                     index=df.index)
+
+
 def rank(df: pd.DataFrame, by: str = "score", metric: str | None = None, group_seeds: bool = True) -> pd.DataFrame:
     """Rank query() rows on `metric`, best first. by="score" ranks on validation score (read from `scores` for
     entries whose primary metric is another); "public"/"private" on the submission scores. With group_seeds,
-    entries sharing config_key become one row: mean score, its sample std and the count n. When rows have both
+    seeded entries sharing config_key become one row: mean score, its sample std and the count n. When rows have both
     public and private scores, shake_up = private_rank - public_rank (negative: climbed on the private board)."""
     if by not in BY:
         raise ValueError(f"by must be one of {', '.join(BY)}; got {by!r}")
     metric = resolve_metric(df, metric)
     higher = get_metric(metric).higher_is_better if metric else True
     d = df.copy()
+    d["n_members"] = pd.array([ensemble_size(e) for e in d["extra"]], dtype="Int64")  # tells ensembles apart
     if metric is not None:
-        own = (d["metric"] == metric).to_numpy()
-        from_scores = pd.to_numeric(pd.Series([s.get(metric) if isinstance(s, dict) else None for s in d["scores"]],
-                                              index=d.index, dtype=object), errors="coerce")
-        d["score"] = np.where(own, d["score"].astype(float), from_scores.astype(float))
-        d.loc[~own, ["public_score", "private_score"]] = np.nan
+        d["score"] = metric_values(d, metric)
+        d.loc[d["metric"] != metric, ["public_score", "private_score"]] = np.nan  # those scored another metric
         d["metric"] = metric
     d = d[d[BY[by]].notna()]
+    if d.empty:
+        out = pd.DataFrame(columns=RANKED_COLUMNS)
+        out.attrs.update(metric=metric, by=by, higher_is_better=higher, group_seeds=group_seeds, n_entries=0)
+        return out
     out = _group(d) if group_seeds else d.assign(
         n=1, score_std=np.nan, seeds=[("" if pd.isna(s) else str(s)) for s in d["seed"]])
     value = out[BY[by]].astype(float).round(12)  # mean of 0.8, 0.9, 1.0 must tie with 0.9
@@ -65,42 +78,68 @@ def rank(df: pd.DataFrame, by: str = "score", metric: str | None = None, group_s
     return out
 
 
+def seed_groups(df: pd.DataFrame) -> pd.Series:
+    """The key that groups seeds of one configuration: config_key, or the row's own id when it has no seed
+    (two submissions or two ensembles without a seed are different results, not repeats)."""
+    own = "id:" + (df["id"].astype(str) if "id" in df else pd.Series(df.index.astype(str), index=df.index))
+    return df["config_key"].where(df["seed"].notna(), own)
+
+
 def _group(d: pd.DataFrame) -> pd.DataFrame:
-    groups = d.groupby("config_key", sort=False)
+    groups = d.groupby(seed_groups(d).rename("group"), sort=False)
     out = groups.agg(
         **{f: (f, "first") for f in _GROUP_FIELDS},
-        n=("score" if d["score"].notna().any() else "name", "size"),
-        score=("score", "mean"), score_std=("score", "std"),  # sample std (ddof=1); NaN for one seed
+        n=("name", "size"),
+        score=("score", "mean"), score_std=("score", "std"),  # sample std (ddof=1); NaN for a single seed
         public_score=("public_score", "mean"), private_score=("private_score", "mean"),
         wall_time_s=("wall_time_s", "mean"), created_at=("created_at", "max"),
     )
-    out["name"] = groups.apply(lambda g: _group_name(list(g["name"]), list(g["seed"])), include_groups=False)
+    out["name"] = pd.Series({key: seedless_name(list(g["name"]), list(g["seed"])) for key, g in groups})
     out["seeds"] = groups["seed"].agg(lambda s: ",".join(str(int(x)) for x in sorted(s.dropna().unique())))
-    return out.reset_index()
+    out["config_key"] = groups["config_key"].first()
+    return out.reset_index(drop=True)
 
 
-def _group_name(names: list[str], seeds: list) -> str:
+def seedless_name(names: list[str], seeds: list) -> str:
     """'efficientnet_lite0-s0-f0' and '...-s1-f0' -> 'efficientnet_lite0-s*-f0': the seed token becomes '*'."""
     if len(set(names)) == 1:
         return names[0]
-    patterns = {re.sub(rf"(^|[-_:.])s?{int(s)}(?=$|[-_:.])", r"\1s*" if f"s{int(s)}" in n else r"\1*", n, count=1)
-                if not pd.isna(s) else n for n, s in zip(names, seeds)}
-    return patterns.pop() if len(patterns) == 1 else f"{names[0]} (+{len(names) - 1})"
+    patterns = {_without_seed(n, s) for n, s in zip(names, seeds)}
+    return patterns.pop() if len(patterns) == 1 else f"{names[0]} (+{len(names) - 1} more)"
+
+
+def _without_seed(name: str, seed) -> str:
+    if pd.isna(seed):
+        return name
+    for prefix in ("seed", "s", ""):  # a token between - _ : . or the ends: 'x-s3', 'x_seed3', 'x-3'
+        new, found = re.subn(rf"(?<![^-_:.]){prefix}{int(seed)}(?![^-_:.])", f"{prefix}*", name, count=1)
+        if found:
+            return new
+    return name
 
 
 # ---- the display form shared by the terminal, Markdown and HTML ----
 
-def _display(ranked: pd.DataFrame) -> tuple[list[str], list[bool], list[list[str]]]:
-    """Headers, whether each column is numeric (right-aligned), and the formatted cells; empty columns dropped."""
+_ESSENTIAL = ("#", "name")  # never dropped, even when empty or the same in every row
+# The terminal drops columns in this order until the table fits its width.
+_DROP_ORDER = ("recorded (UTC)", "time", "folds", "strategy", "recipe", "seeds", "blend", "n", "kind", "members",
+               "TTA", "backbone")
+
+
+def _display(ranked: pd.DataFrame, width: int | None = None) -> tuple[list[str], list[bool], list[list[str]], dict]:
+    """Headers, whether each column is numeric (right-aligned), the formatted rows, and {header: value} of the
+    columns left out because every row holds the same value (the caller states them once, above the table).
+    Empty columns are left out; with `width`, so are the least useful ones until the table fits."""
     metric = ranked.attrs.get("metric") or "score"
     spec = [("rank", "#", True, str), ("name", "name", False, str), ("kind", "kind", False, str),
             ("recipe_name", "recipe", False, str), ("backbone", "backbone", False, str),
             ("strategy", "strategy", False, str), ("seeds", "seeds", False, str), ("fold_scheme", "folds", False, str),
-            ("tta_mode", "TTA", False, str), ("blend_method", "blend", False, str), ("n", "n", True, str),
+            ("tta_mode", "TTA", False, str), ("blend_method", "blend", False, str),
+            ("n_members", "members", True, str), ("n", "n", True, str),
             ("score", f"{metric} (val)", True, None), ("public_score", "public", True, _num),
             ("private_score", "private", True, _num), ("shake_up", "shake-up", True, _shake),
             ("wall_time_s", "time", True, _duration), ("created_at", "recorded (UTC)", False, _when)]
-    columns = []
+    columns, constant = [], {}
     for key, header, numeric, fmt in spec:
         if key not in ranked:
             continue
@@ -109,45 +148,61 @@ def _display(ranked: pd.DataFrame) -> tuple[list[str], list[bool], list[list[str
             cells = [_num(v) + (f" ± {_num(s)}" if not pd.isna(s) else "") for v, s in zip(ranked[key], std)]
         else:
             cells = ["" if _is_blank(v) else fmt(v) for v in ranked[key]]
-        if key == "n" and all(c in ("", "1") for c in cells):
-            continue
-        if key in ("rank", "name", "score") or any(cells):
+        if header in _ESSENTIAL:
             columns.append((header, numeric, cells))
+        elif key == "n" and all(c in ("", "1") for c in cells) or not any(cells):
+            continue
+        elif len(cells) > 1 and len(set(cells)) == 1 and key in _GROUP_FIELDS + ("seeds",):
+            constant[header] = cells[0]
+        else:
+            columns.append((header, numeric, cells))
+    if width is not None:
+        def table_width():  # each column: its widest cell + 3 for padding and border
+            return 1 + sum(3 + max(len(h), *(len(c) for c in cells)) for h, _, cells in columns)
+        for header in _DROP_ORDER:
+            if table_width() <= width:
+                break
+            columns = [c for c in columns if c[0] != header]
     headers = [c[0] for c in columns]
     numeric = [c[1] for c in columns]
-    rows = [list(r) for r in zip(*(c[2] for c in columns))] if columns else []
-    return headers, numeric, rows
+    rows = [list(r) for r in zip(*(c[2] for c in columns))]
+    return headers, numeric, rows, constant
 
 
-def describe(ranked: pd.DataFrame) -> tuple[str, str]:
-    """A title and a one-line explanation of what the table shows."""
+def describe(ranked: pd.DataFrame, constant: dict | None = None) -> tuple[str, list[str]]:
+    """A title and the lines that explain what the table shows."""
     a = ranked.attrs
     metric = a.get("metric") or "score"
-    title = f"kit leaderboard: {metric}"
     better = "higher" if a.get("higher_is_better", True) else "lower"
-    parts = [f"ranked by {_BY_TEXT.get(a.get('by', 'score'))}, {better} is better",
-             f"{len(ranked)} rows from {a.get('n_entries', len(ranked))} entries"]
-    if a.get("group_seeds"):
-        parts.append("seeds of one configuration averaged: mean ± sample std over n")
+    n, n_rows, n_entries = len(ranked), a.get("n_rows", len(ranked)), a.get("n_entries", len(ranked))
+    shown = f"The best {n} of {n_rows} rows" if n < n_rows else f"{n} row{'s' * (n != 1)}"
+    lines = [f"Ranked by {_BY_TEXT.get(a.get('by', 'score'))}, {better} is better. "
+             f"{shown} from {n_entries} entr{'ies' if n_entries != 1 else 'y'}."]
+    if constant:
+        lines.append("All rows: " + ", ".join(f"{k} {v}" for k, v in constant.items()) + ".")
+    if a.get("group_seeds") and "n" in ranked and (ranked["n"] > 1).any():
+        lines.append("Seeds of one configuration are one row: mean ± sample std over n entries.")
     if "shake_up" in ranked and ranked["shake_up"].notna().any():
-        parts.append("shake-up: ▲ places gained, ▼ lost from public to private")
-    return title, "; ".join(parts)
+        lines.append("Shake-up: places gained (▲) or lost (▼) from the public to the private leaderboard.")
+    return f"kit leaderboard: {metric}", lines
 
 
-def render_table(df: pd.DataFrame, title: str | None = None):
-    """A rich Table of a ranked frame (a query() frame is ranked first with the defaults)."""
+def render_table(df: pd.DataFrame, title: str | None = None, width: int | None = None):
+    """A rich Table of a ranked frame (a query() frame is ranked first with the defaults); with `width`
+    (the terminal's), the least useful columns are left out until it fits."""
     from rich.table import Table
     ranked = df if "rank" in df else rank(df)
-    default_title, caption = describe(ranked)
-    table = Table(title=title or default_title, caption=caption, header_style="bold", row_styles=["", "dim"])
-    headers, numeric, rows = _display(ranked)
+    headers, numeric, rows, constant = _display(ranked, width)
+    default_title, notes = describe(ranked, constant)
+    table = Table(title=title or default_title, caption="\n".join(notes), header_style="bold",
+                  caption_justify="left", title_justify="left")
     for header, is_num in zip(headers, numeric):
         table.add_column(header, justify="right" if is_num else "left", no_wrap=is_num or header == "name")
     shake = headers.index("shake-up") if "shake-up" in headers else None
     for i, row in enumerate(rows):
-        if shake is not None and row[shake]:
-            color = "green" if row[shake].startswith("▲") else "red" if row[shake].startswith("▼") else ""
-            row = [*row[:shake], f"[{color}]{row[shake]}[/]" if color else row[shake], *row[shake + 1:]]
+        if shake is not None and row[shake][:1] in ("▲", "▼"):
+            color = "green" if row[shake].startswith("▲") else "red"
+            row = [*row[:shake], f"[{color}]{row[shake]}[/]", *row[shake + 1:]]
         table.add_row(*row, style="bold" if i == 0 else None)
     return table
 
@@ -172,25 +227,25 @@ def export(df: pd.DataFrame, fmt: str | None, path, *, plots=(), title: str | No
 
 def to_markdown(df: pd.DataFrame, title: str | None = None) -> str:
     ranked = df if "rank" in df else rank(df)
-    default_title, caption = describe(ranked)
-    headers, numeric, rows = _display(ranked)
+    headers, numeric, rows, constant = _display(ranked)
+    default_title, notes = describe(ranked, constant)
 
     def line(cells):
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+        return "| " + " | ".join(c.replace("|", "\\|").replace("*", "\\*") for c in cells) + " |"
 
-    lines = [f"## {title or default_title}", "", caption, "", line(headers),
+    lines = [f"## {title or default_title}", "", *notes, "", line(headers),
              "|" + "|".join("---:" if n else ":---" for n in numeric) + "|", *(line(r) for r in rows)]
     return "\n".join(lines) + "\n"
 
 
 _CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; color: #1f2328;
-       margin: 2rem auto; max-width: 1280px; padding: 0 1.5rem; }
+       margin: 2rem auto; max-width: 1600px; padding: 0 1.5rem; }
 h1 { font-size: 1.6rem; margin: 0 0 .2rem; } h2 { font-size: 1.2rem; margin: 2.2rem 0 .6rem; }
 .meta { color: #59636e; margin: 0 0 1.2rem; }
 .scroll { overflow-x: auto; border: 1px solid #d1d9e0; border-radius: 6px; }
-table { border-collapse: collapse; width: 100%; font-size: 14px; }
-th, td { padding: .38rem .7rem; border-bottom: 1px solid #e6eaef; white-space: nowrap; text-align: left; }
+table { border-collapse: collapse; width: 100%; font-size: 13.5px; }
+th, td { padding: .35rem .55rem; border-bottom: 1px solid #e6eaef; text-align: left; white-space: nowrap; }
 th { background: #f6f8fa; position: sticky; top: 0; font-weight: 600; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 tbody tr:nth-child(even) { background: #fafbfc; } tbody tr:hover { background: #eef4ff; }
@@ -209,15 +264,15 @@ _PLOT_CAPTIONS = {
 
 def to_html(df: pd.DataFrame, plots=(), title: str | None = None) -> str:
     ranked = df if "rank" in df else rank(df)
-    default_title, caption = describe(ranked)
+    headers, numeric, rows, constant = _display(ranked)
+    default_title, notes = describe(ranked, constant)
     title = title or default_title
-    headers, numeric, rows = _display(ranked)
     esc = html.escape
 
     def cell(tag, text, is_num):
-        cls = ["num"] if is_num else []
-        cls += ["up"] if text.startswith("▲") else ["down"] if text.startswith("▼") else []
-        return f"<{tag}{' class=' + chr(34) + ' '.join(cls) + chr(34) if cls else ''}>{esc(text)}</{tag}>"
+        classes = " ".join(c for c, on in (("num", is_num), ("up", text.startswith("▲")),
+                                            ("down", text.startswith("▼"))) if on)
+        return f'<{tag} class="{classes}">{esc(text)}</{tag}>' if classes else f"<{tag}>{esc(text)}</{tag}>"
 
     head = "".join(cell("th", h, n) for h, n in zip(headers, numeric))
     body = "\n".join("<tr>" + "".join(cell("td", c, n) for c, n in zip(r, numeric)) + "</tr>" for r in rows)
@@ -227,19 +282,20 @@ def to_html(df: pd.DataFrame, plots=(), title: str | None = None) -> str:
         text = _PLOT_CAPTIONS.get(p.stem.split(".")[0], p.stem.replace("_", " "))
         figures.append(f'<figure><img src="data:image/png;base64,{data}" alt="{esc(text)}">'
                        f"<figcaption>{esc(text)}</figcaption></figure>")
+    plots_html = "<h2>Plots</h2>\n" + "\n".join(figures) if figures else ""
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{esc(title)}</title><style>{_CSS}</style></head>
 <body>
 <h1>{esc(title)}</h1>
-<p class="meta">{esc(caption)}.<br>Generated {generated}.</p>
+<p class="meta">{"<br>".join(map(esc, notes))}<br>Generated {generated}.</p>
 <div class="scroll"><table>
 <thead><tr>{head}</tr></thead>
 <tbody>
 {body}
 </tbody></table></div>
-{'<h2>Plots</h2>' + chr(10).join(figures) if figures else ''}
+{plots_html}
 </body></html>
 """
 
@@ -274,5 +330,5 @@ def _duration(seconds) -> str:
 
 
 def _when(value) -> str:
-    return pd.Timestamp(value).tz_convert("UTC").strftime("%Y-%m-%d %H:%M") if pd.Timestamp(value).tzinfo \
-        else pd.Timestamp(value).strftime("%Y-%m-%d %H:%M")
+    stamp = pd.Timestamp(value)
+    return (stamp.tz_convert("UTC") if stamp.tzinfo else stamp).strftime("%Y-%m-%d %H:%M")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import math
 import os
@@ -26,8 +27,13 @@ KINDS = ("member", "tta", "ensemble", "trial", "submission")
 URL_ENV = "KIT_LEADERBOARD_URL"
 DEFAULT_PATH = Path("leaderboard") / "leaderboard.sqlite"  # under the current working directory
 _JSON_FIELDS = ("recipe", "scores", "versions", "extra")
-# Keys dropped from the recipe before hashing config_key: runs that differ only in these are "the same configuration".
-_SEED_KEYS = frozenset({"seed", "seeds", "random_state"})
+# Keys dropped (at any depth) from the recipe before hashing config_key: runs that differ only in their seeds, or in
+# where and how fast they ran (as kit.recipe.recipe_hash also leaves out), are "the same configuration".
+_NOT_CONFIG_KEYS = frozenset({"seed", "seeds", "random_state", "output_dir", "leaderboard", "num_workers", "device",
+                              "search"})
+# Keys of Entry.extra that are part of a configuration: the fold a member saw, a trial's hyperparameters, the size
+# of an ensemble.
+_EXTRA_CONFIG_KEYS = ("fold", "params", "n_members", "ensemble_size")
 
 
 @dataclass(kw_only=True)
@@ -35,8 +41,9 @@ class Entry:
     """One result. `score` is the primary (validation / out-of-fold) value of `metric`; `scores` holds every metric.
 
     Conventions read by the plots: a "tta" entry is named after its member and carries `tta_mode` ("none" for
-    the plain prediction); an "ensemble" entry may carry extra["n_members"]; a "trial" entry may carry
-    extra["trial"] (Optuna's trial number) and extra["params"]; extra["fold"], when set, is part of config_key.
+    the plain prediction); an "ensemble" entry may carry its size in extra["n_members"] (or "ensemble_size");
+    a "trial" entry may carry extra["trial"] (Optuna's trial number) and extra["params"]. These and extra["fold"],
+    when set, are part of config_key.
     """
     kind: str
     name: str
@@ -94,7 +101,7 @@ def compute_config_key(entry: Entry) -> str:
     """A 16-hex-digit hash of everything that defines a configuration except its seed."""
     parts = dict(kind=entry.kind, recipe_name=entry.recipe_name, backbone=entry.backbone, strategy=entry.strategy,
                  fold_scheme=entry.fold_scheme, tta_mode=entry.tta_mode, blend_method=entry.blend_method,
-                 recipe=_drop_seeds(entry.recipe), fold=(entry.extra or {}).get("fold"))
+                 recipe=_drop_keys(entry.recipe, _NOT_CONFIG_KEYS), **{k: (entry.extra or {}).get(k) for k in _EXTRA_CONFIG_KEYS})
     text = json.dumps(parts, sort_keys=True, default=_json_default)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
@@ -212,8 +219,15 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
 
 def _engine(url: str, create_dir: bool = False):
     u = make_url(url)
+    if u.drivername == "postgresql":
+        # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg (3); kit's [postgres] extra installs psycopg2.
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+            u = u.set(drivername="postgresql+psycopg2")
+        elif importlib.util.find_spec("psycopg") is None:
+            raise ImportError(f"{u.render_as_string(hide_password=True)} needs a PostgreSQL driver: "
+                              "pip install 'kit[postgres]' (psycopg2) or pip install psycopg")
     if u.get_backend_name() != "sqlite":
-        return create_engine(url)
+        return create_engine(u)
     if create_dir and u.database and u.database != ":memory:":
         Path(u.database).parent.mkdir(parents=True, exist_ok=True)
     # A writer waits up to 30 s for another process's lock instead of failing at once.
@@ -255,11 +269,19 @@ def _git_commit() -> str | None:
     return head.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
 
 
-def _drop_seeds(value):
+def ensemble_size(extra) -> int | None:
+    """The number of members an ensemble entry blends, from its extra dict (None when not recorded)."""
+    if not isinstance(extra, dict):
+        return None
+    size = next((extra[k] for k in ("n_members", "ensemble_size", "size") if extra.get(k) is not None), None)
+    return None if size is None else int(size)
+
+
+def _drop_keys(value, keys):
     if isinstance(value, dict):
-        return {k: _drop_seeds(v) for k, v in value.items() if k not in _SEED_KEYS}
+        return {k: _drop_keys(v, keys) for k, v in value.items() if k not in keys}
     if isinstance(value, (list, tuple)):
-        return [_drop_seeds(v) for v in value]
+        return [_drop_keys(v, keys) for v in value]
     return value
 
 

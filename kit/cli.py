@@ -1,0 +1,188 @@
+"""`kit <subcommand>`: parse arguments, call one library function, print. Bad input exits 2 with a message."""
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=False)
+err = Console(stderr=True)
+
+
+class UsageError(Exception):
+    pass
+
+
+def _recipe_args(p):
+    p.add_argument("recipe", help="YAML recipe file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key, e.g. --set train.lr=3e-4 (repeatable)")
+
+
+def _load(args):
+    from kit.recipe import load_recipe
+    return load_recipe(args.recipe, args.overrides)
+
+
+@contextmanager
+def _progress():
+    """One rich progress bar per epoch: loss, images/s. Falls back to nothing when not on a terminal."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    if not console.is_terminal:
+        yield None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("loss {task.fields[loss]:.4f}  {task.fields[ips]:.0f} img/s"), TimeElapsedColumn(),
+                  console=console, transient=True) as prog:
+        def factory(epoch):
+            task = prog.add_task(f"epoch {epoch + 1}", total=None, loss=0.0, ips=0.0)
+
+            def update(i, n, loss, ips):
+                prog.update(task, completed=i, total=n, loss=loss, ips=ips)
+                if i == n:
+                    prog.remove_task(task)
+            return update
+        yield factory
+
+
+def _log(msg):
+    console.print(msg, highlight=False)
+
+
+def cmd_train(args):
+    from kit.run import train
+    recipe = _load(args)
+    with _progress() as pf:
+        ctx, records = train(recipe, args.member, resume=args.resume, progress_factory=pf, log=_log)
+    console.print(f"outputs in [bold]{ctx.run_dir}[/] (checkpoints, history.csv, predictions in members/)")
+    return 0
+
+
+def cmd_run(args):
+    from kit.run import run
+    recipe = _load(args)
+    with _progress() as pf:
+        summary = run(recipe, resume=True, force=args.force, progress_factory=pf, log=_log)
+    print_summary(summary)
+    return 0
+
+
+def cmd_predict(args):
+    from kit.run import predict
+    scores = predict(args.run, modes=args.tta, log=_log)
+    t = Table(title=f"validation scores by TTA mode ({args.run})")
+    t.add_column("member")
+    modes = list(dict.fromkeys(m for s in scores.values() for m in s))
+    for m in modes:
+        t.add_column(m, justify="right")
+    for member, s in scores.items():
+        t.add_row(member, *[f"{s[m]:.4f}" if m in s else "" for m in modes])
+    console.print(t)
+    return 0
+
+
+def cmd_submit(args):
+    from kit.members import prepare_run
+    from kit.recipe import load_recipe
+    from kit.run import collect, blend, final_test_predictions, submit
+    recipe = load_recipe(args.run.rstrip("/") + "/recipe.yaml") if not args.run.endswith((".yaml", ".yml")) \
+        else load_recipe(args.run)
+    ctx = prepare_run(recipe)
+    configs, _, pending = collect(ctx)
+    if pending:
+        raise UsageError(f"{len(pending)} members are not finished ({', '.join(pending[:3])}...); "
+                         f"train them first with kit train")
+    _, chosen = blend(ctx, configs)
+    path = submit(ctx, final_test_predictions(ctx, configs, chosen), path=args.output, force=args.force)
+    console.print(f"submission written to [bold]{path}[/]" if path else "this dataset has no sample submission")
+    return 0
+
+
+def print_summary(s) -> None:
+    from kit.run import best_config, summary_dict
+    d = summary_dict(s)
+    t = Table(title=f"members: out-of-fold {s.metric} by TTA mode (chosen: {s.tta})")
+    t.add_column("member")
+    modes = list(s.configs[0].tta_scores) if s.configs else []
+    for m in modes:
+        t.add_column(m + (" *" if m == s.tta else ""), justify="right")
+    for c in s.configs:
+        t.add_row(c.config, *[f"{c.tta_scores[m]:.4f}" for m in modes])
+    console.print(t)
+    if s.configs:
+        console.print(f"mean ± std across members: {d['member_mean']:.4f} ± {d['member_std']:.4f} "
+                      f"(n={len(s.configs)}); best member: {d['best_member']} {d['best_member_score']:.4f}")
+    if s.methods:
+        t = Table(title="blending (weights fitted on out-of-fold predictions; nested = fitted on other folds)")
+        for col in ("method", "oof", "nested", "weights"):
+            t.add_column(col, justify="left" if col in ("method", "weights") else "right")
+        for name, res in s.methods.items():
+            w = " ".join(f"{x:.2f}" for x in res.weights)
+            t.add_row(name + (" *" if name == s.chosen else ""), f"{res.oof_score:.4f}", f"{res.nested_score:.4f}", w)
+        console.print(t)
+        console.print(f"chosen: {s.chosen}; gain over the best member: {d['gain_nested']:+.4f} nested, "
+                      f"{d['gain_oof']:+.4f} out-of-fold")
+    if s.pending:
+        console.print(f"[yellow]{len(s.pending)} members not finished[/]: {', '.join(s.pending[:5])}")
+    if s.submission:
+        console.print(f"submission: [bold]{s.submission}[/]")
+    console.print(f"run directory: [bold]{s.run_dir}[/]  ({s.wall_time_s:.0f} s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kit", description="Transfer learning for image competitions, from one recipe.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("run", help="train all members, predict with TTA, blend, write the submission")
+    _recipe_args(s)
+    s.add_argument("--force", action="store_true", help="replace an existing, different submission file")
+    s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("train", help="train members of a recipe (all, or some with --member)")
+    _recipe_args(s)
+    s.add_argument("--member", help="index, range (0-4) or list (1,5,7) of members to train")
+    s.add_argument("--resume", action="store_true", help="continue interrupted members from their last checkpoint")
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("predict", help="predict a finished run's members with more TTA modes")
+    s.add_argument("run", help="run directory (runs/<name>)")
+    s.add_argument("--tta", action="append", help="TTA mode (repeatable); default: the recipe's tta.modes")
+    s.set_defaults(fn=cmd_predict)
+
+    s = sub.add_parser("submit", help="blend a run's members and write the submission CSV")
+    s.add_argument("run", help="run directory (runs/<name>) or its recipe")
+    s.add_argument("--output", help="submission path (default: in the run directory)")
+    s.add_argument("--force", action="store_true", help="replace an existing submission file")
+    s.set_defaults(fn=cmd_submit)
+    return p
+
+
+def main(argv=None) -> int:
+    from kit.recipe import RecipeError
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args) or 0
+    except (RecipeError, UsageError, FileExistsError, FileNotFoundError) as e:
+        err.print(f"[red]error:[/] {e}", highlight=False)
+        return 2
+    except ValueError as e:  # data and submission checks (SubmissionError, bad CSV columns, ...)
+        if type(e).__module__.startswith("kit"):
+            err.print(f"[red]error:[/] {e}", highlight=False)
+            return 2
+        raise
+    except OSError as e:
+        if type(e).__name__ == "ImageReadError":
+            err.print(f"[red]error:[/] {e}", highlight=False)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        err.print("interrupted; finished members and last checkpoints are kept: run again to resume")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

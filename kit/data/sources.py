@@ -1,0 +1,259 @@
+"""Where the images of a competition come from: `load_sources(spec)` turns a DataSpec into tables.
+
+Three sources (recipe key data.source):
+- digits: scikit-learn's bundled 8x8 digits, upscaled, with a fixed part held back as the "test" set whose
+  answers are known (test_solution), so the quickstart can be scored like a competition.
+- imagefolder: root/train/<class>/* (or root/<class>/*), optional root/<test_dir>/*.
+- kaggle: root/<train_csv> (id + label columns), images in root/<image_dir>, test ids from the sample
+  submission, test images in root/<test_dir>.
+Only paths are collected here; images are decoded later, in the loader's workers (kit.data.images).
+"""
+from __future__ import annotations
+
+import glob
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from kit.recipe import DataSpec
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+DIGITS_SPLIT_SEED = 0  # the digits test set is part of the "competition", fixed whatever data.seed says
+DIGITS_PUBLIC_FRACTION = 0.3  # share of the digits test set scored on the "public leaderboard"
+
+
+class DataSourceError(ValueError):
+    """A dataset folder or CSV that cannot be read as the recipe describes; the message says how to fix it."""
+
+
+@dataclass(frozen=True, eq=False)
+class ImageTable:
+    ids: np.ndarray  # str, one per image
+    items: list  # file paths (str) or HxWx3 uint8 arrays (digits)
+    labels: Optional[np.ndarray]  # int64 indices into classes; None when unlabelled
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, indices) -> "ImageTable":
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        return ImageTable(ids=self.ids[idx], items=[self.items[i] for i in idx],
+                          labels=None if self.labels is None else self.labels[idx], classes=self.classes)
+
+
+@dataclass(frozen=True, eq=False)
+class Sources:
+    train: ImageTable  # labelled
+    test: Optional[ImageTable] = None  # unlabelled
+    sample_submission: Optional[pd.DataFrame] = None  # every column read as str
+    sample_submission_path: Optional[str] = None
+    test_solution: Optional[pd.DataFrame] = None  # digits only: id, label, Usage (Public/Private)
+
+
+def load_sources(spec: DataSpec) -> Sources:
+    loaders = {"digits": _load_digits, "imagefolder": _load_imagefolder, "kaggle": _load_kaggle}
+    if spec.source != "digits" and not spec.root:
+        raise DataSourceError(f"data.source={spec.source} needs data.root, the dataset folder")
+    sources = loaders[spec.source](spec)
+    if spec.limit is not None and spec.limit < len(sources.train):
+        keep = np.arange(spec.limit)
+        sources = Sources(sources.train.subset(keep), sources.test, sources.sample_submission,
+                          sources.sample_submission_path, sources.test_solution)
+    return sources
+
+
+def sort_classes(values) -> tuple[str, ...]:
+    """Class names sorted; numerically when every name is an integer ("2" before "10")."""
+    names = sorted({str(v) for v in values})
+    if names and all(re.fullmatch(r"[+-]?\d+", n) for n in names):
+        names.sort(key=lambda n: (int(n), n))
+    return tuple(names)
+
+
+# ---------------------------------------------------------------- digits
+
+def _load_digits(spec: DataSpec) -> Sources:
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    # 8x8 values 0..16 -> 0..255, upscaled with bicubic like a photo would be, grey copied to RGB.
+    small = np.round(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    size = (spec.digits_size, spec.digits_size)
+    arrays = [np.repeat(np.asarray(Image.fromarray(a).resize(size, Image.BICUBIC))[:, :, None], 3, axis=2)
+              for a in small]
+    y = digits.target.astype(np.int64)
+    ids = np.array([f"d{i:04d}" for i in range(len(y))])
+    classes = tuple(str(c) for c in range(10))
+    train_idx, test_idx = train_test_split(np.arange(len(y)), test_size=spec.digits_test_fraction,
+                                           stratify=y, random_state=DIGITS_SPLIT_SEED)
+    train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+    train = ImageTable(ids[train_idx], [arrays[i] for i in train_idx], y[train_idx], classes)
+    test = ImageTable(ids[test_idx], [arrays[i] for i in test_idx], None, classes)
+    sample = pd.DataFrame({"id": test.ids, "label": classes[0]}).astype(str)
+    usage = np.full(len(test_idx), "Private", dtype=object)
+    public = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(len(test_idx))
+    usage[public[:round(DIGITS_PUBLIC_FRACTION * len(test_idx))]] = "Public"
+    solution = pd.DataFrame({"id": test.ids, "label": [classes[k] for k in y[test_idx]], "Usage": usage})
+    return Sources(train, test, sample, None, solution)
+
+
+# ---------------------------------------------------------------- imagefolder
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+
+
+def _load_imagefolder(spec: DataSpec) -> Sources:
+    root = Path(spec.root)
+    if not root.is_dir():
+        raise DataSourceError(f"data.root {root} is not a folder (resolved to {root.resolve()})")
+    train_root = root / "train" if (root / "train").is_dir() else root
+    skip = {spec.test_dir} if train_root == root and spec.test_dir else set()
+    class_dirs = [d for d in train_root.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name not in skip]
+    if not class_dirs:
+        raise DataSourceError(f"no class folders in {train_root}; an imagefolder dataset is "
+                              f"{train_root}/<class name>/<image files>")
+    classes = sort_classes(d.name for d in class_dirs)
+    ids, items, labels = [], [], []
+    for k, name in enumerate(classes):
+        files = sorted(p for p in (train_root / name).rglob("*") if _is_image(p))
+        if not files:
+            raise DataSourceError(f"class folder {train_root / name} holds no images "
+                                  f"(looked for {', '.join(IMAGE_EXTENSIONS)}); remove the folder or add images")
+        ids += [p.relative_to(train_root).as_posix() for p in files]
+        items += [str(p) for p in files]
+        labels += [k] * len(files)
+    train = ImageTable(np.array(ids), items, np.array(labels, dtype=np.int64), classes)
+    test = None
+    if spec.test_dir and (root / spec.test_dir).is_dir():
+        test = _folder_table(root / spec.test_dir, classes, lambda p: p.stem)
+    sample, sample_path = _read_sample_submission(root, spec)
+    return Sources(train, test, sample, sample_path)
+
+
+def _folder_table(folder: Path, classes, id_of) -> ImageTable:
+    files = sorted(p for p in folder.iterdir() if _is_image(p))
+    if not files:
+        raise DataSourceError(f"test folder {folder} holds no images; set data.test_dir: null if there is no test set")
+    ids = [id_of(p) for p in files]
+    dup = sorted(i for i, n in Counter(ids).items() if n > 1)
+    if dup:
+        raise DataSourceError(f"test folder {folder} has several files for the ids {dup[:5]} (same name, "
+                              f"different extensions); keep one file per id")
+    return ImageTable(np.array(ids), [str(p) for p in files], None, tuple(classes))
+
+
+def _read_sample_submission(root: Path, spec: DataSpec):
+    if not spec.sample_submission or not (root / spec.sample_submission).is_file():
+        return None, None
+    path = root / spec.sample_submission
+    return pd.read_csv(path, dtype=str, keep_default_na=False), str(path)
+
+
+# ---------------------------------------------------------------- kaggle
+
+def _load_kaggle(spec: DataSpec) -> Sources:
+    root = Path(spec.root)
+    csv = root / spec.train_csv
+    if not csv.is_file():
+        raise DataSourceError(f"{csv} does not exist; set data.train_csv to the labels CSV inside {root}")
+    # Only empty cells count as missing: a class may well be called "NA" or "None".
+    df = pd.read_csv(csv, dtype=str, keep_default_na=False, na_values=[""])
+    for key, col in (("id_column", spec.id_column), ("label_column", spec.label_column),
+                     ("path_column", spec.path_column)):
+        if col is not None and col not in df.columns:
+            raise DataSourceError(f"{csv} has no column {col!r} (data.{key}); its columns are "
+                                  f"{list(df.columns)}; set data.{key} to one of them")
+    _check_column_values(df, csv, spec)
+    image_dir = root / spec.image_dir
+    names = df[spec.path_column] if spec.path_column else df[spec.id_column] + spec.image_suffix
+    paths = [image_dir / n for n in names]
+    _check_train_files(paths, df, csv, spec, image_dir)
+    classes = sort_classes(df[spec.label_column])
+    index = {c: k for k, c in enumerate(classes)}
+    labels = np.array([index[v] for v in df[spec.label_column]], dtype=np.int64)
+    train = ImageTable(df[spec.id_column].to_numpy(dtype=str), [str(p) for p in paths], labels, classes)
+    sample, sample_path = _read_sample_submission(root, spec)
+    test = _kaggle_test(root, spec, classes, sample, sample_path, train.ids)
+    return Sources(train, test, sample, sample_path)
+
+
+def _check_column_values(df: pd.DataFrame, csv: Path, spec: DataSpec) -> None:
+    def line(i):  # row i of the data is line i + 2 of the file (1-based, after the header)
+        return f"row {i} (line {i + 2} of {csv})"
+
+    for key, col in (("id_column", spec.id_column), ("label_column", spec.label_column),
+                     ("path_column", spec.path_column)):
+        if col is None:
+            continue
+        missing = np.flatnonzero(df[col].isna().to_numpy())
+        if len(missing):
+            raise DataSourceError(f"{csv}: column {col!r} (data.{key}) is empty at {line(missing[0])}"
+                                  f"{f' and {len(missing) - 1} more rows' if len(missing) > 1 else ''}; "
+                                  f"every labelled image needs an id and a label")
+    dup = df[spec.id_column].duplicated(keep=False).to_numpy()
+    if dup.any():
+        first = np.flatnonzero(dup)
+        raise DataSourceError(f"{csv}: id {df[spec.id_column].iloc[first[0]]!r} appears more than once "
+                              f"({', '.join(line(i) for i in first[:4])}); {dup.sum()} rows have duplicate ids "
+                              f"in column {spec.id_column!r}; ids must be unique")
+
+
+def _check_train_files(paths, df, csv: Path, spec: DataSpec, image_dir: Path) -> None:
+    missing = [i for i, p in enumerate(paths) if not p.is_file()]
+    if not missing:
+        return
+    i = missing[0]
+    hint = _suffix_hint(image_dir, df[spec.id_column].iloc[i]) if not spec.path_column else ""
+    raise DataSourceError(
+        f"{csv} row {i} (line {i + 2}): image file {paths[i]} does not exist"
+        f"{f' ({len(missing) - 1} more rows have missing images)' if len(missing) > 1 else ''}. {hint}"
+        f"Set data.image_dir (now {spec.image_dir!r}, the folder under data.root holding the images), "
+        f"data.image_suffix (now {spec.image_suffix!r}, appended to ids, e.g. '.jpg')"
+        f"{' or data.path_column' if not spec.path_column else f' or fix column {spec.path_column!r}'}")
+
+
+def _suffix_hint(folder: Path, image_id: str) -> str:
+    if not folder.is_dir():
+        return f"Folder {folder} does not exist. "
+    found = sorted(p.name for p in folder.glob(f"{glob.escape(image_id)}.*") if _is_image(p))
+    return f"Found {found[0]} there: set data.image_suffix: {Path(found[0]).suffix!r}. " if found else ""
+
+
+def _kaggle_test(root: Path, spec: DataSpec, classes, sample, sample_path, train_ids) -> Optional[ImageTable]:
+    if not spec.test_dir:
+        return None
+    folder = root / spec.test_dir
+    if sample is not None:
+        if sample.shape[1] == 0 or len(sample) == 0:
+            raise DataSourceError(f"{sample_path} is empty; it should list the test ids in its first column")
+        ids = sample.iloc[:, 0].to_numpy(dtype=str)
+        paths = [folder / (i + spec.image_suffix) for i in ids]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise DataSourceError(
+                f"{len(missing)} of the {len(ids)} test images listed in {sample_path} are missing, e.g. "
+                f"{', '.join(missing[:5])}. {_suffix_hint(folder, ids[0]) if spec.image_suffix == '' else ''}"
+                f"Set data.test_dir (now {spec.test_dir!r}) and data.image_suffix (now {spec.image_suffix!r}), "
+                f"or data.test_dir: null to train without a test set")
+        return ImageTable(ids, [str(p) for p in paths], None, tuple(classes))
+    if not folder.is_dir():
+        return None
+    # Without a sample submission the ids come from file names: the name minus data.image_suffix, or the
+    # whole name when the training ids themselves carry an image extension (image_suffix "").
+    ids_have_ext = len(train_ids) > 0 and all(Path(i).suffix.lower() in IMAGE_EXTENSIONS for i in train_ids[:50])
+
+    def id_of(p: Path) -> str:
+        if spec.image_suffix and p.name.endswith(spec.image_suffix):
+            return p.name[: -len(spec.image_suffix)]
+        return p.name if ids_have_ext else p.stem
+
+    return _folder_table(folder, classes, id_of)
