@@ -20,7 +20,9 @@ def _accuracy(y, p):
 
 def _log_loss(y, p):
     from sklearn.metrics import log_loss
-    return float(log_loss(y, np.clip(p, 1e-15, 1.0), labels=np.arange(p.shape[1])))
+    p = np.clip(p, 1e-15, 1.0)
+    p = p / p.sum(axis=1, keepdims=True)  # float32 rows sum to 1 only within ~1e-7: sklearn warns
+    return float(log_loss(y, p, labels=np.arange(p.shape[1])))
 
 
 def _f1_macro(y, p):

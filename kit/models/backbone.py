@@ -57,7 +57,18 @@ def create_model(spec: ModelSpec, num_classes: int) -> tuple[nn.Module, str]:
     source = load_pretrained(model, spec.backbone, spec.weights)
     if spec.strategy == "cut_at":
         model = CutBackbone(model, spec.cut_at, num_classes, spec.drop_rate)
+    init_head(model.get_classifier())
     return model, source
+
+
+def init_head(head: nn.Module) -> None:
+    """A new classifier starts small (std 0.01, zero bias), as in BiT: timm's default for EfficientNet
+    (uniform +-1/sqrt(classes) over 1280 features) starts 10 classes at logits of std ~3 and a loss of ~5,
+    whose first gradients damage the pretrained features. Random, not zero: each member's seed still counts."""
+    for m in head.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.01)
+            nn.init.zeros_(m.bias)
 
 
 def data_config_override(spec: ModelSpec) -> dict | None:
