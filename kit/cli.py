@@ -101,6 +101,37 @@ def cmd_submit(args):
     return 0
 
 
+def cmd_classify(args):
+    from kit.classify import classify_images, format_topk
+    results = classify_images(args.images, model_name=args.model, weights=args.weights, topk=args.topk)
+    for line in format_topk(args.images, results):
+        console.print(line, highlight=False)
+    return 0
+
+
+def cmd_leaderboard(args):
+    from kit.leaderboard import leaderboard_report
+    filters = {k: v for k, v in dict(kind=args.kind, recipe=args.recipe, backbone=args.backbone,
+                                     since=args.since, until=args.until).items() if v}
+    out = args.output
+    if args.format and not out:
+        out = f"leaderboard.{args.format}"
+    console.print(leaderboard_report(args.url, by=args.by, metric=args.metric, group_seeds=not args.no_group,
+                                     top=args.top, out=out, fmt=args.format, **filters), highlight=False)
+    return 0
+
+
+def cmd_score(args):
+    from kit.leaderboard import record_score, score_submission
+    result = score_submission(args.submission, args.solution, args.metric, id_column=args.id_column)
+    console.print(f"{result['metric']}: public {result['public']} (n={result['n_public']}), "
+                  f"private {result['private']} (n={result['n_private']})")
+    if not args.no_record:
+        record_score(result, name=args.name or str(args.submission), url=args.url,
+                     extra={"submission": str(args.submission), "solution": str(args.solution)})
+    return 0
+
+
 def print_summary(s) -> None:
     from kit.run import best_config, summary_dict
     d = summary_dict(s)
@@ -129,6 +160,10 @@ def print_summary(s) -> None:
         console.print(f"[yellow]{len(s.pending)} members not finished[/]: {', '.join(s.pending[:5])}")
     if s.submission:
         console.print(f"submission: [bold]{s.submission}[/]")
+    if s.test_scores:
+        t = s.test_scores
+        console.print(f"submission scored against the known answers: {t['metric']} public {t['public']:.4f} "
+                      f"(n={t['n_public']}), private {t['private']:.4f} (n={t['n_private']})")
     console.print(f"run directory: [bold]{s.run_dir}[/]  ({s.wall_time_s:.0f} s)")
 
 
@@ -157,6 +192,38 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", help="submission path (default: in the run directory)")
     s.add_argument("--force", action="store_true", help="replace an existing submission file")
     s.set_defaults(fn=cmd_submit)
+
+    s = sub.add_parser("classify", help="top-5 ImageNet classes of images, with a pretrained model as it is")
+    s.add_argument("images", nargs="+")
+    s.add_argument("--model", default="efficientnet_lite0")
+    s.add_argument("--weights", default="auto", help="auto | hub | offline | path to a weights file")
+    s.add_argument("--topk", type=int, default=5)
+    s.set_defaults(fn=cmd_classify)
+
+    s = sub.add_parser("leaderboard", help="ranked table of recorded results; --format csv|md|html exports it")
+    s.add_argument("--url", help="SQLAlchemy URL (default $KIT_LEADERBOARD_URL or leaderboard/leaderboard.sqlite)")
+    s.add_argument("--by", default="score", choices=["score", "public", "private"])
+    s.add_argument("--metric", help="rank by this metric (default: the entries' own)")
+    s.add_argument("--kind", action="append", help="member, tta, ensemble, trial, submission (repeatable)")
+    s.add_argument("--recipe", action="append")
+    s.add_argument("--backbone", action="append")
+    s.add_argument("--since", help="ISO date, e.g. 2026-11-01")
+    s.add_argument("--until", help="ISO date (exclusive)")
+    s.add_argument("--top", type=int)
+    s.add_argument("--no-group", action="store_true", help="one row per seed instead of mean ± std")
+    s.add_argument("--format", choices=["csv", "md", "html"])
+    s.add_argument("--output", help="file to export to (format from its suffix)")
+    s.set_defaults(fn=cmd_leaderboard)
+
+    s = sub.add_parser("score", help="score a submission against a solution with a Public/Private Usage column")
+    s.add_argument("submission")
+    s.add_argument("solution")
+    s.add_argument("--metric", default="accuracy")
+    s.add_argument("--id-column")
+    s.add_argument("--name", help="name on the leaderboard (default: the submission path)")
+    s.add_argument("--url", help="leaderboard URL")
+    s.add_argument("--no-record", action="store_true", help="print only, record nothing")
+    s.set_defaults(fn=cmd_score)
     return p
 
 

@@ -40,6 +40,7 @@ class Summary:
     submission: Path | None
     wall_time_s: float
     pending: list[str]  # members not finished yet (another machine may be training them)
+    test_scores: dict | None = None  # public/private scores of the submission, where the answers are known
 
 
 def all_members(ctx: RunContext) -> list[Member]:
@@ -189,9 +190,32 @@ def finish(ctx: RunContext, *, force: bool = False, t0: float | None = None) -> 
     path = submit(ctx, pred, force=force) if pred is not None and not pending else None
     summary = Summary(ctx.run_dir, ctx.recipe.train.metric, tta, configs, methods, chosen, path,
                       time.time() - t0, pending)
+    if path is not None:
+        summary.test_scores = _score_and_record_submission(ctx, summary)
     write_json_atomic(ctx.run_dir / "summary.json", summary_dict(summary))
     _record_ensemble(ctx, summary)
     return summary
+
+
+def _score_and_record_submission(ctx: RunContext, s: Summary) -> dict | None:
+    """Record the submission; where the test answers are known (digits), score it like a competition site."""
+    from kit.leaderboard import Entry, record_score, score_submission
+    result = None
+    solution = ctx.sources.test_solution
+    base = dict(_base_entry(ctx), backbone="+".join(sorted({c.backbone for c in s.configs})),
+                strategy=ctx.recipe.model.strategy, tta_mode=s.tta, blend_method=s.chosen)
+    if solution is not None:
+        sol_path = ctx.run_dir / "solution.csv"
+        solution.to_csv(sol_path, index=False)
+        result = score_submission(s.submission, sol_path, ctx.recipe.train.metric)
+        val = s.methods[s.chosen].nested_score if s.chosen else best_config(s.configs, s.metric).tta_scores[s.tta]
+        base.pop("metric")
+        record_score(result, name=f"{ctx.recipe.name}:submission", url=ctx.recipe.leaderboard, score=val,
+                     extra={"submission": str(s.submission)}, **base)
+    else:
+        _record(ctx, [Entry(kind="submission", name=f"{ctx.recipe.name}:submission", score=None,
+                            extra={"submission": str(s.submission)}, **base)])
+    return result
 
 
 def summary_dict(s: Summary) -> dict:
@@ -205,7 +229,7 @@ def summary_dict(s: Summary) -> dict:
          "best_member": best.config if best else None,
          "best_member_score": best.tta_scores[s.tta] if best else None,
          "methods": {k: {"oof": v.oof_score, "nested": v.nested_score} for k, v in s.methods.items()},
-         "chosen": s.chosen}
+         "chosen": s.chosen, "test_scores": s.test_scores}
     if s.chosen and best:
         d["gain_oof"] = s.methods[s.chosen].oof_score - d["best_member_score"]
         d["gain_nested"] = s.methods[s.chosen].nested_score - d["best_member_score"]
