@@ -87,17 +87,14 @@ def cmd_predict(args):
 def cmd_submit(args):
     from kit.members import prepare_run
     from kit.recipe import load_recipe
-    from kit.run import collect, blend, final_test_predictions, submit
-    recipe = load_recipe(args.run.rstrip("/") + "/recipe.yaml") if not args.run.endswith((".yaml", ".yml")) \
-        else load_recipe(args.run)
-    ctx = prepare_run(recipe)
-    configs, _, pending = collect(ctx)
-    if pending:
-        raise UsageError(f"{len(pending)} members are not finished ({', '.join(pending[:3])}...); "
-                         f"train them first with kit train")
-    _, chosen = blend(ctx, configs)
-    path = submit(ctx, final_test_predictions(ctx, configs, chosen), path=args.output, force=args.force)
-    console.print(f"submission written to [bold]{path}[/]" if path else "this dataset has no sample submission")
+    from kit.run import finish
+    run = args.run.rstrip("/")
+    recipe = load_recipe(run if run.endswith((".yaml", ".yml")) else run + "/recipe.yaml")
+    summary = finish(prepare_run(recipe), force=args.force, path=args.output)
+    if summary.pending:
+        raise UsageError(f"{len(summary.pending)} members are not finished ({', '.join(summary.pending[:3])}); "
+                         f"train them first with kit train {args.run}")
+    print_summary(summary)
     return 0
 
 

@@ -61,11 +61,22 @@ def train(recipe: Recipe, members: str | None = None, *, resume: bool = True, pr
             records.append(done)
             continue
         log(f"member {m.index}/{len(everyone) - 1} {m.name}: training")
-        rec = train_member(ctx, m, resume=resume, progress_factory=progress_factory)
+        rec = train_member(ctx, m, resume=resume, progress_factory=progress_factory,
+                           on_epoch_end=_epoch_logger(m.recipe, log))
         log(f"member {m.name}: {_fmt_scores(rec, recipe.train.metric)} ({rec['wall_time_s']:.0f} s)")
         _record_member(ctx, rec)
         records.append(rec)
     return ctx, records
+
+
+def _epoch_logger(recipe: Recipe, log):
+    metric = recipe.train.metric
+
+    def on_epoch_end(epoch: int, row: dict) -> None:
+        log(f"  epoch {epoch + 1}/{recipe.train.epochs}  loss {row['train_loss']:.4f}  "
+            f"val {metric} {row['val_' + metric]:.4f}  log_loss {row['val_log_loss']:.4f}  "
+            f"{row['train_images_per_s']:.0f} img/s  {row['seconds']:.0f} s")
+    return on_epoch_end
 
 
 def _fmt_scores(rec: dict, metric: str) -> str:
@@ -181,13 +192,13 @@ def run(recipe: Recipe, *, resume: bool = True, force: bool = False, progress_fa
     return finish(ctx, force=force, t0=t0)
 
 
-def finish(ctx: RunContext, *, force: bool = False, t0: float | None = None) -> Summary:
+def finish(ctx: RunContext, *, force: bool = False, t0: float | None = None, path=None) -> Summary:
     """Everything after training: collect finished members, blend, submit, summarise, record."""
     t0 = t0 or time.time()
     configs, tta, pending = collect(ctx)
     methods, chosen = blend(ctx, configs)
     pred = final_test_predictions(ctx, configs, chosen)
-    path = submit(ctx, pred, force=force) if pred is not None and not pending else None
+    path = submit(ctx, pred, path=path, force=force) if pred is not None and not pending else None
     summary = Summary(ctx.run_dir, ctx.recipe.train.metric, tta, configs, methods, chosen, path,
                       time.time() - t0, pending)
     if path is not None:
