@@ -141,7 +141,10 @@ def train_member(ctx: RunContext, member: Member, *, resume: bool = True, on_epo
     table = ctx.sources.train
     model, weights_source = create_model(r.model, len(table.classes))
     device = device or resolve_device(r.train.device)
-    channels_last = use_channels_last(r.model.channels_last, model)
+    from kit.data import resolve_data_config
+    from kit.models.backbone import data_config_override
+    size = resolve_data_config(model, r.augment, data_config_override(r.model))["input_size"]
+    channels_last = use_channels_last(r.model.channels_last, model, size, device)
     model = to_device(model, device, channels_last)
     cfg, train_loader, val_loader, _, val_rows = _loaders(ctx, member, model)
     if r.model.strategy == "feature_extract" and r.model.head in ("logreg", "svm"):
@@ -231,9 +234,9 @@ def load_member_model(ctx: RunContext, member: Member, device):
     model, _ = create_model(spec, len(ctx.sources.train.classes))
     state = torch.load(member_dir(ctx.run_dir, member.name) / "best.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
-    channels_last = use_channels_last(spec.channels_last, model)
-    model = to_device(model, device, channels_last)
     cfg = resolve_data_config(model, member.recipe.augment, data_config_override(member.recipe.model))
+    channels_last = use_channels_last(spec.channels_last, model, cfg["input_size"], device)
+    model = to_device(model, device, channels_last)
     return model, cfg, channels_last
 
 
