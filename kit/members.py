@@ -132,6 +132,10 @@ def train_member(ctx: RunContext, member: Member, *, resume: bool = True, on_epo
     from kit.runtime import describe_device, resolve_device, seed_everything, use_channels_last
     from kit.train import fit
 
+    if member.recipe.model.strategy == "auto":  # measured once per data set and backbone (kit.advise), cached
+        from dataclasses import replace
+        from kit.advise import resolve_auto
+        member = replace(member, recipe=resolve_auto(member.recipe))
     done = member_done(ctx.run_dir, member)
     if done is not None:
         return done
@@ -147,11 +151,14 @@ def train_member(ctx: RunContext, member: Member, *, resume: bool = True, on_epo
     channels_last = use_channels_last(r.model.channels_last, model, size, device)
     model = to_device(model, device, channels_last)
     cfg, train_loader, val_loader, _, val_rows = _loaders(ctx, member, model)
-    if r.model.strategy == "feature_extract" and r.model.head in ("logreg", "svm"):
-        raise RecipeError("model.head logreg/svm trains on cached embeddings: see kit.features")
-    history = fit(model, train_loader, val_loader, table.labels, r.model, r.train, out,
-                  num_classes=len(table.classes), device=device, channels_last=channels_last,
-                  resume=resume, on_epoch_end=on_epoch_end, progress_factory=progress_factory)
+    if r.model.strategy == "feature_extract":  # a shallow head on cached embeddings (kit.features)
+        from kit.features import fit_feature_member
+        model, history = fit_feature_member(ctx, member, model, cfg, out, device=device,
+                                            channels_last=channels_last, on_epoch_end=on_epoch_end)
+    else:
+        history = fit(model, train_loader, val_loader, table.labels, r.model, r.train, out,
+                      num_classes=len(table.classes), device=device, channels_last=channels_last,
+                      resume=resume, on_epoch_end=on_epoch_end, progress_factory=progress_factory)
     model.load_state_dict(torch.load(out / "best.pt", map_location=device, weights_only=True)["model"])
     scores = predict_member(ctx, member, model, cfg, device, channels_last)
     record = {"member": member.name, "index": member.index, "config": member.config, "seed": member.seed,

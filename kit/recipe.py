@@ -140,6 +140,17 @@ class EnsembleSpec(Spec):
     choose: str = "auto"  # auto: best nested out-of-fold score
     temperature: bool = False  # temperature-scale each member on its out-of-fold predictions first
 
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v):
+        # members are named and stored by seed: a repeated seed would be one member counted twice
+        if not v:
+            raise ValueError("at least one seed is needed, e.g. [0]")
+        dup = sorted({s for s in v if v.count(s) > 1})
+        if dup:
+            raise ValueError(f"seeds must be distinct; {dup} repeat{'s' * (len(dup) == 1)}")
+        return v
+
     @field_validator("methods")
     @classmethod
     def _known_methods(cls, v):
@@ -346,7 +357,7 @@ def _check_backbone(name: str, key: str, source: str) -> None:
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         raise RecipeError(f"recipe key '{key}' in {source}: {name!r} is not a timm model"
-                          + (f"; did you mean {', '.join(close)}?" if close else "")
+                          + (f"; did you mean {', '.join(close)}?" if close else ".")
                           + " List them with python -c \"import timm; print(timm.list_models('*pattern*'))\"")
 
 

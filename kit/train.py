@@ -46,7 +46,9 @@ class Setup:
 
 def _setup(model, model_spec: ModelSpec, spec: TrainSpec, n_batches: int, num_classes: int, device, amp_dtype):
     groups = param_groups(model, model_spec, spec)
-    optimizer = create_optimizer_v2(groups, opt=spec.optimizer, lr=spec.lr, weight_decay=spec.weight_decay,
+    # timm's "sgd" is Nesterov SGD, which torch refuses without momentum: momentum 0 is plain SGD ("momentum")
+    opt = "momentum" if spec.optimizer == "sgd" and spec.momentum == 0 else spec.optimizer
+    optimizer = create_optimizer_v2(groups, opt=opt, lr=spec.lr, weight_decay=spec.weight_decay,
                                     momentum=spec.momentum)
     updates = max(1, math.ceil(n_batches / spec.accum_steps))
     if spec.scheduler == "onecycle":
@@ -54,6 +56,10 @@ def _setup(model, model_spec: ModelSpec, spec: TrainSpec, n_batches: int, num_cl
             optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=spec.epochs * updates,
             pct_start=min(0.5, max(spec.warmup_epochs / spec.epochs, 0.05)))
     elif spec.scheduler == "cosine":
+        # timm's schedulers compute one value per group from its initial_lr, then multiply it by the group's
+        # lr_scale: started from the already scaled lr, a backbone at scale 0.1 would train at 0.01 x lr.
+        for g in optimizer.param_groups:
+            g["initial_lr"] = g["lr"] / g.get("lr_scale", 1.0)
         scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=spec.epochs,
                                            warmup_epochs=spec.warmup_epochs, warmup_lr=spec.lr * 1e-3,
                                            min_lr=spec.lr * 1e-3, step_on_epochs=False, updates_per_epoch=updates)

@@ -1,0 +1,230 @@
+"""kit.models.strategies: for each transfer strategy, which parameters train at which epoch and with which
+learning rate; and that the schedulers built by kit.train keep each group's lr_scale."""
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from kit.models.backbone import create_model, head_parameters
+from kit.models.strategies import apply_freeze, frozen_count, param_groups, set_train_mode, stage_groups
+from kit.recipe import ModelSpec, TrainSpec
+from kit.train import _setup
+
+LR = 0.01
+
+
+def make(strategy="finetune", backbone="test_resnet", num_classes=3, **kw):
+    torch.manual_seed(0)
+    s = ModelSpec(backbone=backbone, weights="none", strategy=strategy, **kw)
+    return create_model(s, num_classes)[0], s
+
+
+def trainable(model) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def lr_of(groups, model) -> dict[str, float]:
+    """Parameter name -> its group's lr."""
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    return {name_of[id(p)]: g["lr"] for g in groups for p in g["params"]}
+
+
+def all_approx(values, expected) -> bool:
+    values = list(values)
+    return bool(values) and all(v == pytest.approx(expected) for v in values)
+
+
+def reference_lrs(train: TrainSpec, updates: int, steps) -> list[float]:
+    """The lr of one unscaled parameter group under the same schedule (timm's own arithmetic)."""
+    from timm.scheduler import create_scheduler_v2
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=train.lr)
+    sched, _ = create_scheduler_v2(opt, sched="cosine", num_epochs=train.epochs, warmup_epochs=train.warmup_epochs,
+                                   warmup_lr=train.lr * 1e-3, min_lr=train.lr * 1e-3, step_on_epochs=False,
+                                   updates_per_epoch=updates)
+    out = []
+    for t in steps:
+        sched.step_update(t)
+        out.append(opt.param_groups[0]["lr"])
+    return out
+
+
+def bn_layers(model):
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def one_step(model, groups, lr=LR):
+    opt = torch.optim.SGD(groups, lr=lr)
+    set_train_mode(model)
+    loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32) * 3 + 1), torch.tensor([0, 1, 2, 0]))
+    loss.backward()
+    opt.step()
+
+
+@pytest.mark.parametrize("backbone, n_stages", [("test_resnet", 5), ("test_efficientnet", 6), ("resnet10t", 5)])
+def test_stage_groups_follow_timm_coarse_groups(backbone, n_stages):
+    model, _ = make(backbone=backbone)
+    stages = stage_groups(model)
+    assert len(stages) == n_stages
+    names = [n for s in stages for n in s]
+    head = set(head_parameters(model))
+    assert len(names) == len(set(names))  # each parameter in one stage
+    assert set(names) | head == {n for n, _ in model.named_parameters()} and not head & set(names)
+    assert stages[0][0].startswith(("conv1", "conv_stem"))  # input side first
+
+
+def test_feature_extract_trains_only_the_head_and_keeps_batchnorm_statistics():
+    model, s = make("feature_extract")
+    assert apply_freeze(model, s, epoch=0) == 5
+    assert trainable(model) == set(head_parameters(model)) == {"fc.weight", "fc.bias"}
+    groups = param_groups(model, s, TrainSpec(lr=LR))
+    assert set(lr_of(groups, model)) == {"fc.weight", "fc.bias"}
+    assert all(g["lr"] == LR and g["lr_scale"] == 1.0 for g in groups)
+    set_train_mode(model)
+    assert model.training and all(not m.training for m in bn_layers(model))
+    before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    head_before = model.fc.weight.detach().clone()
+    one_step(model, groups)
+    after = model.state_dict()
+    for k, v in before.items():  # weights, running_mean, running_var, num_batches_tracked
+        assert torch.equal(v, after[k]), k
+    assert not torch.equal(head_before, model.fc.weight)
+    # later epochs: still all frozen
+    assert apply_freeze(model, s, epoch=7) == 5 and trainable(model) == {"fc.weight", "fc.bias"}
+
+
+@pytest.mark.parametrize("k", [0, 1, 3, 5])
+def test_finetune_freezes_exactly_the_first_k_stages(k):
+    model, s = make("finetune", frozen_stages=k, backbone_lr_scale=0.1)
+    stages = stage_groups(model)
+    assert apply_freeze(model, s, epoch=0) == k
+    frozen = {n for st in stages[:k] for n in st}
+    assert trainable(model) == {n for n, _ in model.named_parameters()} - frozen
+    set_train_mode(model)
+    frozen_bn = [m for name, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)
+                 and f"{name}.weight" in frozen]
+    assert all(not m.training for m in frozen_bn)
+    assert all(m.training for m in bn_layers(model) if m not in frozen_bn)
+    lrs = lr_of(param_groups(model, s, TrainSpec(lr=LR)), model)
+    head = set(head_parameters(model))
+    assert len(lrs) == len(list(model.parameters()))  # frozen ones too: no new optimizer when unfreezing
+    assert all_approx([lrs[n] for n in head], LR)
+    assert all_approx([lrs[n] for n in lrs if n not in head], LR * 0.1)
+
+
+def test_finetune_frozen_stages_out_of_range_names_the_valid_values():
+    model, s = make("finetune", frozen_stages=9)
+    with pytest.raises(ValueError, match=r"frozen_stages=9.*5 stages.*0\.\.5"):
+        apply_freeze(model, s, epoch=0)
+
+
+def test_gradual_unfreezes_one_stage_from_the_top_every_n_epochs():
+    model, s = make("gradual", unfreeze_every=2)
+    stages = stage_groups(model)
+    counts = [apply_freeze(model, s, e) for e in range(14)]
+    assert counts == [5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0, 0, 0]
+    for e in (0, 4, 9, 3, 12, 1):  # any order: the state is a function of the epoch alone
+        k = apply_freeze(model, s, e)
+        assert k == frozen_count(s, e, len(stages))
+        assert trainable(model) == {n for n, _ in model.named_parameters()} - {n for st in stages[:k] for n in st}
+    # top stage first: at epoch 2 only the last stage and the head train
+    apply_freeze(model, s, 2)
+    assert trainable(model) == set(stages[-1]) | set(head_parameters(model))
+
+
+def test_gradual_lrs_and_optimizer_holds_every_parameter():
+    model, s = make("gradual", backbone_lr_scale=0.2)
+    groups = param_groups(model, s, TrainSpec(lr=LR))
+    lrs = lr_of(groups, model)
+    head = set(head_parameters(model))
+    assert set(lrs) == {n for n, _ in model.named_parameters()}
+    assert all_approx([lrs[n] for n in head], LR) and all_approx([lrs[n] for n in lrs if n not in head], LR * 0.2)
+
+
+def test_full_trains_everything_with_one_lr():
+    model, s = make("full", backbone_lr_scale=0.1)  # backbone_lr_scale is for the other strategies
+    assert apply_freeze(model, s, epoch=0) == 0
+    assert trainable(model) == {n for n, _ in model.named_parameters()}
+    groups = param_groups(model, s, TrainSpec(lr=LR, weight_decay=0.05))
+    assert set(lr_of(groups, model).values()) == {LR}
+    # biases and norm weights get no weight decay, conv/linear weights do
+    wd = {n: g["weight_decay"] for g in groups for n, p in model.named_parameters() if any(p is q for q in g["params"])}
+    assert wd["fc.weight"] == 0.05 and wd["fc.bias"] == 0.0 and wd["conv1.0.weight"] == 0.05
+    assert wd["conv1.1.weight"] == 0.0  # BatchNorm gamma
+
+
+@pytest.mark.parametrize("backbone", ["test_resnet", "test_efficientnet"])
+def test_full_with_layer_decay_scales_lr_down_towards_the_stem(backbone):
+    model, s = make("full", backbone=backbone, layer_decay=0.5)
+    groups = param_groups(model, s, TrainSpec(lr=LR))
+    lrs = lr_of(groups, model)
+    assert set(lrs) == {n for n, _ in model.named_parameters()}
+    head = set(head_parameters(model))
+    assert {lrs[n] for n in head} == {LR}
+    stages = stage_groups(model)
+    per_stage = [max(lrs[n] for n in st) for st in stages]
+    assert per_stage == sorted(per_stage) and per_stage[0] < per_stage[-1] < LR
+    assert per_stage[0] == pytest.approx(LR * 0.5 ** len(stages))
+    for g in groups:
+        assert g["lr"] == pytest.approx(LR * g["lr_scale"])
+
+
+def test_cut_at_prunes_the_backbone_and_outputs_the_cut_stage():
+    full = timm.create_model("test_resnet", num_classes=3)
+    model, s = make("cut_at", cut_at=2)
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in full.parameters()) / 2
+    assert not any(n.startswith(("body.layer3", "body.layer4", "body.fc")) for n, _ in model.named_parameters())
+    x = torch.randn(2, 3, 32, 32)
+    feats = model.forward_features(x)
+    assert feats.shape == (2, full.feature_info[2]["num_chs"], 4, 4)  # layer2: 48 channels at stride 8
+    assert model(x).shape == (2, 3)
+    # its stages and freezing work through the prefixed group matcher
+    stages = stage_groups(model)
+    assert len(stages) == 3 and stages[0][0].startswith("body.conv1")
+    s2 = s.model_copy(update={"frozen_stages": 2})
+    assert apply_freeze(model, s2, epoch=0) == 2
+    assert trainable(model) == set(stages[2]) | {"classifier.weight", "classifier.bias"}
+    lrs = lr_of(param_groups(model, s2, TrainSpec(lr=LR)), model)
+    assert lrs["classifier.weight"] == LR and lrs["body.layer2.0.conv1.weight"] == pytest.approx(LR * 0.1)
+
+
+@pytest.mark.parametrize("cut_at", [5, 12])
+def test_cut_at_out_of_range_names_the_stages(cut_at):
+    with pytest.raises(ValueError, match=rf"cut_at={cut_at}.*stages 0\.\.4 \(act1, layer1, layer2, layer3, layer4\)"):
+        make("cut_at", cut_at=cut_at)
+
+
+@pytest.mark.parametrize("warmup", [0.0, 1.0])
+@pytest.mark.parametrize("strategy, extra", [("finetune", {"backbone_lr_scale": 0.1}),
+                                             ("gradual", {"backbone_lr_scale": 0.3}),
+                                             ("full", {"layer_decay": 0.5})])
+def test_cosine_scheduler_applies_lr_scale_once(strategy, extra, warmup):
+    """timm's schedulers multiply each group's value by its lr_scale: the value must be the unscaled lr."""
+    model, s = make(strategy, **extra)
+    train = TrainSpec(lr=LR, epochs=4, warmup_epochs=warmup, scheduler="cosine")
+    sched = _setup(model, s, train, 10, 3, torch.device("cpu"), None)
+    opt, sched = sched.optimizer, sched.scheduler
+    assert len({g["lr_scale"] for g in opt.param_groups}) > 1
+    steps = [1, 5, 10, 20, 39]
+    for t, ref in zip(steps, reference_lrs(train, 10, steps)):
+        sched.step_update(t)
+        for g in opt.param_groups:
+            assert g["lr"] == pytest.approx(ref * g["lr_scale"], rel=1e-9), (t, g["lr_scale"])
+    head = max(g["lr"] for g in opt.param_groups if g["lr_scale"] == 1.0)
+    assert head == pytest.approx(reference_lrs(train, 10, [39])[0])
+
+
+def test_onecycle_and_no_scheduler_keep_lr_scale():
+    model, s = make("finetune", backbone_lr_scale=0.1)
+    setup = _setup(model, s, TrainSpec(lr=LR, epochs=2, scheduler="onecycle"), 10, 3, torch.device("cpu"), None)
+    assert all(g["max_lr"] == pytest.approx(LR * g["lr_scale"]) for g in setup.optimizer.param_groups)
+    for _ in range(7):
+        setup.optimizer.step()
+        setup.scheduler.step()
+    head = [g["lr"] for g in setup.optimizer.param_groups if g["lr_scale"] == 1.0]
+    body = [g["lr"] for g in setup.optimizer.param_groups if g["lr_scale"] != 1.0]
+    assert all_approx(body, head[0] * 0.1)
+    model, s = make("finetune", backbone_lr_scale=0.1)
+    setup = _setup(model, s, TrainSpec(lr=LR, scheduler="none"), 10, 3, torch.device("cpu"), None)
+    assert setup.scheduler is None
+    assert all(g["lr"] == pytest.approx(LR * g["lr_scale"]) for g in setup.optimizer.param_groups)
