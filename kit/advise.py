@@ -70,7 +70,8 @@ def decide(n_images: int, n_classes: int, similarity_measurements: dict, *, n_st
                    + (">=" if similar else "<") + f" {SIMILAR_LIFT}")
         if similar and early is not None:
             if min(lift, early) >= EASY_LIFT:
-                why.append(f"early-stage probe: lift {early:.2f}; both >= {EASY_LIFT}: an easy task for any features")
+                why.append(f"early-stage probe: lift {early:.2f}; both >= {EASY_LIFT}: an easy task for any "
+                           f"features, so treated as similar (the cheapest strategy will do)")
             elif lift - early < LATE_GAIN:
                 similar = False
                 why.append(f"but the early-stage probe does as well (lift {early:.2f}; the late features gain "
@@ -95,9 +96,9 @@ def decide(n_images: int, n_classes: int, similarity_measurements: dict, *, n_st
         why.append(f"large and similar: fine-tune the later stages, the earlier {frozen} stay frozen")
     elif not large:
         cut = int(m.get("early_stage", 2))
-        strategy, keys = "cut_at", {"model.strategy": "cut_at", "model.cut_at": cut}
-        why.append(f"small and different: keep the generic early stages (up to stage {cut}, stride "
-                   f"{EARLY_REDUCTION}), drop the ImageNet-specific rest, retrain what is kept with a new head")
+        strategy, keys = "cut_at", {"model.strategy": "cut_at", "model.cut_at": cut, "model.backbone_lr_scale": 1.0}
+        why.append(f"small and different: keep the generic early stages (up to stage {cut}), drop the "
+                   f"ImageNet-specific rest, retrain what is kept (at the head's lr) with a new head")
     else:
         strategy, keys = "full", {"model.strategy": "full"}
         why.append("large and different: enough images to move every layer; train everything "

@@ -13,6 +13,7 @@ the `.tmp-*` folder, which is never read.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -52,19 +53,18 @@ def cache_root() -> Path:
     return kit_cache_dir() / "embeddings"
 
 
-_FILE_HASHES: dict[tuple, str] = {}
-
-
 def _file_sha256(path) -> str:
     st = os.stat(path)
-    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
-    if key not in _FILE_HASHES:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _FILE_HASHES[key] = h.hexdigest()
-    return _FILE_HASHES[key]
+    return _sha256_of(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:  # once per version of a weights file (~0.1 s / 20 MB)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def describe_weights(backbone: str, weights: str) -> str:
@@ -105,7 +105,7 @@ def embedding_key(backbone: str, weights: str, cut_at: int | None, cfg: dict, im
     parts = {"format": CACHE_FORMAT, "backbone": backbone, "weights": weights, "cut_at": cut_at,
              "transform": {k: cfg[k] for k in TRANSFORM_KEYS}, "images": images, "view": view,
              "precision": precision, "timm": timm.__version__}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=list).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
 def feature_views(head_views: int) -> tuple[str, ...]:
@@ -303,16 +303,20 @@ def head_proba(head: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> np.n
 
 def fit_torch_head(head: nn.Module, x_train, y_train, x_val, y_val, spec: TrainSpec, *, device="cpu",
                    on_epoch_end=None):
-    """Mini-batch training with the recipe's optimiser, schedule and label smoothing; validation every epoch,
-    early stopping on train.metric (patience train.early_stopping). The head ends with its best epoch's
-    weights; returns the kit.train.History."""
+    """Mini-batch training on standardised embeddings with the recipe's optimiser, schedule and label smoothing;
+    validation every epoch, early stopping on train.metric (patience train.early_stopping). The head ends with
+    its best epoch's weights, taking raw embeddings; returns the kit.train.History."""
     from timm.optim import create_optimizer_v2
     from kit.train import History
 
     device = torch.device(device)
     x = torch.as_tensor(np.asarray(x_train, dtype=np.float32), device=device)
+    # Standardised inputs, as the scikit-learn heads get: pooled features have scales that differ by backbone
+    # (and by layer, with cut_at), which an lr tuned for one would not fit. Folded into the first layer at the end.
+    mean, std = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-6)
+    x = (x - mean) / std
     y = torch.as_tensor(np.asarray(y_train, dtype=np.int64), device=device)
-    xv = torch.as_tensor(np.asarray(x_val, dtype=np.float32), device=device)
+    xv = (torch.as_tensor(np.asarray(x_val, dtype=np.float32), device=device) - mean) / std
     y_val = np.asarray(y_val, dtype=np.int64)
     head.to(device)
     optimizer = create_optimizer_v2(head, opt=spec.optimizer, lr=spec.lr, weight_decay=spec.weight_decay,
@@ -333,7 +337,8 @@ def fit_torch_head(head: nn.Module, x_train, y_train, x_val, y_val, spec: TrainS
         history.epochs.append(row)
         score = scores[spec.metric]
         if math.isnan(score):
-            raise FloatingPointError(f"validation {spec.metric} is NaN at epoch {epoch}; lower train.lr (now {spec.lr})")
+            raise FloatingPointError(f"validation {spec.metric} is NaN at epoch {epoch}; "
+                                     f"lower train.lr (now {spec.lr})")
         if best is None or M.better(spec.metric, score, history.best_score):
             history.best_epoch, history.best_score = epoch, score
             best = {k: v.detach().clone() for k, v in head.state_dict().items()}
@@ -346,7 +351,16 @@ def fit_torch_head(head: nn.Module, x_train, y_train, x_val, y_val, spec: TrainS
         if history.stopped_early:
             break
     head.load_state_dict(best)
+    _fold_standardisation(head, mean, std)
     return history
+
+
+@torch.no_grad()
+def _fold_standardisation(head: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """W (x - mean) / std + b = (W / std) x + (b - (W / std) mean): the head then takes raw embeddings."""
+    first = next(m for m in head.modules() if isinstance(m, nn.Linear))
+    first.weight.div_(std)
+    first.bias.sub_(first.weight @ mean)
 
 
 def fit_sklearn_head(kind: str, c: float, x_train, y_train):

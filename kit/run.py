@@ -298,12 +298,9 @@ def predict(run_dir, modes: list[str] | None = None, log=print) -> dict:
     """`kit predict RUN --tta MODE`: predict every finished member of a run with these TTA modes
     (default: the recipe's), saving the probabilities per split and mode; returns val scores per member."""
     from kit.members import repredict_member
-    from kit.recipe import TTA_MODES, RecipeError, load_recipe
+    from kit.recipe import TTA_MODES, RecipeError
     from kit.runtime import resolve_device
-    recipe_file = Path(run_dir) / "recipe.yaml"
-    if not recipe_file.exists():
-        raise RecipeError(f"{run_dir} is not a run directory (no recipe.yaml); pass runs/<name>")
-    recipe = load_recipe(recipe_file)
+    recipe = load_run_recipe(run_dir)
     modes = modes or list(recipe.tta.modes)
     bad = [m for m in modes if m not in TTA_MODES]
     if bad:
@@ -319,3 +316,18 @@ def predict(run_dir, modes: list[str] | None = None, log=print) -> dict:
         _record_member(ctx, {**rec, "scores": {k: v for k, v in rec["scores"].items() if k in modes}})
         out[m.name] = {k: v[recipe.train.metric] for k, v in rec["scores"].items()}
     return out
+
+
+def load_run_recipe(run_dir) -> Recipe:
+    """The resolved recipe saved in a run directory, pointing at that directory wherever it is called from
+    (its output_dir may be relative to where the run started)."""
+    from kit.recipe import RecipeError, load_recipe
+    run_dir = Path(run_dir)
+    recipe_file = run_dir / "recipe.yaml"
+    if not recipe_file.exists():
+        raise RecipeError(f"{run_dir} is not a run directory (no recipe.yaml); pass runs/<name>")
+    recipe = load_recipe(recipe_file, [("output_dir", str(run_dir.parent))])  # output_dir is not hashed
+    if recipe.name != run_dir.name:
+        raise RecipeError(f"{run_dir} holds the run named {recipe.name!r} (its recipe.yaml); "
+                          f"rename the folder back to {recipe.name}")
+    return recipe

@@ -9,10 +9,11 @@ Many workers on many machines share one study through a database all of them rea
     kit tune R --trials 100 --total 40 --storage postgresql+psycopg2://u:p@host/db --study s   # on every machine
 
 The first worker would create the study too (load_if_exists), but workers that start at once on an empty database
-race to create its tables, so create it first. Each worker sends a heartbeat; a trial whose worker died is failed
-after a grace period by the next worker that starts a trial, and re-queued with the same parameters under a new
-number (so a new directory). --trials counts this worker's trials; --total stops every worker once the study has
-that many finished (complete or pruned) trials.
+race to create its tables, so create it first. Each running trial sends a heartbeat ($KIT_TUNE_HEARTBEAT_S, 60 s);
+one silent for the grace period ($KIT_TUNE_GRACE_S, 3 beats) is failed and re-queued with the same parameters under
+a new number (so a new directory) by the next worker that starts a trial, or by a worker about to leave, which
+waits up to the grace period for the trials still running. --trials counts this worker's trials; --total stops
+every worker once the study has that many finished (complete or pruned) trials.
 
 A trial is the recipe with the sampled `search.params` keys set (`set_path`), trained as one member: the fold
 `search.fold` (0 for a holdout) with the first of ensemble.seeds (and the first of ensemble.backbones), in its own
@@ -36,6 +37,7 @@ import os
 import socket
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -152,11 +154,24 @@ def resolve_storage(recipe: Recipe, storage: str | None = None) -> str:
     return f"sqlite:///{path}"
 
 
-def open_storage(url: str, heartbeat_s=None, grace_s=None, max_retry=None) -> optuna.storages.RDBStorage:
-    """An RDBStorage with heartbeats: a trial whose worker stops beating is failed and re-queued (max_retry times)."""
-    heartbeat_s = int(heartbeat_s or os.environ.get(HEARTBEAT_ENV, HEARTBEAT_S))
-    grace_s = int(grace_s or os.environ.get(GRACE_ENV, 3 * heartbeat_s))
+@dataclass(frozen=True)
+class Heartbeat:
+    interval_s: int  # a running trial writes a beat this often
+    grace_s: int  # no beat for this long: its worker is dead, the trial fails and is re-queued
+    max_retry: int  # re-queued at most this many times
+
+
+def resolve_heartbeat(interval_s=None, grace_s=None, max_retry=None) -> Heartbeat:
+    """Arguments, else $KIT_TUNE_HEARTBEAT_S, $KIT_TUNE_GRACE_S, $KIT_TUNE_MAX_RETRY, else 60 s, 3 beats, 3."""
+    interval_s = int(interval_s or os.environ.get(HEARTBEAT_ENV, HEARTBEAT_S))
+    grace_s = int(grace_s or os.environ.get(GRACE_ENV, 3 * interval_s))
     max_retry = int(max_retry if max_retry is not None else os.environ.get(RETRY_ENV, MAX_RETRY))
+    return Heartbeat(interval_s, grace_s, max_retry)
+
+
+def open_storage(url: str, heartbeat: Heartbeat | None = None) -> optuna.storages.RDBStorage:
+    """An RDBStorage with heartbeats: a trial whose worker stops beating is failed and re-queued."""
+    hb = heartbeat or resolve_heartbeat()
     # pool_pre_ping: a worker that waited hours on a trial finds its database connection dropped, and reconnects.
     engine = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
@@ -166,12 +181,12 @@ def open_storage(url: str, heartbeat_s=None, grace_s=None, max_retry=None) -> op
         retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
         try:
             if retry is not None:  # Optuna >= 4.9 names it so
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
-                                                  grace_period=grace_s,
-                                                  heartbeat_stale_trial_callback=retry(max_retry=max_retry))
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
-                                              grace_period=grace_s, failed_trial_callback=
-                                              optuna.storages.RetryFailedTrialCallback(max_retry=max_retry))
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=hb.interval_s,
+                                                  grace_period=hb.grace_s,
+                                                  heartbeat_stale_trial_callback=retry(max_retry=hb.max_retry))
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=hb.interval_s,
+                                              grace_period=hb.grace_s, failed_trial_callback=
+                                              optuna.storages.RetryFailedTrialCallback(max_retry=hb.max_retry))
         except ImportError as e:
             raise RecipeError(f"storage {url}: {e}; for PostgreSQL: pip install psycopg2-binary") from None
         except Exception as e:  # sqlalchemy: unreachable server, bad URL, bad credentials
@@ -179,7 +194,7 @@ def open_storage(url: str, heartbeat_s=None, grace_s=None, max_retry=None) -> op
 
 
 def create_study(recipe: Recipe, storage: str | None = None, study_name: str | None = None, *, sampler=None,
-                 pruner=None, heartbeat_s=None, grace_s=None, max_retry=None) -> optuna.Study:
+                 pruner=None, heartbeat: Heartbeat | None = None) -> optuna.Study:
     """Check the search space, then create the study, or load it (resume, or another worker's) if it exists.
     `sampler` and `pruner` replace the ones search.sampler / search.pruner name."""
     check_search_space(recipe)
@@ -187,7 +202,7 @@ def create_study(recipe: Recipe, storage: str | None = None, study_name: str | N
     url = resolve_storage(recipe, storage)
     metric = recipe.train.metric
     study = optuna.create_study(
-        storage=open_storage(url, heartbeat_s, grace_s, max_retry), study_name=name, load_if_exists=True,
+        storage=open_storage(url, heartbeat), study_name=name, load_if_exists=True,
         direction="maximize" if M.get_metric(metric).higher_is_better else "minimize",
         sampler=sampler or create_sampler(recipe), pruner=pruner or create_pruner(recipe))
     h, attrs = recipe_hash(recipe), study.user_attrs
@@ -359,23 +374,25 @@ def tune(recipe: Recipe, n_trials: int | None = None, timeout: float | None = No
     """Run n_trials (default search.trials) trials in this process, at most `timeout` seconds, stopping early once
     the study holds `total` finished trials; then write best.yaml, top_k.json and the plots. Trials that raise or
     score NaN fail and the study goes on; Ctrl-C stops it (run again to resume)."""
+    heartbeat = resolve_heartbeat(heartbeat_s, grace_s, max_retry)
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours (_after_trial)
     try:
-        study = create_study(recipe, storage, study_name, sampler=sampler, pruner=pruner, heartbeat_s=heartbeat_s,
-                             grace_s=grace_s, max_retry=max_retry)
-        _optimize(study, recipe, n_trials, timeout, total, log)
+        study = create_study(recipe, storage, study_name, sampler=sampler, pruner=pruner, heartbeat=heartbeat)
+        _optimize(study, recipe, n_trials, timeout, total, log, heartbeat)
     finally:
         optuna.logging.set_verbosity(verbosity)
     return study
 
 
-def _optimize(study: optuna.Study, recipe: Recipe, n_trials: int | None, timeout, total: int | None, log) -> None:
+def _optimize(study: optuna.Study, recipe: Recipe, n_trials: int | None, timeout, total: int | None, log,
+              heartbeat: Heartbeat) -> None:
     from kit.leaderboard import environment
     name = study.study_name
     n_trials = recipe.search.trials if n_trials is None else n_trials
     done = (TrialState.COMPLETE, TrialState.PRUNED)
-    callbacks = [_after_trial(recipe, name, log, environment())]
+    objective, record = _objective(recipe, name), _after_trial(recipe, name, log, environment())
+    callbacks = [record]
     if total is not None:
         callbacks.append(optuna.study.MaxTrialsCallback(total, states=done))
     log(f"study {name!r}: {len(study.trials)} trials so far; running {n_trials} more"
@@ -383,13 +400,41 @@ def _optimize(study: optuna.Study, recipe: Recipe, n_trials: int | None, timeout
         + f"; trial directories in {study_dir(recipe, name) / 'trials'}")
     try:
         if total is None or len(study.get_trials(deepcopy=False, states=done)) < total:
-            study.optimize(_objective(recipe, name), n_trials=n_trials, timeout=timeout, catch=(Exception,),
+            study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(Exception,),
                            callbacks=callbacks, gc_after_trial=True)
+        _retry_dead_workers_trials(study, objective, [record], heartbeat, log, wait=timeout is None)
     except KeyboardInterrupt:
         log("interrupted: the study keeps its finished trials; run the same command to resume it")
         finish_study(study, recipe, log)
         raise
     finish_study(study, recipe, log)
+
+
+def _retry_dead_workers_trials(study, objective, callbacks, heartbeat: Heartbeat, log, wait: bool) -> None:
+    """Before this worker leaves. Optuna fails a dead worker's trial (no heartbeat for grace_s) only when a worker
+    starts a trial, and the retry it queues runs only if one starts another: near the end of a study, neither may
+    happen. So wait (at most grace_s) for the trials still running to finish or go stale, then run the retries."""
+    deadline = time.time() + (heartbeat.grace_s + 2 * heartbeat.interval_s if wait else 0)
+    waited = False
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        retries = [t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+                   if "failed_trial" in t.system_attrs]
+        if retries:
+            log(f"retrying {len(retries)} trial(s) of stopped workers: "
+                + ", ".join(str(t.system_attrs["failed_trial"]) for t in retries))
+            study.optimize(objective, n_trials=len(retries), catch=(Exception,), callbacks=callbacks,
+                           gc_after_trial=True)
+        elif not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) or time.time() > deadline:
+            return
+        else:
+            if not waited:
+                log(f"waiting up to {deadline - time.time():.0f} s for the trials still running elsewhere to finish "
+                    f"or, if their worker died, to be retried here")
+                waited = True
+            time.sleep(heartbeat.interval_s)
 
 
 def finish_study(study: optuna.Study, recipe: Recipe, log=print) -> None:
@@ -456,6 +501,7 @@ def blend_top_k(top_k_json, methods=None) -> dict:
 
 def save_plots(study: optuna.Study, recipe: Recipe, log=print) -> list[Path]:
     """optimization_history.png always; param_importances.png with 2+ complete trials and 2+ searched keys."""
+    import matplotlib
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as vm
     out = study_dir(recipe, study.study_name)
@@ -470,11 +516,12 @@ def save_plots(study: optuna.Study, recipe: Recipe, log=print) -> list[Path]:
     paths = []
     for file, plot in plots.items():
         try:
-            with warnings.catch_warnings():
+            # rc_context: Optuna's plots switch pyplot to the ggplot style for the whole process; undo it after.
+            with warnings.catch_warnings(), matplotlib.rc_context():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 fig = plot().get_figure()
-            fig.savefig(out / file, dpi=120, bbox_inches="tight")
-            plt.close(fig)
+                fig.savefig(out / file, dpi=120, bbox_inches="tight")
+                plt.close(fig)
             paths.append(out / file)
         except Exception as e:  # e.g. every complete trial has the same values: no importance to compute
             log(f"{file} not plotted: {type(e).__name__}: {e}")

@@ -210,7 +210,7 @@ def member_recipe(tmp_path, data_spec, **model):
         "augment": {"input_size": 32},
         "model": {"backbone": BACKBONE, "weights": "none", "strategy": "feature_extract", "channels_last": False,
                   "head_hidden": 32, **model},
-        "train": {"epochs": 15, "batch_size": 8, "lr": 1e-2, "weight_decay": 1e-4, "warmup_epochs": 0},
+        "train": {"epochs": 10, "batch_size": 8, "lr": 1e-2, "weight_decay": 1e-4, "warmup_epochs": 0},
         "tta": {"modes": MODES},
         "ensemble": {"seeds": [0, 1]},
     })
@@ -239,9 +239,9 @@ def test_feature_extract_member(tmp_path, kaggle_spec, head, extra):
     # the installed head predicts images as it scored their cached embeddings
     assert record["scores"]["none"]["accuracy"] == pytest.approx(history["val_accuracy"].max(), abs=1e-6)
     assert record["scores"]["none"]["accuracy"] >= 0.5  # 3 classes, 6 validation images; chance 1/3
-    # the other seed reuses the embeddings
-    train_member(ctx, second)
-    assert json.loads((member_dir(ctx.run_dir, second.name) / "features.json").read_text())["extracted"] == []
+    if head == "logreg":  # another seed (or head, or trial) reuses the embeddings
+        train_member(ctx, second)
+        assert json.loads((member_dir(ctx.run_dir, second.name) / "features.json").read_text())["extracted"] == []
     # the saved member loads back into its architecture and predicts as before
     model, cfg = reload(ctx, first)
     scores = predict_member(ctx, first, model, cfg, torch.device("cpu"), False)

@@ -186,3 +186,11 @@ def test_every_recipe_in_recipes_loads(path, monkeypatch):
 
 def test_recipes_folder_is_not_empty():
     assert any(p.name == "quickstart.yaml" for p in RECIPES)
+
+
+def test_importing_the_recipe_and_run_modules_stays_light():
+    import subprocess
+    import sys
+    code = "import sys, kit.recipe, kit.rundir, kit.run; print('torch' in sys.modules, 'timm' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]  # torch and timm load when a model is built, not on import

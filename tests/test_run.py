@@ -30,7 +30,8 @@ def recipe(kaggle_root, tmp_path, monkeypatch):
         "data": {"source": "kaggle", "root": str(kaggle_root), "image_suffix": ".jpg", "split": "kfold",
                  "folds": 3, "num_workers": 0},
         "augment": {"input_size": 32},
-        "model": {"backbone": "test_resnet", "weights": "none", "strategy": "full"},
+        # channels_last fixed: `null` times both formats, and the result would follow the machine's load
+        "model": {"backbone": "test_resnet", "weights": "none", "strategy": "full", "channels_last": False},
         "train": {"epochs": 1, "batch_size": 8, "lr": 3e-3, "warmup_epochs": 0},
         "tta": {"modes": MODES},
         "ensemble": {"seeds": [0, 1]},
@@ -203,3 +204,57 @@ def test_interrupted_member_resumes_only_when_asked(recipe, fit_calls):
     assert fit_calls == ["test_resnet-s0-f0"] * 3
     assert records[0]["scores"] == first["scores"] and records[0]["best_epoch"] == first["best_epoch"]
     assert done.exists()
+
+
+def test_predict_adds_tta_modes_to_finished_members_from_any_directory(recipe, tmp_path, monkeypatch):
+    recipe = recipe.model_copy(update={"output_dir": "runs"})  # relative, as in a recipe file
+    ctx, _ = R.train(recipe, "0", log=quiet)
+    run_dir = ctx.run_dir.resolve()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    logged = []
+    scores = R.predict(run_dir, modes=["vflip"], log=logged.append)
+    assert list(scores) == ["test_resnet-s0-f0"]
+    assert set(scores["test_resnet-s0-f0"]) == {"none", "hflip", "vflip"}
+    assert len(logged) == 5 and all("not finished" in line for line in logged)
+    for split in ("oof", "test"):
+        assert pred_path(run_dir, "test_resnet-s0-f0", split, "vflip").exists()
+    done = json.loads((run_dir / "members" / "test_resnet-s0-f0" / "done.json").read_text())
+    assert set(done["scores"]) == {"none", "hflip", "vflip"}
+    assert not (elsewhere / "runs").exists()  # nothing made beside the caller
+    with pytest.raises(RecipeError, match="is not a run directory"):
+        R.predict(elsewhere)
+    with pytest.raises(RecipeError, match="--tta spin is not a TTA mode"):
+        R.predict(run_dir, modes=["spin"])
+    (elsewhere / "renamed").mkdir()
+    (elsewhere / "renamed" / "recipe.yaml").write_text((run_dir / "recipe.yaml").read_text())
+    with pytest.raises(RecipeError, match="holds the run named 'kfold'"):
+        R.predict(elsewhere / "renamed")
+
+
+def test_single_configuration_on_digits_is_submitted_and_scored(tmp_path, monkeypatch):
+    """One member (holdout, one seed): nothing to blend, the member's test predictions are the submission;
+    digits knows its test answers, so the submission gets public/private scores and a leaderboard row."""
+    monkeypatch.chdir(tmp_path)
+    recipe = recipe_from_dict({
+        "name": "digits", "output_dir": "runs", "leaderboard": str(tmp_path / "lb.sqlite"),
+        "data": {"source": "digits", "limit": 90, "num_workers": 0},
+        "augment": {"input_size": 32, "train": []},
+        "model": {"backbone": "test_resnet", "weights": "none", "strategy": "full", "channels_last": False},
+        "train": {"epochs": 1, "batch_size": 16, "warmup_epochs": 0},
+    })
+    summary = R.run(recipe, log=quiet)
+    assert [c.config for c in summary.configs] == ["test_resnet-s0"]
+    assert summary.methods == {} and summary.chosen is None and summary.tta == "none"
+    d = json.loads((summary.run_dir / "summary.json").read_text())
+    assert d["chosen"] is None and "gain_oof" not in d and d["best_member"] == "test_resnet-s0"
+    sub = pd.read_csv(summary.submission, dtype=str)
+    best = summary.configs[0].test
+    assert list(sub["label"]) == [best.classes[k] for k in best.reorder(sub["id"].to_numpy()).probs.argmax(1)]
+    t = summary.test_scores
+    assert t["metric"] == "accuracy" and 0 <= t["public"] <= 1 and 0 <= t["private"] <= 1
+    assert t["n_public"] + t["n_private"] == len(sub)
+    from kit.leaderboard import query
+    rows = query(str(tmp_path / "lb.sqlite"))
+    assert set(rows["kind"]) >= {"member", "submission"}
