@@ -6,10 +6,11 @@ import sys
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console(stderr=False)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 class UsageError(Exception):
@@ -87,14 +88,33 @@ def cmd_predict(args):
 def cmd_submit(args):
     from kit.members import prepare_run
     from kit.recipe import load_recipe
-    from kit.run import finish
+    from kit.run import finish, load_run_recipe
     run = args.run.rstrip("/")
-    recipe = load_recipe(run if run.endswith((".yaml", ".yml")) else run + "/recipe.yaml")
+    recipe = load_recipe(run) if run.endswith((".yaml", ".yml")) else load_run_recipe(run)
     summary = finish(prepare_run(recipe), force=args.force, path=args.output)
     if summary.pending:
         raise UsageError(f"{len(summary.pending)} members are not finished ({', '.join(summary.pending[:3])}); "
                          f"train them first with kit train {args.run}")
     print_summary(summary)
+    return 0
+
+
+def cmd_tune(args):
+    from kit.tune import create_study, tune
+    recipe = _load(args)
+    if args.create_only:
+        study = create_study(recipe, args.storage, args.study)
+        console.print(f"study [bold]{study.study_name}[/] ready: {len(study.trials)} trials; start the workers")
+        return 0
+    tune(recipe, args.trials, timeout=args.timeout, storage=args.storage, study_name=args.study,
+         total=args.total, log=_log)
+    return 0
+
+
+def cmd_advise(args):
+    from kit.advise import advise, format_advice
+    for line in format_advice(advise(_load(args))):
+        console.print(line, highlight=False)
     return 0
 
 
@@ -190,6 +210,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="replace an existing submission file")
     s.set_defaults(fn=cmd_submit)
 
+    s = sub.add_parser("tune", help="search the recipe's search.params with Optuna: resumable, many workers")
+    _recipe_args(s)
+    s.add_argument("--trials", type=int, help="trials this worker runs (default: search.trials)")
+    s.add_argument("--total", type=int, help="stop once the study holds this many finished trials, from all workers")
+    s.add_argument("--timeout", type=float, metavar="S", help="start no trial after S seconds")
+    s.add_argument("--storage", metavar="URL", help="SQLAlchemy URL or SQLite file (default: runs/<name>/study.sqlite)")
+    s.add_argument("--study", metavar="NAME", help="study name (default: search.study_name, else the recipe name)")
+    s.add_argument("--create-only", action="store_true", help="create the study and exit, before starting workers")
+    s.set_defaults(fn=cmd_tune)
+
+    s = sub.add_parser("advise", help="measure the data against the pretrained backbone; suggest a transfer strategy")
+    _recipe_args(s)
+    s.set_defaults(fn=cmd_advise)
+
     s = sub.add_parser("classify", help="top-5 ImageNet classes of images, with a pretrained model as it is")
     s.add_argument("images", nargs="+")
     s.add_argument("--model", default="efficientnet_lite0")
@@ -231,16 +265,16 @@ def main(argv=None) -> int:
     try:
         return args.fn(args) or 0
     except (RecipeError, UsageError, FileExistsError, FileNotFoundError) as e:
-        err.print(f"[red]error:[/] {e}", highlight=False)
+        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
         return 2
     except ValueError as e:  # data and submission checks (SubmissionError, bad CSV columns, ...)
         if type(e).__module__.startswith("kit"):
-            err.print(f"[red]error:[/] {e}", highlight=False)
+            err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
             return 2
         raise
     except OSError as e:
         if type(e).__name__ == "ImageReadError":
-            err.print(f"[red]error:[/] {e}", highlight=False)
+            err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
             return 2
         raise
     except KeyboardInterrupt:

@@ -2,6 +2,7 @@
 out-of-fold and test images with every TTA mode of the recipe."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,7 @@ def expand_members(recipe: Recipe, folds: list[int]) -> list[Member]:
         for section, values in over.items():
             for k, v in values.items():
                 raw = set_path(raw, f"{section}.{k}", v)
-        for seed in recipe.ensemble.seeds:
+        for seed in recipe.seeds:
             r = recipe_from_dict(set_path(raw, "train.seed", seed), source=f"ensemble.backbones[{b}]")
             for fold in folds:
                 config = f"{names[b]}-s{seed}"
@@ -237,8 +238,12 @@ def load_member_model(ctx: RunContext, member: Member, device):
     from kit.data import resolve_data_config
     from kit.models.backbone import create_model, data_config_override, to_device
     from kit.runtime import use_channels_last
+    from kit.advise import resolve_auto
+    from kit.features import restore_member_model
+    member = dataclasses.replace(member, recipe=resolve_auto(member.recipe))
     spec = member.recipe.model.model_copy(update={"weights": "none"})
     model, _ = create_model(spec, len(ctx.sources.train.classes))
+    model = restore_member_model(model, spec, member_dir(ctx.run_dir, member.name))
     state = torch.load(member_dir(ctx.run_dir, member.name) / "best.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     cfg = resolve_data_config(model, member.recipe.augment, data_config_override(member.recipe.model))

@@ -133,7 +133,7 @@ BLEND_METHODS = ("mean", "gmean", "rank", "weights", "greedy")
 
 
 class EnsembleSpec(Spec):
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    seeds: Optional[list[int]] = None  # member seeds; default: [train.seed]
     # Each backbone is a set of overrides of the recipe, e.g. {model: {backbone: resnet18}, train: {lr: 3e-4}}.
     backbones: list[dict[str, dict]] = Field(default_factory=list)
     methods: list[str] = Field(default_factory=lambda: list(BLEND_METHODS))
@@ -144,6 +144,8 @@ class EnsembleSpec(Spec):
     @classmethod
     def _distinct_seeds(cls, v):
         # members are named and stored by seed: a repeated seed would be one member counted twice
+        if v is None:
+            return v
         if not v:
             raise ValueError("at least one seed is needed, e.g. [0]")
         dup = sorted({s for s in v if v.count(s) > 1})
@@ -198,6 +200,10 @@ class Recipe(Spec):
     ensemble: EnsembleSpec = EnsembleSpec()
     submit: SubmitSpec = SubmitSpec()
     search: SearchSpec = SearchSpec()
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.ensemble.seeds or [self.train.seed])
 
     @property
     def run_dir(self) -> Path:

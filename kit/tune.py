@@ -129,7 +129,7 @@ def trial_recipe(recipe: Recipe, params: dict, number: int, study_name: str | No
         raw = set_path(raw, key, value)
     raw["name"] = f"trial_{number:04d}"
     raw["output_dir"] = str(study_dir(recipe, study_name) / "trials")
-    raw["ensemble"]["seeds"] = raw["ensemble"]["seeds"][:1]
+    raw["ensemble"]["seeds"] = (raw["ensemble"]["seeds"] or [raw["train"]["seed"]])[:1]
     return recipe_from_dict(raw, source=f"trial {number} of recipe {recipe.name!r}")
 
 
@@ -358,7 +358,7 @@ def _record_trial(recipe: Recipe, name: str, t, run_dir: Path, env: dict) -> Non
     entry = Entry(kind="trial", name=f"trial_{t.number}", metric=recipe.train.metric,
                   score=t.value if t.state == TrialState.COMPLETE else None, scores=t.user_attrs.get("scores", {}),
                   recipe_name=recipe.name, recipe_hash=recipe_hash(r), recipe=r.to_dict(),
-                  backbone=r.model.backbone, strategy=r.model.strategy, seed=r.ensemble.seeds[0],
+                  backbone=r.model.backbone, strategy=r.model.strategy, seed=r.seeds[0],
                   fold_scheme=f"kfold{r.data.folds}" if r.data.split == "kfold" else "holdout",
                   tta_mode=t.user_attrs.get("tta"), run_dir=str(run_dir), wall_time_s=duration,
                   device=t.user_attrs.get("device"), versions=env.get("versions", {}),
@@ -461,7 +461,7 @@ def write_best(study: optuna.Study, recipe: Recipe) -> Path:
     raw.pop("search")
     recipe_from_dict(raw, source="best.yaml")  # it must load as it is
     head = (f"# Trial {best.number} of study {name!r}: validation {recipe.train.metric} {best.value:.6g} "
-            f"(fold {recipe.search.fold}, seed {recipe.ensemble.seeds[0]}).\n# kit run this file: its member of "
+            f"(fold {recipe.search.fold}, seed {recipe.seeds[0]}).\n# kit run this file: its member of "
             f"that fold and seed retrains the trial; ensemble, TTA and submission as in {recipe.name}.\n")
     return write_text_atomic(study_dir(recipe, name) / "best.yaml", head + yaml.safe_dump(raw, sort_keys=False))
 

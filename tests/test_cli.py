@@ -8,7 +8,7 @@ import pytest
 
 from kit.cli import build_parser, main
 
-SUBCOMMANDS = ("run", "train", "predict", "submit", "classify", "leaderboard", "score")
+SUBCOMMANDS = ("tune", "advise", "run", "train", "predict", "submit", "classify", "leaderboard", "score")
 
 
 def _kit(*args, cwd=None) -> subprocess.CompletedProcess:
@@ -59,8 +59,6 @@ def test_member_out_of_range_exits_2(tmp_path, kaggle_root, capsys, monkeypatch)
     assert not list((tmp_path / "runs" / "r").glob("members/*"))  # nothing trained
 
 
-@pytest.mark.xfail(strict=True, reason="kit/cli.py prints messages as rich markup: '[i]' in a path is eaten and "
-                                       "'[/x]' raises MarkupError; fix: rich.markup.escape(str(e)) (reported)")
 @pytest.mark.parametrize("folder", ["v[i]", "v[/x]"])
 def test_error_messages_are_printed_verbatim(tmp_path, capsys, folder):
     missing = tmp_path / folder / "r.yaml"
@@ -68,8 +66,6 @@ def test_error_messages_are_printed_verbatim(tmp_path, capsys, folder):
     assert str(missing) in " ".join(capsys.readouterr().err.split())
 
 
-@pytest.mark.xfail(strict=True, reason="kit/cli.py cmd_submit loads RUN/recipe.yaml whose output_dir is relative to "
-                                       "where the run started; fix: kit.run.load_run_recipe(run) (reported)")
 def test_submit_a_run_directory_from_another_directory(tmp_path, kaggle_root, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("KIT_CACHE_DIR", str(tmp_path / "cache"))
