@@ -5,12 +5,12 @@ Saved as .npz; written atomically so that a reader never sees half a file.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from kit.rundir import atomic_write
 
 
 @dataclass(frozen=True)
@@ -54,19 +54,7 @@ def save_predictions(pred: Predictions, path) -> Path:
     arrays = dict(ids=pred.ids, probs=pred.probs, classes=np.asarray(pred.classes, dtype=str))
     if pred.labels is not None:
         arrays["labels"] = pred.labels
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp.npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load_predictions(path) -> Predictions:

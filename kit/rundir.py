@@ -19,7 +19,8 @@ import tempfile
 from pathlib import Path
 
 
-def _atomic_write(path, write) -> Path:
+def atomic_write(path, write) -> Path:
+    """Call write(binary file) on a temp file beside `path`, fsync, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -38,11 +39,11 @@ def _atomic_write(path, write) -> Path:
 
 def atomic_save(obj, path) -> Path:
     import torch  # only the writers of checkpoints need torch
-    return _atomic_write(path, lambda f: torch.save(obj, f))
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def write_bytes_atomic(path, data: bytes) -> Path:
-    return _atomic_write(path, lambda f: f.write(data))
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def write_text_atomic(path, text: str) -> Path:

@@ -5,14 +5,13 @@ numpy/pandas only (no torch). The sample is read with every column as text: ids 
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from kit.predictions import Predictions
+from kit.rundir import atomic_write
 
 FORMATS = ("label", "proba")
 
@@ -167,16 +166,4 @@ def write_submission(df: pd.DataFrame, path, overwrite: bool = False) -> Path:
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists and was not overwritten; pass --force (overwrite=True) to replace it, "
                               "or pick another path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            df.to_csv(f, index=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: f.write(df.to_csv(index=False).encode()))
