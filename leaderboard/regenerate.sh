@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 store=leaderboard/reference.sqlite          # git-ignored; the exports below are what is committed
-rm -f "$store"
+rm -rf "$store" runs/reference   # a fresh store and fresh runs: every result is recorded anew
 export KIT_LEADERBOARD_URL="sqlite:///$store"
 for recipe in recipes/quickstart.yaml recipes/digits_features.yaml; do
   [ -f "$recipe" ] && kit run "$recipe" --set output_dir=runs/reference --force

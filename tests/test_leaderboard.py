@@ -335,3 +335,14 @@ def test_postgres_round_trip_and_concurrency():
     for p in procs:
         p.join(timeout=120)
     assert [p.exitcode for p in procs] == [0, 0, 0, 0] and len(query(url)) == before + 100
+
+
+def test_tta_gain_keeps_members_of_different_recipes_apart(url):
+    from kit.leaderboard._plots import _tta_gains
+    entries = [member("m-s0-f0", 0.98, recipe_name="a", tta_mode="none"),
+               member("m-s0-f0", 0.95, recipe_name="a", kind="tta", tta_mode="hflip"),
+               member("m-s0-f0", 0.90, recipe_name="b", tta_mode="none")]  # same member name, other recipe
+    record(entries, url)
+    gains = _tta_gains(query(url), "accuracy")
+    assert list(gains.index) == ["a: m-s0-f0"]
+    assert gains.loc["a: m-s0-f0", "hflip"] == pytest.approx(-0.03)

@@ -165,11 +165,13 @@ def _ensemble_points(source, metric):
 
 
 def _tta_gains(df, metric) -> pd.DataFrame:
-    """Rows: member names; columns: TTA modes; values: gain over no TTA, positive = better (mean over repeats)."""
+    """Rows: "recipe: member"; columns: TTA modes; values: gain over no TTA, positive = better (mean over repeats)."""
     if df.empty or metric is None:
         return pd.DataFrame()
     values = metric_values(df, metric)
     rows = df.assign(value=values)[values.notna()]
+    # member names repeat across recipes (every recipe's first member is "<backbone>-s0-f0"): key by both
+    rows = rows.assign(name=rows["recipe_name"].fillna("?").astype(str) + ": " + rows["name"].astype(str))
     tta = rows[rows["kind"] == "tta"]
     plain = rows[(rows["kind"].isin(["tta", "member"])) & rows["tta_mode"].isin(_NO_TTA)]
     base = plain.groupby("name")["value"].mean()
