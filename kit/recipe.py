@@ -106,6 +106,13 @@ class TrainSpec(Spec):
     seed: int = 0
 
 
+def _check_known(values: list, valid: tuple, what: str) -> list:
+    bad = [x for x in values if x not in valid]
+    if bad:
+        raise ValueError(f"unknown {what} {bad}; valid: {', '.join(valid)}")
+    return values
+
+
 TTA_MODES = ("none", "hflip", "vflip", "flip", "d4", "five_crop", "ten_crop", "ten_crop_vflip", "multiscale")
 
 
@@ -121,9 +128,7 @@ class TTASpec(Spec):
     @field_validator("modes")
     @classmethod
     def _known_modes(cls, v):
-        bad = [m for m in v if m not in TTA_MODES]
-        if bad:
-            raise ValueError(f"unknown TTA modes {bad}; valid: {', '.join(TTA_MODES)}")
+        _check_known(v, TTA_MODES, "TTA modes")
         if not v:
             raise ValueError("at least one mode is needed, e.g. [none]")
         return v
@@ -156,10 +161,7 @@ class EnsembleSpec(Spec):
     @field_validator("methods")
     @classmethod
     def _known_methods(cls, v):
-        bad = [m for m in v if m not in BLEND_METHODS]
-        if bad:
-            raise ValueError(f"unknown blending methods {bad}; valid: {', '.join(BLEND_METHODS)}")
-        return v
+        return _check_known(v, BLEND_METHODS, "blending methods")
 
 
 class SubmitSpec(Spec):
