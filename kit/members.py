@@ -75,7 +75,7 @@ def select_members(members: list[Member], spec: str | None) -> list[Member]:
 
 def prepare_run(recipe: Recipe) -> RunContext:
     """Create (or reopen) the run directory: resolved recipe, hash, data sources and the saved split."""
-    from kit.data import fold_ids, load_folds, load_sources, make_folds, save_folds
+    from kit.data import load_folds, load_sources, make_folds, save_folds
     import yaml
 
     run_dir = recipe.run_dir
@@ -98,7 +98,6 @@ def prepare_run(recipe: Recipe) -> RunContext:
     else:
         folds = make_folds(sources.train.labels, recipe.data)
         save_folds(folds_file, sources.train.ids, sources.train.labels, folds)
-    assert fold_ids(folds)
     return RunContext(recipe, run_dir, sources, np.asarray(folds))
 
 

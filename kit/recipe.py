@@ -388,17 +388,12 @@ def _check_transform(i: int, item: dict, source: str) -> None:
 
 def _check_search_param(r: Recipe, key: str, p: SearchParam, source: str) -> None:
     where = f"search.params.{key}"
-    try:
-        raw = set_path(r.to_dict(), key, None)
-    except RecipeError as e:
-        raise RecipeError(f"recipe key '{where}' in {source}: {e}") from None
     node = r.to_dict()
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
             raise RecipeError(f"recipe key '{where}' in {source}: {key!r} is not a recipe key; "
                               f"search over existing keys such as train.lr, model.frozen_stages")
         node = node[part]
-    del raw
     if p.type in ("float", "int"):
         if p.low is None or p.high is None:
             raise RecipeError(f"recipe key '{where}' in {source}: type {p.type} needs low and high")

