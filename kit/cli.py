@@ -150,7 +150,7 @@ def cmd_score(args):
 
 
 def print_summary(s) -> None:
-    from kit.run import best_config, summary_dict
+    from kit.run import summary_dict
     d = summary_dict(s)
     t = Table(title=f"members: out-of-fold {s.metric} by TTA mode (chosen: {s.tta})")
     t.add_column("member")

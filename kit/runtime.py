@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kit.rundir import write_json_atomic
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
@@ -49,14 +51,11 @@ def use_channels_last(setting: bool | None, model: torch.nn.Module, input_size: 
         return True
     n_params = sum(p.numel() for p in model.parameters())
     key = f"{type(model).__name__}:{n_params}:{input_size}px:{torch.get_num_threads()}t:{torch.__version__}"
-    cache = Path(os.environ.get("KIT_CACHE_DIR", Path.home() / ".cache" / "kit")) / "channels_last.json"
+    cache = cache_dir() / "channels_last.json"
     known = json.loads(cache.read_text()) if cache.exists() else {}
     if key not in known:
         known[key] = _time_formats(model, input_size, device)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known, indent=1))
-        os.replace(tmp, cache)
+        write_json_atomic(cache, known)
     return known[key]["channels_last"] < known[key]["contiguous"]
 
 
@@ -78,6 +77,11 @@ def _time_formats(model: torch.nn.Module, size: int, device, batch: int = 4, ste
         times[name] = best
     torch.set_rng_state(rng)
     return times
+
+
+def cache_dir() -> Path:
+    """$KIT_CACHE_DIR or ~/.cache/kit: kit's caches (embeddings/, advice/, channels_last.json)."""
+    return Path(os.environ.get("KIT_CACHE_DIR") or Path.home() / ".cache" / "kit")
 
 
 def seed_everything(seed: int) -> None:

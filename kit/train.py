@@ -44,27 +44,35 @@ class Setup:
     updates_per_epoch: int
 
 
-def _setup(model, model_spec: ModelSpec, spec: TrainSpec, n_batches: int, num_classes: int, device, amp_dtype):
-    groups = param_groups(model, model_spec, spec)
+def create_optimizer(params, spec: TrainSpec) -> torch.optim.Optimizer:
+    """timm's optimizer factory on a module or parameter groups (with lr_scale) from the recipe."""
     # timm's "sgd" is Nesterov SGD, which torch refuses without momentum: momentum 0 is plain SGD ("momentum")
     opt = "momentum" if spec.optimizer == "sgd" and spec.momentum == 0 else spec.optimizer
-    optimizer = create_optimizer_v2(groups, opt=opt, lr=spec.lr, weight_decay=spec.weight_decay,
-                                    momentum=spec.momentum)
-    updates = max(1, math.ceil(n_batches / spec.accum_steps))
+    return create_optimizer_v2(params, opt=opt, lr=spec.lr, weight_decay=spec.weight_decay, momentum=spec.momentum)
+
+
+def create_schedule(optimizer, spec: TrainSpec, updates_per_epoch: int):
+    """The recipe's learning-rate schedule, stepped per optimizer update (None: constant)."""
     if spec.scheduler == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=spec.epochs * updates,
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=spec.epochs * updates_per_epoch,
             pct_start=min(0.5, max(spec.warmup_epochs / spec.epochs, 0.05)))
-    elif spec.scheduler == "cosine":
+    if spec.scheduler == "cosine":
         # timm's schedulers compute one value per group from its initial_lr, then multiply it by the group's
         # lr_scale: started from the already scaled lr, a backbone at scale 0.1 would train at 0.01 x lr.
         for g in optimizer.param_groups:
             g["initial_lr"] = g["lr"] / g.get("lr_scale", 1.0)
-        scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=spec.epochs,
-                                           warmup_epochs=spec.warmup_epochs, warmup_lr=spec.lr * 1e-3,
-                                           min_lr=spec.lr * 1e-3, step_on_epochs=False, updates_per_epoch=updates)
-    else:
-        scheduler = None
+        return create_scheduler_v2(optimizer, sched="cosine", num_epochs=spec.epochs,
+                                   warmup_epochs=spec.warmup_epochs, warmup_lr=spec.lr * 1e-3,
+                                   min_lr=spec.lr * 1e-3, step_on_epochs=False,
+                                   updates_per_epoch=updates_per_epoch)[0]
+    return None
+
+
+def _setup(model, model_spec: ModelSpec, spec: TrainSpec, n_batches: int, num_classes: int, device, amp_dtype):
+    optimizer = create_optimizer(param_groups(model, model_spec, spec), spec)
+    updates = max(1, math.ceil(n_batches / spec.accum_steps))
+    scheduler = create_schedule(optimizer, spec, updates)
     mixup = None
     if spec.mixup > 0 or spec.cutmix > 0:
         mixup = Mixup(mixup_alpha=spec.mixup, cutmix_alpha=spec.cutmix, label_smoothing=spec.label_smoothing,

@@ -6,8 +6,6 @@ data.folds). holdout: rows with fold 0 are the validation set and rows with fold
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -66,16 +64,10 @@ def fold_ids(folds) -> list[int]:
 
 def save_folds(path, ids, labels, folds) -> None:
     """Write id,label,fold as CSV, atomically (a reader never sees half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from kit.rundir import write_text_atomic
     df = pd.DataFrame({"id": np.asarray(ids, dtype=str), "label": np.asarray(labels, dtype=np.int64),
                        "fold": np.asarray(folds, dtype=np.int64)})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as f:
-        df.to_csv(f, index=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, df.to_csv(index=False))
 
 
 def load_folds(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from kit.recipe import RecipeError
+from kit.runtime import cache_dir
 
 CACHE_FORMAT = 1  # bump when the entry layout or the meaning of a key part changes
 TRANSFORM_KEYS = ("input_size", "crop_pct", "mean", "std", "interpolation")
@@ -28,9 +29,7 @@ _STALE_TMP_S = 24 * 3600  # `.tmp-*` folders older than a day are leftovers of k
 
 # ---------------------------------------------------------------- cache keys
 
-def kit_cache_dir() -> Path:
-    """$KIT_CACHE_DIR or ~/.cache/kit: kit's caches (embeddings/, advice/, channels_last.json)."""
-    return Path(os.environ.get("KIT_CACHE_DIR") or Path.home() / ".cache" / "kit")
+kit_cache_dir = cache_dir  # kit's one cache root ($KIT_CACHE_DIR), shared with the channels_last timings
 
 
 def cache_root() -> Path:

@@ -35,20 +35,6 @@ def create_head(spec: ModelSpec, num_features: int, num_classes: int) -> nn.Modu
     return head
 
 
-def _scheduler(optimizer, spec: TrainSpec, updates_per_epoch: int):
-    """The recipe's schedule per update, as kit.train builds it for fine-tuning."""
-    if spec.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=spec.epochs * updates_per_epoch,
-            pct_start=min(0.5, max(spec.warmup_epochs / spec.epochs, 0.05)))
-    if spec.scheduler == "cosine":
-        from timm.scheduler import create_scheduler_v2
-        return create_scheduler_v2(optimizer, sched="cosine", num_epochs=spec.epochs, warmup_epochs=spec.warmup_epochs,
-                                   warmup_lr=spec.lr * 1e-3, min_lr=spec.lr * 1e-3, step_on_epochs=False,
-                                   updates_per_epoch=updates_per_epoch)[0]
-    return None
-
-
 def train_epoch(head: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer, loss_fn, batch_size: int,
                 generator: torch.Generator, scheduler=None, first_update: int = 0) -> float:
     """One pass over the embeddings in a random order (mini-batches); returns the mean training loss."""
@@ -81,7 +67,7 @@ def fit_torch_head(head: nn.Module, x_train, y_train, x_val, y_val, spec: TrainS
     """Mini-batch training on standardised embeddings with the recipe's optimiser, schedule and label smoothing;
     validation every epoch, early stopping on train.metric (patience train.early_stopping). The head ends with
     its best epoch's weights, taking raw embeddings; returns the kit.train.History."""
-    from timm.optim import create_optimizer_v2
+    from kit.train import create_optimizer, create_schedule
     from kit.train import History
 
     device = torch.device(device)
@@ -94,10 +80,9 @@ def fit_torch_head(head: nn.Module, x_train, y_train, x_val, y_val, spec: TrainS
     xv = (torch.as_tensor(np.asarray(x_val, dtype=np.float32), device=device) - mean) / std
     y_val = np.asarray(y_val, dtype=np.int64)
     head.to(device)
-    optimizer = create_optimizer_v2(head, opt=spec.optimizer, lr=spec.lr, weight_decay=spec.weight_decay,
-                                    momentum=spec.momentum)
+    optimizer = create_optimizer(head, spec)
     updates = math.ceil(len(x) / spec.batch_size)
-    scheduler = _scheduler(optimizer, spec, updates)
+    scheduler = create_schedule(optimizer, spec, updates)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing)
     generator = torch.Generator().manual_seed(spec.seed)
     history, best, patience = History(), None, spec.early_stopping or 0
