@@ -106,12 +106,9 @@ def member_done(run_dir, member: Member) -> dict | None:
     return read_json(f) if f.exists() else None
 
 
-def _loaders(ctx: RunContext, member: Member, model):
-    from kit.data import (ImageDataset, create_eval_transform, create_train_transform, make_loader,
-                          resolve_data_config)
-    from kit.models.backbone import data_config_override
+def _loaders(ctx: RunContext, member: Member, cfg: dict):
+    from kit.data import ImageDataset, create_eval_transform, create_train_transform, make_loader
     r = member.recipe
-    cfg = resolve_data_config(model, r.augment, data_config_override(r.model))
     train_rows = np.flatnonzero(ctx.folds != member.fold)
     val_rows = np.flatnonzero(ctx.folds == member.fold)
     table = ctx.sources.train
@@ -121,7 +118,7 @@ def _loaders(ctx: RunContext, member: Member, model):
                         drop_last=mixing or len(train_rows) % r.train.batch_size == 1)
     val = make_loader(ImageDataset(table, val_rows, create_eval_transform(cfg)), r.train.batch_size * 2,
                       shuffle=False, num_workers=r.data.num_workers, seed=r.train.seed)
-    return cfg, train, val, train_rows, val_rows
+    return train, val, train_rows, val_rows
 
 
 def train_member(ctx: RunContext, member: Member, *, resume: bool = True, on_epoch_end=None,
@@ -133,9 +130,8 @@ def train_member(ctx: RunContext, member: Member, *, resume: bool = True, on_epo
     from kit.train import fit
 
     if member.recipe.model.strategy == "auto":  # measured once per data set and backbone (kit.advise), cached
-        from dataclasses import replace
         from kit.advise import resolve_auto
-        member = replace(member, recipe=resolve_auto(member.recipe))
+        member = dataclasses.replace(member, recipe=resolve_auto(member.recipe))
     done = member_done(ctx.run_dir, member)
     if done is not None:
         return done
@@ -147,10 +143,10 @@ def train_member(ctx: RunContext, member: Member, *, resume: bool = True, on_epo
     device = device or resolve_device(r.train.device)
     from kit.data import resolve_data_config
     from kit.models.backbone import data_config_override
-    size = resolve_data_config(model, r.augment, data_config_override(r.model))["input_size"]
-    channels_last = use_channels_last(r.model.channels_last, model, size, device)
+    cfg = resolve_data_config(model, r.augment, data_config_override(r.model))
+    channels_last = use_channels_last(r.model.channels_last, model, cfg["input_size"], device)
     model = to_device(model, device, channels_last)
-    cfg, train_loader, val_loader, _, val_rows = _loaders(ctx, member, model)
+    train_loader, val_loader, _, val_rows = _loaders(ctx, member, cfg)
     if r.model.strategy == "feature_extract":  # a shallow head on cached embeddings (kit.features)
         from kit.features import fit_feature_member
         model, history = fit_feature_member(ctx, member, model, cfg, out, device=device,

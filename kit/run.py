@@ -171,19 +171,9 @@ def submit(ctx: RunContext, pred: Predictions, *, path=None, force: bool = False
         src.sample_submission.to_csv(sample_path, index=False)
     df = make_submission(pred, sample_path, fmt=ctx.recipe.submit.format)
     path = Path(path) if path else ctx.run_dir / ctx.recipe.submit.path
-    if path.exists() and not force:
-        import pandas as pd
-        if pd.read_csv(path, dtype=str).equals(pd.read_csv(_csv_roundtrip(df), dtype=str)):
-            return path  # the same submission again
+    if path.exists() and not force and path.read_text() == df.to_csv(index=False):
+        return path  # the same submission again: nothing to replace
     return write_submission(df, path, overwrite=force)
-
-
-def _csv_roundtrip(df):
-    import io
-    buf = io.StringIO()
-    df.to_csv(buf, index=False)
-    buf.seek(0)
-    return buf
 
 
 def run(recipe: Recipe, *, resume: bool = True, force: bool = False, progress_factory=None, log=print) -> Summary:
