@@ -14,12 +14,14 @@ from scipy import optimize, special, stats
 
 from kit.metrics import better, get_metric, score
 from kit.predictions import Predictions
+from kit.recipe import BLEND_METHODS
 
 EPS = 1e-15  # the clip of kit.metrics' log loss; log(1e-15) = -34.5 bounds one row's loss
-BLEND_METHODS = ("mean", "gmean", "rank", "weighted")
-METHODS = ("mean", "gmean", "rank", "weights", "greedy")  # what evaluate_methods compares, simplest first
-FITTED = ("weights", "greedy")
-_BLEND_OF = {"mean": "mean", "gmean": "gmean", "rank": "rank", "weights": "weighted", "greedy": "weighted"}
+BLENDS = ("mean", "gmean", "rank", "weighted")  # how `blend` combines probabilities
+METHODS = BLEND_METHODS  # what evaluate_methods compares, simplest first (kit.recipe: ensemble.methods)
+FITTED = ("best", "weights", "greedy")  # methods fitted on the out-of-fold rows: scored nested too
+_BLEND_OF = {"best": "weighted", "mean": "mean", "gmean": "gmean", "rank": "rank", "weights": "weighted",
+             "greedy": "weighted"}
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,7 @@ def blend(probs_list, method: str, weights=None) -> np.ndarray:
     elif method == "rank":
         out = np.tensordot(w, _ranks(P), axes=1)
     else:
-        raise ValueError(f"unknown blend method {method!r}; valid methods: {', '.join(BLEND_METHODS)}")
+        raise ValueError(f"unknown blend method {method!r}; valid methods: {', '.join(BLENDS)}")
     return _renormalise(out)
 
 
@@ -266,7 +268,19 @@ def _stratified_halves(y: np.ndarray, seed: int) -> np.ndarray:
     return folds
 
 
+def best_member(probs_list, y, metric: str) -> np.ndarray:
+    """One-hot weights of the single member that scores best on these rows (ties: the lowest index): "no blend",
+    fitted like a blend so that its nested score pays for choosing the member on the same rows."""
+    fn, higher = _scorer(metric)
+    scores = np.array([fn(np.asarray(y, dtype=np.int64), np.asarray(p, dtype=np.float64)) for p in probs_list])
+    w = np.zeros(len(probs_list))
+    w[int(np.argmax(scores) if higher else np.argmin(scores))] = 1.0
+    return w
+
+
 def _fit(method: str, probs_list, y, metric: str, seed: int, greedy_options: dict) -> np.ndarray:
+    if method == "best":
+        return best_member(probs_list, y, metric)
     if method == "weights":
         return fit_weights(probs_list, y, metric)
     if method == "greedy":

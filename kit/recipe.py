@@ -16,8 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
-class RecipeError(ValueError):
-    """A recipe that cannot run; the message names the file, the key and the fix."""
+from kit.errors import RecipeError  # noqa: E402  (re-exported: kit.recipe.RecipeError)
 
 
 class Spec(BaseModel):
@@ -46,6 +45,9 @@ class DataSpec(Spec):
     seed: int = 0  # seed of the split; members' own seeds are in train.seed / ensemble.seeds
     num_workers: int = Field(2, ge=0)  # DataLoader worker processes preparing batches beside training
     limit: Optional[int] = Field(None, ge=2)  # use only the first N labelled images (smoke tests)
+    # Images that cannot be decoded (found by a scan of every image before training): fail lists them all and
+    # stops; skip trains without them and lists them in the run directory (bad_images.csv) and the summary.
+    bad_images: Literal["fail", "skip"] = "fail"
 
 
 class AugmentSpec(Spec):
@@ -113,15 +115,17 @@ def _check_known(values: list, valid: tuple, what: str) -> list:
     return values
 
 
+TTA_MERGES = ("mean", "gmean", "tsharpen")
+TTA_DEFAULT_SCALES = (0.875, 1.0, 1.125)  # multiscale: factors of the input size
 TTA_MODES = ("none", "hflip", "vflip", "flip", "d4", "five_crop", "ten_crop", "ten_crop_vflip", "multiscale")
 
 
 class TTASpec(Spec):
     modes: list[str] = Field(default_factory=lambda: ["none"])  # every mode computed for every member
     mode: str = "auto"  # the one ensembles use; auto: best validation score among `modes`
-    merge: Literal["mean", "gmean", "tsharpen"] = "mean"
+    merge: Literal[TTA_MERGES] = "mean"
     resize: Optional[int] = Field(None, ge=8)  # crop modes: resize to this, then crop; default input/crop_pct
-    scales: list[float] = Field(default_factory=lambda: [0.875, 1.0, 1.125])  # multiscale factors
+    scales: list[float] = Field(default_factory=lambda: list(TTA_DEFAULT_SCALES))  # multiscale factors
     original_weight: Optional[float] = Field(None, ge=0, le=1)  # weight of the un-augmented view
     max_batch_views: int = Field(256, ge=1)  # images x views in one forward pass (memory budget)
 
@@ -134,7 +138,9 @@ class TTASpec(Spec):
         return v
 
 
-BLEND_METHODS = ("mean", "gmean", "rank", "weights", "greedy")
+# Blending methods compared by kit.ensemble.evaluate_methods, simplest first ("best": the best single member,
+# chosen on the fitting folds like any fitted blend, so that "no blend" is always a candidate).
+BLEND_METHODS = ("best", "mean", "gmean", "rank", "weights", "greedy")
 
 
 class EnsembleSpec(Spec):
@@ -203,6 +209,15 @@ class Recipe(Spec):
     submit: SubmitSpec = SubmitSpec()
     search: SearchSpec = SearchSpec()
 
+    @field_validator("name")
+    @classmethod
+    def _one_path_component(cls, v):
+        # the run lands in output_dir/name: a name with a separator or '..' would write somewhere else
+        if not v or v in (".", "..") or "/" in v or "\\" in v or v != v.strip() or "\0" in v:
+            raise ValueError(f"a run name is one folder name (letters, digits, '-', '_', '.'), got {v!r}; "
+                             f"put the folder in output_dir instead")
+        return v
+
     @property
     def seeds(self) -> list[int]:
         return list(self.ensemble.seeds or [self.train.seed])
@@ -214,18 +229,36 @@ class Recipe(Spec):
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
 
+    def with_overrides(self, overrides, source: str = "<overrides>") -> "Recipe":
+        """A new, validated recipe with dotted keys set: {"train.lr": 3e-4} or [("train.lr", 3e-4)] or
+        ["train.lr=3e-4"]. The one place where recipes are changed after loading (backbones, seeds, trials,
+        advice, best.yaml all go through it)."""
+        raw = apply_overrides(self.to_dict(), overrides)
+        return recipe_from_dict(raw, source=source)
+
 
 # Keys that change where or how fast a run goes, not what it computes: left out of the hash.
-_UNHASHED = (("output_dir",), ("leaderboard",), ("data", "num_workers"), ("search",))
+UNHASHED_KEYS = (("output_dir",), ("leaderboard",), ("data", "num_workers"), ("search",))
+# Keys that tell seeds of one configuration apart: the leaderboard groups entries that differ only in these (and in
+# the unhashed keys, and the device) as one configuration, reported as mean +- std.
+SEED_KEYS = (("train", "seed"), ("ensemble", "seeds"), ("data", "seed"))
+NOT_CONFIG_KEYS = UNHASHED_KEYS + SEED_KEYS + (("train", "device"),)
+
+
+def drop_keys(d: dict, paths) -> dict:
+    """A copy of a recipe dict without the keys at these paths (tuples of section names)."""
+    d = copy.deepcopy(d)
+    for path in paths:
+        node = d
+        for k in path[:-1]:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    return d
 
 
 def recipe_hash(recipe: Recipe) -> str:
-    d = recipe.to_dict()
-    for path in _UNHASHED:
-        node = d
-        for k in path[:-1]:
-            node = node[k]
-        node.pop(path[-1], None)
+    d = drop_keys(recipe.to_dict(), UNHASHED_KEYS)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -252,6 +285,15 @@ def set_path(raw: dict, key: str, value: Any) -> dict:
     return raw
 
 
+def apply_overrides(raw: dict, overrides) -> dict:
+    """raw with each override set: a dict {key: value}, pairs (key, value) or 'key=value' strings."""
+    items = overrides.items() if isinstance(overrides, dict) else overrides
+    for o in items:
+        key, value = parse_override(o) if isinstance(o, str) else o
+        raw = set_path(raw, key, value)
+    return raw
+
+
 def read_yaml(path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -269,9 +311,7 @@ def load_recipe(path, overrides=()) -> Recipe:
     """Read a recipe file, apply `key=value` overrides, validate everything that can be checked up front."""
     raw = read_yaml(path)
     raw.setdefault("name", Path(path).stem)
-    for o in overrides:
-        raw = set_path(raw, *parse_override(o) if isinstance(o, str) else o)
-    return recipe_from_dict(raw, source=str(path))
+    return recipe_from_dict(apply_overrides(raw, overrides), source=str(path))
 
 
 def recipe_from_dict(raw: dict, source: str = "<recipe>") -> Recipe:
@@ -348,16 +388,23 @@ def _check_semantics(r: Recipe, source: str) -> None:
         bad = sorted(set(over) - {"model", "train", "augment", "tta"})
         if bad:
             fail(f"ensemble.backbones[{i}]", f"sections {bad} cannot vary per backbone; use model, train, augment, tta")
-        raw = r.to_dict()
-        for section, values in over.items():
-            for k, v in values.items():
-                raw = set_path(raw, f"{section}.{k}", v)
-        raw["ensemble"] = EnsembleSpec().model_dump()
-        recipe_from_dict(raw, source=f"{source} (ensemble.backbones[{i}])")
+        backbone_recipe(r, i, source)
     for key, p in r.search.params.items():
         _check_search_param(r, key, p, source)
     for i, item in enumerate(r.augment.train):
         _check_transform(i, item, source)
+
+
+def backbone_overrides(over: dict) -> dict:
+    """ensemble.backbones[i] ({section: {key: value}}) as dotted overrides {"section.key": value}."""
+    return {f"{section}.{k}": v for section, values in over.items() for k, v in (values or {}).items()}
+
+
+def backbone_recipe(recipe: Recipe, i: int, source: str = "<recipe>") -> Recipe:
+    """The recipe of ensemble.backbones[i]: the run's recipe with that entry's overrides, as one member sees it
+    (its ensemble section reset: a member is not an ensemble)."""
+    over = dict(backbone_overrides(recipe.ensemble.backbones[i]), ensemble=EnsembleSpec().model_dump())
+    return recipe.with_overrides(over, source=f"{source} (ensemble.backbones[{i}])")
 
 
 def _check_backbone(name: str, key: str, source: str) -> None:

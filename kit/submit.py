@@ -16,8 +16,7 @@ from kit.rundir import atomic_write
 FORMATS = ("label", "proba")
 
 
-class SubmissionError(ValueError):
-    """A submission that Kaggle would reject or score wrongly; the message says the rule, the value and the fix."""
+from kit.errors import SubmissionError  # noqa: E402  (re-exported: kit.submit.SubmissionError)
 
 
 def read_sample(path) -> pd.DataFrame:

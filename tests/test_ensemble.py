@@ -37,7 +37,7 @@ def _oof(probs_list, y):
     return [Predictions(ids, p, tuple("abcd"), y) for p in probs_list]
 
 
-@pytest.mark.parametrize("method", ensemble.BLEND_METHODS)
+@pytest.mark.parametrize("method", ensemble.BLENDS)
 def test_every_blend_rows_sum_to_one_without_nan(method):
     y = _labels()
     probs = _planted(y)

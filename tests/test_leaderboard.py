@@ -113,10 +113,10 @@ def test_entry_checks_kind_and_metric():
 
 
 def test_config_key_ignores_only_the_seed():
-    a = member("m-s0", 0.5, seed=0, recipe={"seed": 0, "train": {"lr": 0.1}})
-    b = member("m-s1", 0.6, seed=1, recipe={"seed": 1, "train": {"lr": 0.1}})
-    c = member("m-s2", 0.6, seed=2, recipe={"seed": 2, "train": {"lr": 0.2}})
-    d = member("m-s0", 0.6, seed=0, recipe={"seed": 0, "train": {"lr": 0.1}}, tta_mode="flip")
+    a = member("m-s0", 0.5, seed=0, recipe={"train": {"seed": 0, "lr": 0.1}})
+    b = member("m-s1", 0.6, seed=1, recipe={"train": {"seed": 1, "lr": 0.1}})
+    c = member("m-s2", 0.6, seed=2, recipe={"train": {"seed": 2, "lr": 0.2}})
+    d = member("m-s0", 0.6, seed=0, recipe={"train": {"seed": 0, "lr": 0.1}}, tta_mode="flip")
     assert a.config_key == b.config_key
     assert len({a.config_key, c.config_key, d.config_key}) == 3
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from kit.errors import DataError
 from kit.recipe import DataSpec
 
 ALWAYS_TRAIN = -1  # holdout: rows that are never validated on
 
 
-class FoldError(ValueError):
+class FoldError(DataError):
     """A split that cannot be made from these labels; the message names the class and the fix."""
 
 

@@ -20,8 +20,7 @@ _16BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _WHITE = (255, 255, 255, 255)
 
 
-class ImageReadError(OSError):
-    """An image file that cannot be read or decoded; the message names the file."""
+from kit.errors import ImageReadError  # noqa: E402  (re-exported: kit.data.images.ImageReadError)
 
 
 def read_image(path) -> np.ndarray:

@@ -20,6 +20,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from kit.errors import DataError
 from kit.recipe import DataSpec
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
@@ -27,7 +28,7 @@ DIGITS_SPLIT_SEED = 0  # the digits test set is part of the "competition", fixed
 DIGITS_PUBLIC_FRACTION = 0.3  # share of the digits test set scored on the "public leaderboard"
 
 
-class DataSourceError(ValueError):
+class DataSourceError(DataError):
     """A dataset folder or CSV that cannot be read as the recipe describes; the message says how to fix it."""
 
 

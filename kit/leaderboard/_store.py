@@ -22,15 +22,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from kit.metrics import get_metric
+from kit.recipe import NOT_CONFIG_KEYS, drop_keys
 
 KINDS = ("member", "tta", "ensemble", "trial", "submission")
 URL_ENV = "KIT_LEADERBOARD_URL"
 DEFAULT_PATH = Path("leaderboard") / "leaderboard.sqlite"  # under the current working directory
 _JSON_FIELDS = ("recipe", "scores", "versions", "extra")
-# Keys dropped (at any depth) from the recipe before hashing config_key: runs that differ only in their seeds, or in
-# where and how fast they ran (as kit.recipe.recipe_hash also leaves out), are "the same configuration".
-_NOT_CONFIG_KEYS = frozenset({"seed", "seeds", "random_state", "output_dir", "leaderboard", "num_workers", "device",
-                              "search"})
 # Keys of Entry.extra that are part of a configuration: the fold a member saw, a trial's hyperparameters, the size
 # of an ensemble.
 _EXTRA_CONFIG_KEYS = ("fold", "params", "n_members", "ensemble_size")
@@ -101,7 +98,7 @@ def compute_config_key(entry: Entry) -> str:
     """A 16-hex-digit hash of everything that defines a configuration except its seed."""
     parts = dict(kind=entry.kind, recipe_name=entry.recipe_name, backbone=entry.backbone, strategy=entry.strategy,
                  fold_scheme=entry.fold_scheme, tta_mode=entry.tta_mode, blend_method=entry.blend_method,
-                 recipe=_drop_keys(entry.recipe, _NOT_CONFIG_KEYS), **{k: (entry.extra or {}).get(k) for k in _EXTRA_CONFIG_KEYS})
+                 recipe=drop_keys(entry.recipe or {}, NOT_CONFIG_KEYS), **{k: (entry.extra or {}).get(k) for k in _EXTRA_CONFIG_KEYS})
     text = json.dumps(parts, sort_keys=True, default=_json_default)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
@@ -275,14 +272,6 @@ def ensemble_size(extra) -> int | None:
         return None
     size = next((extra[k] for k in ("n_members", "ensemble_size", "size") if extra.get(k) is not None), None)
     return None if size is None else int(size)
-
-
-def _drop_keys(value, keys):
-    if isinstance(value, dict):
-        return {k: _drop_keys(v, keys) for k, v in value.items() if k not in keys}
-    if isinstance(value, (list, tuple)):
-        return [_drop_keys(v, keys) for v in value]
-    return value
 
 
 def _json_default(value):
