@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from kit.recipe import Recipe, RecipeError, recipe_from_dict, set_path
+from kit.recipe import Recipe, RecipeError, set_path
 
 # Thresholds of `decide`, documented so that each case can be constructed.
 LARGE_IMAGES = 10_000  # large: at least this many labelled images ...
@@ -137,26 +137,24 @@ def probe(x: np.ndarray, y: np.ndarray, seed: int = 0) -> dict | None:
 
 def measure_similarity(recipe: Recipe, sources=None) -> dict:
     """Probes and ImageNet-head statistics on a sample of the labelled images (see the module docstring)."""
-    import timm
     import torch
-    from kit.data import load_sources, resolve_data_config
+    from kit.data import load_sources
     from kit.features import cached_embeddings
-    from kit.models.backbone import CutBackbone, data_config_override
-    from kit.models.pretrained import load_pretrained
+    from kit.models.backbone import CutBackbone, build_model, model_data_config, pretrained_overlay
     from kit.models.strategies import stage_groups
     from kit.runtime import resolve_amp, resolve_device
 
-    spec = recipe.model
+    spec = recipe.model.model_copy(update={"strategy": "full", "cut_at": None})
     sources = sources or load_sources(recipe.data)
     table = sources.train.subset(_sample_rows(sources.train.labels, ADVISE_SAMPLE, recipe.data.seed))
     device = resolve_device(recipe.train.device)
+    overlay = pretrained_overlay(spec, recipe.augment)
 
     def pretrained():  # timm's own 1000-class head, for the ImageNet statistics
-        model = timm.create_model(spec.backbone, pretrained=False)
-        return model, load_pretrained(model, spec.backbone, spec.weights)
+        return build_model(spec, None, overlay)
 
     model, note = pretrained()
-    cfg = resolve_data_config(model, recipe.augment, data_config_override(spec))
+    cfg = model_data_config(model)
     common = dict(backbone=spec.backbone, weights=spec.weights, batch_size=recipe.train.batch_size * 2,
                   num_workers=recipe.data.num_workers, device=device, amp_dtype=resolve_amp(recipe.train.amp, device))
     x = cached_embeddings(model.to(device), table, cfg, cut_at=None, **common).views["none"]
@@ -181,10 +179,10 @@ def measure_similarity(recipe: Recipe, sources=None) -> dict:
     return m
 
 
-def advise(recipe: Recipe) -> Advice:
+def advise(recipe: Recipe, sources=None) -> Advice:
     """Measure, then decide: the strategy, the recipe keys that set it, the measurements and the reasons."""
     from kit.data import load_sources
-    sources = load_sources(recipe.data)
+    sources = sources or load_sources(recipe.data)
     n_images, n_classes = len(sources.train), len(sources.train.classes)
     m = {"n_images": n_images, "n_classes": n_classes, **measure_similarity(recipe, sources)}
     strategy, keys, why = decide(n_images, n_classes, m, n_stages=m.get("n_stages"))
@@ -203,27 +201,18 @@ def _advice_key(recipe: Recipe) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def cached_advice(recipe: Recipe) -> Advice:
+def cached_advice(recipe: Recipe, sources=None) -> Advice:
     """advise(recipe), measured once per (data, backbone, weights, input transform) and kept in
-    $KIT_CACHE_DIR/advice/, so that every member of a run (and load_member_model later) resolves alike."""
+    $KIT_CACHE_DIR/advice/ (JSON), so that plans of the same data and backbone (tuning trials) resolve alike.
+    Called by kit.plan only: a planned member never resolves `auto` again."""
     from kit.features import kit_cache_dir
     from kit.rundir import write_json_atomic
     path = kit_cache_dir() / "advice" / f"{_advice_key(recipe)}.json"
     if path.is_file():
         return Advice(**json.loads(path.read_text()))
-    advice = advise(recipe)
+    advice = advise(recipe, sources)
     write_json_atomic(path, asdict(advice))
     return advice
-
-
-def resolve_auto(recipe: Recipe) -> Recipe:
-    """model.strategy: auto -> the recipe with the advised keys set; any other strategy: the recipe as it is."""
-    if recipe.model.strategy != "auto":
-        return recipe
-    raw = recipe.to_dict()
-    for key, value in cached_advice(recipe).recipe_keys.items():
-        raw = set_path(raw, key, value)
-    return recipe_from_dict(raw, source="model.strategy: auto (kit.advise)")
 
 
 def format_advice(advice: Advice) -> list[str]:

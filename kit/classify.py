@@ -9,7 +9,9 @@ import timm.data
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from kit.models.pretrained import load_pretrained, pretrained_data_config
+from kit.errors import ImageReadError, RecipeError
+from kit.models.backbone import build_model, pretrained_overlay
+from kit.recipe import ModelSpec
 
 _BATCH = 16  # images per forward pass; 16 x 3 x 224 x 224 float32 = 9.6 MB of input
 
@@ -18,18 +20,18 @@ def open_rgb(path: str | Path) -> Image.Image:
     """Decode an image file upright (EXIF orientation applied) as RGB; errors name the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
+        raise ImageReadError(f"image not found: {path}")
     try:
         with Image.open(path) as image:
             return ImageOps.exif_transpose(image).convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise ValueError(f"cannot decode image {path}: {e}") from e
+        raise ImageReadError(f"cannot decode image {path}: {e}") from e
 
 
 def _class_names(model: torch.nn.Module, model_name: str) -> list[str]:
     subset = timm.data.infer_imagenet_subset(model)
     if subset is None:
-        raise ValueError(f"{model_name!r} is not an ImageNet classifier timm knows class names for "
+        raise RecipeError(f"{model_name!r} is not an ImageNet classifier timm knows class names for "
                          f"(num_classes={getattr(model, 'num_classes', '?')}); pick an ImageNet-1k model")
     info = timm.data.ImageNetInfo(subset)
     return [info.index_to_description(i) for i in range(info.num_classes())]
@@ -39,12 +41,12 @@ def classify_images(paths: Sequence[str | Path], model_name: str = "efficientnet
                     topk: int = 5) -> list[list[tuple[str, float]]]:
     """Top-`topk` (ImageNet class name, probability) per image, most probable first."""
     if topk < 1:
-        raise ValueError(f"topk must be >= 1, but got topk={topk}")
+        raise RecipeError(f"topk must be >= 1, but got topk={topk}")
     images = [open_rgb(p) for p in paths]  # decode first: a bad file fails before the model is built
-    model = timm.create_model(model_name, pretrained=False)
-    load_pretrained(model, model_name, weights)
+    spec = ModelSpec(backbone=model_name, weights=weights, strategy="full")
+    model, _ = build_model(spec, None, pretrained_overlay(spec))  # the ImageNet head kept; data config carried
     model = model.eval().to(memory_format=torch.channels_last)
-    transform = timm.data.create_transform(**pretrained_data_config(model, model_name, weights))
+    transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))
     names = _class_names(model, model_name)
     results = []
     with torch.inference_mode():

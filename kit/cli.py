@@ -13,19 +13,15 @@ console = Console(stderr=False)
 err = Console(stderr=True, soft_wrap=True)
 
 
-class UsageError(Exception):
-    pass
-
-
 def _recipe_args(p):
-    p.add_argument("recipe", help="YAML recipe file")
+    p.add_argument("recipe", help="YAML recipe file, or a run directory (runs/<name>: its saved recipe)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key, e.g. --set train.lr=3e-4 (repeatable)")
 
 
 def _load(args):
-    from kit.recipe import load_recipe
-    return load_recipe(args.recipe, args.overrides)
+    from kit.run import load_recipe_or_run
+    return load_recipe_or_run(args.recipe, args.overrides)
 
 
 @contextmanager
@@ -87,15 +83,21 @@ def cmd_predict(args):
 
 def cmd_submit(args):
     from kit.members import prepare_run
-    from kit.recipe import load_recipe
-    from kit.run import finish, load_run_recipe
-    run = args.run.rstrip("/")
-    recipe = load_recipe(run) if run.endswith((".yaml", ".yml")) else load_run_recipe(run)
-    summary = finish(prepare_run(recipe), force=args.force, path=args.output)
-    if summary.pending:
-        raise UsageError(f"{len(summary.pending)} members are not finished ({', '.join(summary.pending[:3])}); "
-                         f"train them first with kit train {args.run}")
+    from kit.run import finish, load_recipe_or_run
+    summary = finish(prepare_run(load_recipe_or_run(args.run)), force=args.force, path=args.output)
     print_summary(summary)
+    return 0
+
+
+def cmd_plan(args):
+    from kit.members import load_checked_sources
+    from kit.plan import format_plan, plan_run
+    recipe = _load(args)
+    sources, bad = load_checked_sources(recipe)
+    for line in format_plan(plan_run(recipe, sources)):
+        console.print(escape(line), highlight=False)
+    if bad:
+        console.print(f"{len(bad)} bad images would be left out (data.bad_images: skip)", highlight=False)
     return 0
 
 
@@ -152,13 +154,14 @@ def cmd_score(args):
 def print_summary(s) -> None:
     from kit.run import summary_dict
     d = summary_dict(s)
-    t = Table(title=f"members: out-of-fold {s.metric} by TTA mode (chosen: {s.tta})")
+    t = Table(title=f"members: out-of-fold {s.metric} by TTA mode (* chosen, pooled out-of-fold)")
     t.add_column("member")
-    modes = list(s.configs[0].tta_scores) if s.configs else []
+    modes = list(dict.fromkeys(m for c in s.configs for m in c.tta_scores))
     for m in modes:
-        t.add_column(m + (" *" if m == s.tta else ""), justify="right")
+        t.add_column(m, justify="right")
     for c in s.configs:
-        t.add_row(c.config, *[f"{c.tta_scores[m]:.4f}" for m in modes])
+        t.add_row(c.config, *[f"{c.tta_scores[m]:.4f}" + (" *" if m == c.tta else "  ") if m in c.tta_scores
+                              else "" for m in modes])
     console.print(t)
     if s.configs:
         console.print(f"mean ± std across members: {d['member_mean']:.4f} ± {d['member_std']:.4f} "
@@ -171,8 +174,15 @@ def print_summary(s) -> None:
             w = " ".join(f"{x:.2f}" for x in res.weights)
             t.add_row(name + (" *" if name == s.chosen else ""), f"{res.oof_score:.4f}", f"{res.nested_score:.4f}", w)
         console.print(t)
-        console.print(f"chosen: {s.chosen}; gain over the best member: {d['gain_nested']:+.4f} nested, "
-                      f"{d['gain_oof']:+.4f} out-of-fold")
+        if s.chosen == "best":
+            console.print(f"best member kept: no blend beat it on nested folds "
+                          f"(best blend {max((n for n in s.methods if n != 'best'), key=lambda n: s.methods[n].nested_score if _higher(s.metric) else -s.methods[n].nested_score)})")
+        else:
+            console.print(f"chosen: {s.chosen}; gain over the best member: {d['gain_nested']:+.4f} nested, "
+                          f"{d['gain_oof']:+.4f} out-of-fold")
+    if s.bad_images:
+        console.print(f"[yellow]{s.bad_images} bad images left out[/] (data.bad_images: skip): "
+                      f"{s.run_dir / 'bad_images.csv'}")
     if s.pending:
         console.print(f"[yellow]{len(s.pending)} members not finished[/]: {', '.join(s.pending[:5])}")
     if s.submission:
@@ -184,6 +194,11 @@ def print_summary(s) -> None:
     console.print(f"run directory: [bold]{s.run_dir}[/]  ({s.wall_time_s:.0f} s)")
 
 
+def _higher(metric: str) -> bool:
+    from kit.metrics import get_metric
+    return get_metric(metric).higher_is_better
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kit", description="Transfer learning for image competitions, from one recipe.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -192,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_args(s)
     s.add_argument("--force", action="store_true", help="replace an existing, different submission file")
     s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("plan", help="show the run plan of a recipe (members, strategies, lr groups, TTA) without training")
+    _recipe_args(s)
+    s.set_defaults(fn=cmd_plan)
 
     s = sub.add_parser("train", help="train members of a recipe (all, or some with --member)")
     _recipe_args(s)
@@ -259,24 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from kit.recipe import RecipeError
+    """Any kit.errors.KitError is the user's to fix: one line, exit 2. Anything else is a bug: its traceback."""
+    from kit.errors import KitError
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.fn(args) or 0
-    except (RecipeError, UsageError, FileExistsError, FileNotFoundError) as e:
+    except KitError as e:
         err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
         return 2
-    except ValueError as e:  # data and submission checks (SubmissionError, bad CSV columns, ...)
-        if type(e).__module__.startswith("kit"):
-            err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
-            return 2
-        raise
-    except OSError as e:
-        if type(e).__name__ == "ImageReadError":
-            err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
-            return 2
-        raise
     except KeyboardInterrupt:
         err.print("interrupted; finished members and last checkpoints are kept: run again to resume")
         return 130

@@ -19,9 +19,10 @@ from kit.recipe import BLEND_METHODS
 EPS = 1e-15  # the clip of kit.metrics' log loss; log(1e-15) = -34.5 bounds one row's loss
 BLENDS = ("mean", "gmean", "rank", "weighted")  # how `blend` combines probabilities
 METHODS = BLEND_METHODS  # what evaluate_methods compares, simplest first (kit.recipe: ensemble.methods)
-FITTED = ("best", "weights", "greedy")  # methods fitted on the out-of-fold rows: scored nested too
+FITTED = ("best", "weights", "greedy", "stack")  # methods fitted on the out-of-fold rows: scored nested too
 _BLEND_OF = {"best": "weighted", "mean": "mean", "gmean": "gmean", "rank": "rank", "weights": "weighted",
-             "greedy": "weighted"}
+             "greedy": "weighted", "stack": "stack"}
+STACK_C = 1.0  # inverse L2 strength of the stacker; the log-probability features are on one scale (nats)
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class MethodResult:
     weights: np.ndarray  # (n_members,), sums to 1; uniform for mean/gmean/rank
     oof_score: float  # blend fitted and scored on all oof rows: optimistic for fitted methods
     nested_score: float  # fitted on other folds, scored on held-out rows; equals oof_score when nothing is fitted
+    params: dict | None = None  # stack: the second-level model {"coef": [C, M*C], "intercept": [C]}
 
 
 # ---------------------------------------------------------------- checks
@@ -278,6 +280,47 @@ def best_member(probs_list, y, metric: str) -> np.ndarray:
     return w
 
 
+# ---------------------------------------------------------------- stacking
+
+def _stack_features(probs_list) -> np.ndarray:
+    """Members' log-probabilities side by side: (rows, members x classes), clipped at log(1e-15)."""
+    P = _stack(probs_list)
+    return np.log(np.clip(P, EPS, 1.0)).transpose(1, 0, 2).reshape(P.shape[1], -1)
+
+
+def fit_stack(probs_list, y, c: float = STACK_C) -> dict:
+    """A multinomial logistic regression on the members' out-of-fold log-probabilities (L2, inverse strength c):
+    it can learn that one member is right on some classes and another on others, which no weighted mean can.
+    Classes absent from `y` keep a logit of -1e4 (probability 0), as kit's logreg heads do."""
+    from sklearn.linear_model import LogisticRegression
+    y = np.asarray(y, dtype=np.int64)
+    X = _stack_features(probs_list)
+    n_classes = _stack(probs_list).shape[2]
+    coef, intercept = np.zeros((n_classes, X.shape[1])), np.full(n_classes, -1e4)
+    present = np.unique(y)
+    if len(present) < 2:
+        intercept[present] = 0.0
+        return {"coef": coef.tolist(), "intercept": intercept.tolist()}
+    lr = LogisticRegression(C=c, max_iter=2000).fit(X, y)
+    if len(present) == 2:  # binary: P(second) = sigmoid(z) = softmax([0, z])[1]
+        coef[present[1]], intercept[present] = lr.coef_[0], [0.0, lr.intercept_[0]]
+    else:
+        coef[present], intercept[present] = lr.coef_, lr.intercept_
+    return {"coef": coef.tolist(), "intercept": intercept.tolist()}
+
+
+def apply_stack(probs_list, params: dict) -> np.ndarray:
+    z = _stack_features(probs_list) @ np.asarray(params["coef"]).T + np.asarray(params["intercept"])
+    return _renormalise(special.softmax(z, axis=1))
+
+
+def _stack_weights(params: dict, n_members: int) -> np.ndarray:
+    """How much each member weighs in a stacker, for display: its share of the coefficients' absolute sum."""
+    coef = np.abs(np.asarray(params["coef"]))
+    w = coef.reshape(coef.shape[0], n_members, -1).sum(axis=(0, 2))
+    return w / w.sum() if w.sum() > 0 else np.full(n_members, 1.0 / n_members)
+
+
 def _fit(method: str, probs_list, y, metric: str, seed: int, greedy_options: dict) -> np.ndarray:
     if method == "best":
         return best_member(probs_list, y, metric)
@@ -311,6 +354,9 @@ def evaluate_methods(oof: list[Predictions], metric: str, folds=None, methods=ME
     greedy_options = dict(greedy_options or {})
     results = {}
     for method in methods:
+        if method == "stack":
+            results[method] = _evaluate_stack(P, y, metric, folds)
+            continue
         w = _fit(method, P, y, metric, seed, greedy_options)
         oof_score = score(metric, y, blend(P, _BLEND_OF[method], w))
         nested_score = oof_score
@@ -323,6 +369,18 @@ def evaluate_methods(oof: list[Predictions], metric: str, folds=None, methods=ME
             nested_score = score(metric, y, held_out)
         results[method] = MethodResult(method, w, oof_score, nested_score)
     return results
+
+
+def _evaluate_stack(P, y, metric: str, folds) -> MethodResult:
+    """The stacker fitted on all rows (oof_score: in sample, optimistic) and, for the nested score, on all folds
+    but one and applied to the held-out fold, as the first level was."""
+    params = fit_stack(P, y)
+    oof_score = score(metric, y, apply_stack(P, params))
+    held_out = np.empty(P[0].shape, dtype=np.float64)
+    for f in np.unique(folds):
+        test = folds == f
+        held_out[test] = apply_stack([p[test] for p in P], fit_stack([p[~test] for p in P], y[~test]))
+    return MethodResult("stack", _stack_weights(params, len(P)), oof_score, score(metric, y, held_out), params)
 
 
 def choose_method(results: dict[str, MethodResult], metric: str) -> str:
@@ -341,4 +399,8 @@ def apply_method(test_probs_list, result: MethodResult, method: str | None = Non
     method = method or result.method
     if method not in _BLEND_OF:
         raise ValueError(f"unknown ensemble method {method!r}; valid methods: {', '.join(METHODS)}")
+    if method == "stack":
+        if not result.params:
+            raise ValueError("method 'stack' needs the fitted stacker (MethodResult.params from evaluate_methods)")
+        return apply_stack(test_probs_list, result.params)
     return blend(test_probs_list, _BLEND_OF[method], result.weights)

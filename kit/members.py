@@ -1,8 +1,12 @@
-"""Members of a run: the grid seeds x backbones x folds, each trained independently, each predicting its
-out-of-fold and test images with every TTA mode of the recipe."""
+"""Members of a run: the planned grid seeds x backbones x folds (kit.plan), each trained independently, each
+predicting its out-of-fold and test images with every TTA mode of its plan.
+
+    ctx = prepare_run(recipe)          # data loaded and checked, plan made (or reloaded), run directory written
+    for member in ctx.plan.members:
+        train_member(ctx, member)      # nothing here resolves `auto`, applies an override or builds a data config
+"""
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,56 +14,32 @@ from pathlib import Path
 import numpy as np
 
 from kit import metrics as M
+from kit.errors import RecipeError, RunDirError
+from kit.plan import PLAN_FILE, MemberPlan, RunPlan, plan_run, save_plan
 from kit.predictions import Predictions, load_predictions, save_predictions
-from kit.recipe import Recipe, RecipeError, recipe_from_dict, recipe_hash, set_path
+from kit.recipe import Recipe, recipe_hash
 from kit.rundir import member_dir, pred_path, read_json, write_json_atomic, write_text_atomic
 
-
-@dataclass(frozen=True)
-class Member:
-    index: int
-    name: str  # "<backbone>-s<seed>-f<fold>"
-    config: str  # "<backbone>-s<seed>": the fold models of one configuration share it
-    recipe: Recipe  # the run's recipe with this backbone's overrides and train.seed = seed
-    backbone_index: int
-    seed: int
-    fold: int
+Member = MemberPlan  # a member is its plan
 
 
 @dataclass
 class RunContext:
-    recipe: Recipe
+    plan: RunPlan
     run_dir: Path
-    sources: object  # kit.data.Sources
+    sources: object  # kit.data.Sources (bad images already dropped under data.bad_images: skip)
     folds: np.ndarray  # fold of each labelled image (-1: always trains, holdout)
+    bad_images: list  # images left out (data.bad_images: skip)
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.plan.recipe
 
 
-def expand_members(recipe: Recipe, folds: list[int]) -> list[Member]:
-    """seeds x backbones x folds, backbone-major, so the fold models of one configuration are neighbours."""
-    backbones = recipe.ensemble.backbones or [{}]
-    names = []
-    for b, over in enumerate(backbones):
-        name = over.get("model", {}).get("backbone", recipe.model.backbone)
-        names.append(name if [o.get("model", {}).get("backbone", recipe.model.backbone)
-                              for o in backbones].count(name) == 1 else f"{name}.{b}")
-    members = []
-    for b, over in enumerate(backbones):
-        raw = recipe.to_dict()
-        for section, values in over.items():
-            for k, v in values.items():
-                raw = set_path(raw, f"{section}.{k}", v)
-        for seed in recipe.seeds:
-            r = recipe_from_dict(set_path(raw, "train.seed", seed), source=f"ensemble.backbones[{b}]")
-            for fold in folds:
-                config = f"{names[b]}-s{seed}"
-                members.append(Member(len(members), f"{config}-f{fold}", config, r, b, seed, fold))
-    return members
-
-
-def select_members(members: list[Member], spec: str | None) -> list[Member]:
+def select_members(members: list[MemberPlan], spec: str | None) -> list[MemberPlan]:
     """'3', '0-4', '1,5,7' or None (all): what `kit train --member` takes, e.g. from a job array index."""
     if spec is None:
-        return members
+        return list(members)
     chosen = set()
     for part in str(spec).split(","):
         lo, _, hi = part.partition("-")
@@ -73,42 +53,78 @@ def select_members(members: list[Member], spec: str | None) -> list[Member]:
     return [m for m in members if m.index in chosen]
 
 
-def prepare_run(recipe: Recipe) -> RunContext:
-    """Create (or reopen) the run directory: resolved recipe, hash, data sources and the saved split."""
-    from kit.data import load_folds, load_sources, make_folds, save_folds
-    import yaml
-
-    run_dir = recipe.run_dir
+def _check_hash(recipe: Recipe) -> None:
+    hash_file = recipe.run_dir / "recipe.hash"
     h = recipe_hash(recipe)
-    hash_file = run_dir / "recipe.hash"
     if hash_file.exists() and hash_file.read_text().strip() != h:
-        raise RecipeError(f"{run_dir} holds a run of a different recipe (hash {hash_file.read_text().strip()}, "
+        raise RunDirError(f"{recipe.run_dir} holds a run of a different recipe (hash {hash_file.read_text().strip()}, "
                           f"this one {h}); its results are kept: set a new `name:` (or --set name=...) "
-                          f"or output_dir, or remove {run_dir} yourself")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-    write_text_atomic(hash_file, h + "\n")
+                          f"or output_dir, or remove {recipe.run_dir} yourself")
+
+
+def load_checked_sources(recipe: Recipe):
+    """The data of the recipe, every image path inside its root and every image scanned (kit.data.scan):
+    (sources, bad images left out under data.bad_images: skip)."""
+    from kit.data import load_sources
     sources = load_sources(recipe.data)
+    try:
+        from kit.data.scan import apply_bad_images, scan_sources
+    except ImportError:  # pragma: no cover - the scan module is part of kit.data
+        return sources, []
+    bad = scan_sources(sources)
+    return apply_bad_images(sources, bad, recipe.data.bad_images), bad
+
+
+def prepare_run(recipe: Recipe) -> RunContext:
+    """Open the run directory of `recipe`: refuse another recipe's run, load and check the data, make (or reload)
+    the plan and the split, and only then write recipe.yaml, recipe.hash, plan.json and folds.csv, so that a
+    recipe that fails on its data locks nothing."""
+    from kit.data import load_folds, make_folds, save_folds
+    import yaml
+    _check_hash(recipe)
+    sources, bad = load_checked_sources(recipe)
+    plan = plan_run(recipe, sources)
+    run_dir = recipe.run_dir
     folds_file = run_dir / "folds.csv"
     if folds_file.exists():
         ids, _, folds = load_folds(folds_file)
         if list(ids) != list(sources.train.ids):
-            raise RecipeError(f"{folds_file} was made for other images than data.* now gives; "
+            raise RunDirError(f"{folds_file} was made for other images than data.* now gives; "
                               f"the data changed under this run: use a new run name")
     else:
-        folds = make_folds(sources.train.labels, recipe.data)
+        folds = make_folds(sources.train.labels, recipe.data, classes=sources.train.classes)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    write_text_atomic(run_dir / "recipe.hash", plan.recipe_hash + "\n")
+    if not (run_dir / PLAN_FILE).exists():
+        save_plan(plan, run_dir / PLAN_FILE)
+    if not folds_file.exists():
         save_folds(folds_file, sources.train.ids, sources.train.labels, folds)
-    return RunContext(recipe, run_dir, sources, np.asarray(folds))
+    if bad:
+        _write_bad_images(run_dir / "bad_images.csv", bad)
+    return RunContext(plan, run_dir, sources, np.asarray(folds), bad)
 
 
-def member_done(run_dir, member: Member) -> dict | None:
+def _write_bad_images(path: Path, bad: list) -> None:
+    import csv
+    import io
+    from dataclasses import asdict, is_dataclass
+    rows = [asdict(b) if is_dataclass(b) else dict(b) for b in bad]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    write_text_atomic(path, buf.getvalue())
+
+
+def member_done(run_dir, member: MemberPlan) -> dict | None:
     f = member_dir(run_dir, member.name) / "done.json"
     return read_json(f) if f.exists() else None
 
 
-def _loaders(ctx: RunContext, member: Member, cfg: dict):
+def _loaders(ctx: RunContext, member: MemberPlan):
     from kit.data import ImageDataset, create_eval_transform, create_train_transform, make_loader
-    r = member.recipe
+    r, cfg = member.recipe, member.data_config
     train_rows = np.flatnonzero(ctx.folds != member.fold)
     val_rows = np.flatnonzero(ctx.folds == member.fold)
     table = ctx.sources.train
@@ -118,56 +134,89 @@ def _loaders(ctx: RunContext, member: Member, cfg: dict):
                         drop_last=mixing or len(train_rows) % r.train.batch_size == 1)
     val = make_loader(ImageDataset(table, val_rows, create_eval_transform(cfg)), r.train.batch_size * 2,
                       shuffle=False, num_workers=r.data.num_workers, seed=r.train.seed)
-    return train, val, train_rows, val_rows
+    return train, val, val_rows
 
 
-def train_member(ctx: RunContext, member: Member, *, resume: bool = True, on_epoch_end=None,
-                 progress_factory=None, device=None) -> dict:
-    """Train one member (or return its record if it finished before), then predict with every TTA mode."""
+def apply_environment(plan: RunPlan, device) -> None:
+    """The plan's thread count (it changes floating-point sums on the CPU): set before any member computes."""
     import torch
-    from kit.models.backbone import create_model, to_device
-    from kit.runtime import describe_device, resolve_device, seed_everything, use_channels_last
+    threads = plan.environment.get("threads")
+    if device.type == "cpu" and threads and torch.get_num_threads() != threads:
+        torch.set_num_threads(int(threads))
+
+
+def train_member(ctx: RunContext, member: MemberPlan, *, resume: bool = True, on_epoch_end=None,
+                 progress_factory=None, device=None, log=None) -> dict | None:
+    """Train one member (or return its record if it finished before), then predict with every TTA mode.
+    Returns None when another process holds the member's lock (it is training it now)."""
+    from filelock import FileLock, Timeout
+    out = member_dir(ctx.run_dir, member.name)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out / ".lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if log:
+            log(f"member {member.name}: being trained by another process (lock {out / '.lock'}); skipped")
+        return None
+    try:
+        done = member_done(ctx.run_dir, member)
+        return done if done is not None else _train_member(ctx, member, out, resume, on_epoch_end,
+                                                             progress_factory, device)
+    finally:
+        lock.release()
+
+
+def _train_member(ctx, member: MemberPlan, out: Path, resume, on_epoch_end, progress_factory, device) -> dict:
+    import torch
+    from kit.models.backbone import build_model, to_device
+    from kit.runtime import describe_device, resolve_device, seed_everything
     from kit.train import fit
 
-    if member.recipe.model.strategy == "auto":  # measured once per data set and backbone (kit.advise), cached
-        from kit.advise import resolve_auto
-        member = dataclasses.replace(member, recipe=resolve_auto(member.recipe))
-    done = member_done(ctx.run_dir, member)
-    if done is not None:
-        return done
     r, t0 = member.recipe, time.time()
-    out = member_dir(ctx.run_dir, member.name)
+    device = device or resolve_device(r.train.device)
+    apply_environment(ctx.plan, device)
     seed_everything(r.train.seed)  # the new head's weights, dropout and data order follow the member's seed
     table = ctx.sources.train
-    model, weights_source = create_model(r.model, len(table.classes))
-    device = device or resolve_device(r.train.device)
-    from kit.data import resolve_data_config
-    from kit.models.backbone import data_config_override
-    cfg = resolve_data_config(model, r.augment, data_config_override(r.model))
-    channels_last = use_channels_last(r.model.channels_last, model, cfg["input_size"], device)
-    model = to_device(model, device, channels_last)
-    train_loader, val_loader, _, val_rows = _loaders(ctx, member, cfg)
+    model, weights_source = build_model(r.model, len(table.classes), member.pretrained_cfg)
+    model = to_device(model, device, member.channels_last)
+    train_loader, val_loader, val_rows = _loaders(ctx, member)
     if r.model.strategy == "feature_extract":  # a shallow head on cached embeddings (kit.features)
         from kit.features import fit_feature_member
-        model, history = fit_feature_member(ctx, member, model, cfg, out, device=device,
-                                            channels_last=channels_last, on_epoch_end=on_epoch_end)
+        model, history = fit_feature_member(ctx, member, model, member.data_config, out, device=device,
+                                            channels_last=member.channels_last, on_epoch_end=on_epoch_end)
     else:
         history = fit(model, train_loader, val_loader, table.labels, r.model, r.train, out,
-                      num_classes=len(table.classes), device=device, channels_last=channels_last,
+                      num_classes=len(table.classes), device=device, channels_last=member.channels_last,
                       resume=resume, on_epoch_end=on_epoch_end, progress_factory=progress_factory)
-    model.load_state_dict(torch.load(out / "best.pt", map_location=device, weights_only=True)["model"])
-    scores = predict_member(ctx, member, model, cfg, device, channels_last)
+        model.load_state_dict(_load_tensors(out / "best.pt", device)["model"])
+    scores = predict_member(ctx, member, model, member.data_config, device, member.channels_last)
     record = {"member": member.name, "index": member.index, "config": member.config, "seed": member.seed,
               "fold": member.fold, "backbone": r.model.backbone, "strategy": r.model.strategy,
               "weights": weights_source, "best_epoch": history.best_epoch, "metric": r.train.metric,
               "scores": scores, "epochs": len(history.epochs), "wall_time_s": time.time() - t0,
-              "device": describe_device(device), "n_val": int(len(val_rows))}
+              "device": describe_device(device), "n_val": int(len(val_rows)),
+              "environment": {"channels_last": member.channels_last, "threads": torch.get_num_threads()}}
     write_json_atomic(out / "done.json", record)
     return record
 
 
-def predict_member(ctx: RunContext, member: Member, model, cfg, device, channels_last) -> dict:
-    """Validation (out-of-fold) and test probabilities for every TTA mode, saved; returns val scores per mode."""
+def _load_tensors(path: Path, device="cpu") -> dict:
+    """A checkpoint of tensors only (weights_only): a file that would run code is refused, naming it."""
+    import pickle
+    import torch
+    from kit.errors import UnsafeFileError
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        raise UnsafeFileError(f"{path} is not a checkpoint of tensors kit can load safely "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); it was refused without "
+                              f"running anything in it: delete it to retrain that member") from None
+
+
+def predict_member(ctx: RunContext, member: MemberPlan, model, cfg, device, channels_last, modes=None) -> dict:
+    """Validation (out-of-fold) and test probabilities for every TTA mode (default: the member's planned
+    modes), saved; returns validation scores per mode."""
     from kit.data import ImageDataset, create_eval_transform, make_loader
     from kit.runtime import resolve_amp
     from kit.tta import predict_modes, tta_resize
@@ -175,8 +224,8 @@ def predict_member(ctx: RunContext, member: Member, model, cfg, device, channels
     r = member.recipe
     R = tta_resize(cfg["input_size"], cfg["crop_pct"], r.tta.resize)
     transform = create_eval_transform(cfg, resize=R, crop=R)
-    kwargs = dict(modes=list(r.tta.modes), merge=r.tta.merge, input_size=cfg["input_size"], device=device,
-                  amp_dtype=resolve_amp(r.train.amp, device), channels_last=channels_last,
+    kwargs = dict(modes=list(modes or member.tta_modes), merge=r.tta.merge, input_size=cfg["input_size"],
+                  device=device, amp_dtype=resolve_amp(r.train.amp, device), channels_last=channels_last,
                   max_batch_views=r.tta.max_batch_views, original_weight=r.tta.original_weight,
                   scales=tuple(r.tta.scales))
     splits = {"oof": (ctx.sources.train, np.flatnonzero(ctx.folds == member.fold))}
@@ -196,67 +245,67 @@ def predict_member(ctx: RunContext, member: Member, model, cfg, device, channels
     return scores
 
 
-def chosen_tta(recipe: Recipe, records: list[dict]) -> str:
-    """tta.mode, or with `auto` the mode whose mean validation score over these members is best
-    (`none` wins ties and whenever TTA hurts)."""
-    if recipe.tta.mode != "auto":
-        return recipe.tta.mode
-    metric = recipe.train.metric
-    modes = list(dict.fromkeys(["none"] + list(recipe.tta.modes)))
-    modes = [m for m in modes if all(m in rec["scores"] for rec in records)]
-    mean = {m: float(np.mean([rec["scores"][m][metric] for rec in records])) for m in modes}
+def choose_tta(scores: dict, metric: str, fixed: str = "auto") -> str:
+    """The one TTA rule: `fixed` (tta.mode) when set, else the mode with the best pooled out-of-fold score among
+    `scores` ({mode: score}); `none` is a candidate whenever it was predicted, and wins ties."""
+    if fixed != "auto":
+        return fixed
+    modes = sorted(scores, key=lambda m: m != "none")  # none first, the others in their order
     best = modes[0]
     for m in modes[1:]:
-        if M.better(metric, mean[m], mean[best]):
+        if M.better(metric, scores[m], scores[best]):
             best = m
     return best
 
 
-def config_predictions(run_dir, members: list[Member], tta: str) -> tuple[Predictions, Predictions | None]:
+def available_modes(run_dir, members: list[MemberPlan], done: dict) -> list[str]:
+    """Modes every one of these members has predicted (planned, or added later by `kit predict --tta`)."""
+    modes = [m for m in dict.fromkeys(k for d in done.values() for k in d["scores"])]
+    return [m for m in modes if all(m in done[x.name]["scores"] and
+                                    pred_path(run_dir, x.name, "oof", m).exists() for x in members)]
+
+
+def config_predictions(run_dir, members: list[MemberPlan], tta: str, *, need_test: bool = True
+                       ) -> tuple[Predictions, Predictions | None]:
     """Out-of-fold predictions of one configuration (its fold models' validation rows put together: each
     labelled image once) and its test predictions (the fold models' probabilities averaged)."""
     oofs = [load_predictions(pred_path(run_dir, m.name, "oof", tta)) for m in members]
     oof = Predictions(np.concatenate([p.ids for p in oofs]), np.concatenate([p.probs for p in oofs]),
                       oofs[0].classes, np.concatenate([p.labels for p in oofs]))
+    if not need_test:
+        return oof, None
     test_files = [pred_path(run_dir, m.name, "test", tta) for m in members]
-    test = None
-    if all(f.exists() for f in test_files):
-        tests = [load_predictions(f) for f in test_files]
-        test = Predictions(tests[0].ids, np.mean([t.reorder(tests[0].ids).probs for t in tests], axis=0),
-                           tests[0].classes)
+    missing = [(m, f) for m, f in zip(members, test_files) if not f.exists()]
+    if missing:
+        m, f = missing[0]
+        raise RunDirError(f"member {m.name} has no test predictions for TTA mode {tta} ({f} is missing); "
+                          f"predict them again with: kit predict {run_dir} --tta {tta}")
+    tests = [load_predictions(f) for f in test_files]
+    test = Predictions(tests[0].ids, np.mean([t.reorder(tests[0].ids).probs for t in tests], axis=0),
+                       tests[0].classes)
     return oof, test
 
 
-def load_member_model(ctx: RunContext, member: Member, device):
-    """A finished member's best weights in its architecture (no pretrained download: the weights are ours)."""
-    import torch
-    from kit.data import resolve_data_config
-    from kit.models.backbone import create_model, data_config_override, to_device
-    from kit.runtime import use_channels_last
-    from kit.advise import resolve_auto
+def load_member_model(ctx: RunContext, member: MemberPlan, device):
+    """A finished member's best weights in its planned architecture (no pretrained download: the weights are
+    ours): (model, data config, channels_last)."""
     from kit.features import restore_member_model
-    member = dataclasses.replace(member, recipe=resolve_auto(member.recipe))
-    spec = member.recipe.model.model_copy(update={"weights": "none"})
-    model, _ = create_model(spec, len(ctx.sources.train.classes))
-    model = restore_member_model(model, spec, member_dir(ctx.run_dir, member.name))
-    state = torch.load(member_dir(ctx.run_dir, member.name) / "best.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
-    cfg = resolve_data_config(model, member.recipe.augment, data_config_override(member.recipe.model))
-    channels_last = use_channels_last(spec.channels_last, model, cfg["input_size"], device)
-    model = to_device(model, device, channels_last)
-    return model, cfg, channels_last
+    from kit.models.backbone import build_model, to_device
+    model, _ = build_model(member.recipe.model, len(ctx.sources.train.classes), member.pretrained_cfg,
+                           load_weights=False)
+    model = restore_member_model(model, member.recipe.model, member_dir(ctx.run_dir, member.name))
+    model.load_state_dict(_load_tensors(member_dir(ctx.run_dir, member.name) / "best.pt")["model"])
+    return to_device(model, device, member.channels_last), member.data_config, member.channels_last
 
 
-def repredict_member(ctx: RunContext, member: Member, modes: list[str], device) -> dict:
+def repredict_member(ctx: RunContext, member: MemberPlan, modes: list[str], device) -> dict:
     """Predict a finished member with (more) TTA modes and add their scores to its record."""
     done = member_done(ctx.run_dir, member)
     if done is None:
-        raise RecipeError(f"member {member.name} has not finished training; run kit train first")
-    r = member.recipe
-    member = Member(member.index, member.name, member.config,
-                    r.model_copy(update={"tta": r.tta.model_copy(update={"modes": modes})}),
-                    member.backbone_index, member.seed, member.fold)
+        raise RunDirError(f"member {member.name} has not finished training; train it first with "
+                          f"kit train {ctx.run_dir} --member {member.index}")
+    apply_environment(ctx.plan, device)
     model, cfg, channels_last = load_member_model(ctx, member, device)
-    done["scores"].update(predict_member(ctx, member, model, cfg, device, channels_last))
+    done["scores"].update(predict_member(ctx, member, model, cfg, device, channels_last, modes=modes))
     write_json_atomic(member_dir(ctx.run_dir, member.name) / "done.json", done)
     return done

@@ -1,5 +1,5 @@
 """Where each artifact of a run lives, and atomic writes (temp file, fsync, rename): a reader never sees
-half a file, and a crash leaves the previous version intact.
+half a file, and a crash or a full disk (DiskFullError) leaves the previous version intact.
 
 runs/<name>/
   recipe.yaml, recipe.hash        the resolved recipe and its hash (a run directory holds one recipe)
@@ -12,29 +12,90 @@ runs/<name>/
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
+from kit.errors import DiskFullError
+
 
 def atomic_write(path, write) -> Path:
-    """Call write(binary file) on a temp file beside `path`, fsync, then rename it into place."""
+    """Call write(binary file) on a temp file beside `path`, fsync, then rename it into place.
+
+    The file gets the mode open() would give it: an existing file's own mode, else 0o666 minus the umask
+    (mkstemp alone makes it 0600, unreadable to teammates sharing the run directory). A full disk (ENOSPC,
+    EDQUOT, or torch.save's "enforce fail at inline_container.cc" around one) raises DiskFullError; either way
+    the temp file is removed and the previous file is intact."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), _mode_for(path))
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        full = _disk_full(e, path.parent)
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if full:
+            raise DiskFullError(f"no space left on device while writing {path}; nothing earlier was changed "
+                                f"(the temporary file is removed{', the previous file is intact' * path.exists()})"
+                                f"; free space on that disk (or set output_dir to another one) and run again") from e
         raise
     return path
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    # Linux shows the umask in /proc without changing it; os.umask can only be read by setting it, which
+    # races with threads creating files meanwhile, so it is the fallback.
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _disk_full(e: BaseException, folder: Path) -> bool:
+    """Whether `e` (or an error it arose from) is the disk or quota being full. torch.save turns the OSError of
+    a failed write into RuntimeError("[enforce fail at inline_container.cc...] unexpected pos ..."), with the
+    OSError as its context; where torch writes through C++ streams there is none, so the disk is asked."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(e, RuntimeError) and "inline_container.cc" in str(e) and _no_space(folder):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _no_space(folder: Path) -> bool:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20  # under 1 MiB left for unprivileged writers
 
 
 def atomic_save(obj, path) -> Path:

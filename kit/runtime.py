@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from kit.rundir import write_json_atomic
+from kit.errors import RecipeError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -19,7 +20,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name} but CUDA is not available here; use train.device=auto or cpu")
+        raise RecipeError(f"train.device={name} but CUDA is not available here; use train.device=auto or cpu")
     return device
 
 

@@ -16,7 +16,7 @@ from kit.rundir import atomic_write
 FORMATS = ("label", "proba")
 
 
-from kit.errors import SubmissionError  # noqa: E402  (re-exported: kit.submit.SubmissionError)
+from kit.errors import SubmissionError, RunDirError  # noqa: E402  (re-exported: kit.submit.SubmissionError)
 
 
 def read_sample(path) -> pd.DataFrame:
@@ -163,6 +163,6 @@ def write_submission(df: pd.DataFrame, path, overwrite: bool = False) -> Path:
     """Write atomically (temp file in the same folder, fsync, rename): a reader sees the old file or the new one."""
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists and was not overwritten; pass --force (overwrite=True) to replace it, "
+        raise RunDirError(f"{path} exists and was not overwritten; pass --force (overwrite=True) to replace it, "
                               "or pick another path")
     return atomic_write(path, lambda f: f.write(df.to_csv(index=False).encode()))

@@ -1,5 +1,10 @@
-"""fit(): the training loop of one member. Knows nothing of Optuna or ensembles: a tuner passes
-`on_epoch_end`, which may raise to stop (a pruned trial), after the epoch's checkpoint is on disk."""
+"""fit(): the one training loop of kit, for a member's whole model on images and for a shallow head on cached
+embeddings (kit.features) alike: any loaders yielding (x, y, row) batches. Knows nothing of Optuna or
+ensembles: a tuner passes `on_epoch_end`, which may raise to stop (a pruned trial), after the epoch's
+checkpoint is on disk.
+
+Checkpoints hold tensors and plain numbers, strings, lists and dicts only, so that they load with
+torch.load(weights_only=True): a planted last.pt cannot run code (kit.models.pretrained.load_tensor_file)."""
 from __future__ import annotations
 
 import math
@@ -14,10 +19,11 @@ from torch import nn
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 
 from kit import metrics as M
+from kit.errors import UnsafeFileError
+from kit.models.pretrained import load_tensor_file
 from kit.models.strategies import apply_freeze, param_groups, set_train_mode
 from kit.recipe import ModelSpec, TrainSpec
 from kit.rundir import atomic_save, write_csv_atomic
@@ -45,27 +51,39 @@ class Setup:
 
 
 def create_optimizer(params, spec: TrainSpec) -> torch.optim.Optimizer:
-    """timm's optimizer factory on a module or parameter groups (with lr_scale) from the recipe."""
+    """timm's optimizer factory on a module or on parameter groups (kit.models.strategies.param_groups)."""
     # timm's "sgd" is Nesterov SGD, which torch refuses without momentum: momentum 0 is plain SGD ("momentum")
     opt = "momentum" if spec.optimizer == "sgd" and spec.momentum == 0 else spec.optimizer
     return create_optimizer_v2(params, opt=opt, lr=spec.lr, weight_decay=spec.weight_decay, momentum=spec.momentum)
 
 
+LR_FLOOR = 1e-3  # cosine: warm-up starts and the decay ends at 1e-3 x each group's lr (timm's warmup_lr, min_lr)
+
+
+def cosine_factor(step: int, total: int, warmup: float) -> float:
+    """The cosine schedule's multiplier of every group's lr after `step` optimizer updates: linear warm-up from
+    LR_FLOOR to 1 over `warmup` updates, cosine from the start of the schedule down to LR_FLOOR at `total`
+    (timm's CosineLRScheduler arithmetic with warmup_prefix=False, so recipes tuned on it keep their lrs)."""
+    if step < warmup:
+        return LR_FLOOR + step * (1.0 - LR_FLOOR) / warmup
+    if step >= total:
+        return LR_FLOOR
+    return LR_FLOOR + 0.5 * (1.0 - LR_FLOOR) * (1.0 + math.cos(math.pi * step / total))
+
+
 def create_schedule(optimizer, spec: TrainSpec, updates_per_epoch: int):
-    """The recipe's learning-rate schedule, stepped per optimizer update (None: constant)."""
-    if spec.scheduler == "onecycle":
+    """The recipe's lr schedule, a torch scheduler stepped once per optimizer update (None: constant lr).
+    Both schedules multiply each group's own lr by one factor of the step, the convention of
+    kit.models.strategies: a backbone group at 0.1 x the head's lr stays at exactly 0.1 x at every step."""
+    total = spec.epochs * updates_per_epoch
+    if spec.scheduler == "onecycle":  # per group: max_lr / 25 -> max_lr -> max_lr / 25e4, all the same shape
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=spec.epochs * updates_per_epoch,
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
             pct_start=min(0.5, max(spec.warmup_epochs / spec.epochs, 0.05)))
     if spec.scheduler == "cosine":
-        # timm's schedulers compute one value per group from its initial_lr, then multiply it by the group's
-        # lr_scale: started from the already scaled lr, a backbone at scale 0.1 would train at 0.01 x lr.
-        for g in optimizer.param_groups:
-            g["initial_lr"] = g["lr"] / g.get("lr_scale", 1.0)
-        return create_scheduler_v2(optimizer, sched="cosine", num_epochs=spec.epochs,
-                                   warmup_epochs=spec.warmup_epochs, warmup_lr=spec.lr * 1e-3,
-                                   min_lr=spec.lr * 1e-3, step_on_epochs=False,
-                                   updates_per_epoch=updates_per_epoch)[0]
+        warmup = spec.warmup_epochs * updates_per_epoch
+        # a plain function, not a callable object: LambdaLR then keeps it out of its state dict
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, total, warmup))
     return None
 
 
@@ -126,12 +144,10 @@ def _train_epoch(model, loader, s: Setup, spec: TrainSpec, epoch: int, device, a
             else:
                 s.optimizer.step()
             s.optimizer.zero_grad(set_to_none=True)
-            update = epoch * s.updates_per_epoch + (i // spec.accum_steps) + 1
             if s.scheduler is not None:
-                s.scheduler.step() if isinstance(s.scheduler, torch.optim.lr_scheduler.OneCycleLR) \
-                    else s.scheduler.step_update(update)
+                s.scheduler.step()
             if s.ema is not None:
-                s.ema.update(model, step=update)
+                s.ema.update(model, step=epoch * s.updates_per_epoch + (i // spec.accum_steps) + 1)
         total += loss.item() * len(x)
         seen += len(x)
         if progress is not None:
@@ -139,22 +155,86 @@ def _train_epoch(model, loader, s: Setup, spec: TrainSpec, epoch: int, device, a
     return total / max(seen, 1), seen / (time.perf_counter() - start)
 
 
-def _checkpoint_state(model, s: Setup, epoch: int, history: History, patience_left: int) -> dict:
+def _plain(value):
+    """Numbers as Python int/float (numpy scalars pickle as numpy objects, which weights_only refuses)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    return value
+
+
+def _rng_state(device) -> dict:
+    """torch's and numpy's global generators (numpy: timm's Mixup draws from it) as tensors and numbers."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+    if device.type == "cuda":  # dropout and drop-path on the GPU draw from its own generator
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _checkpoint_state(model, s: Setup, epoch: int, history: History, patience_left: int, device) -> dict:
     return {
         "epoch": epoch, "model": model.state_dict(), "optimizer": s.optimizer.state_dict(),
         "scheduler": s.scheduler.state_dict() if s.scheduler is not None else None,
         "ema": s.ema.state_dict() if s.ema is not None else None,
         "scaler": s.scaler.state_dict() if s.scaler is not None else None,
-        "history": history.__dict__, "patience_left": patience_left,
-        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()},
+        "history": _plain(history.__dict__), "patience_left": patience_left, "rng": _rng_state(device),
     }
+
+
+CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "scheduler", "ema", "scaler", "history", "patience_left", "rng")
+_DELETE_TO_RETRAIN = "delete it to retrain that member"
+
+
+def load_checkpoint(path, fix: str = _DELETE_TO_RETRAIN) -> dict:
+    """A checkpoint kit wrote (last.pt, best.pt), tensors only, on the CPU; UnsafeFileError names a file that
+    holds anything else, or is corrupt, and `fix` says what to do."""
+    return load_tensor_file(path, fix=fix)
+
+
+def _resume(last: Path, model, s: Setup, device) -> tuple[History, int, int]:
+    """Restore everything the loop carries from one epoch to the next; (history, next epoch, patience left)."""
+    state = load_checkpoint(last)
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise UnsafeFileError(f"{last} is not a kit training checkpoint (no {', '.join(missing)}); "
+                              f"{_DELETE_TO_RETRAIN}")
+    model.load_state_dict(state["model"])
+    s.optimizer.load_state_dict(state["optimizer"])
+    if s.scheduler is not None and state["scheduler"] is not None:
+        s.scheduler.load_state_dict(state["scheduler"])
+    if s.ema is not None and state["ema"] is not None:
+        s.ema.load_state_dict(state["ema"])
+    if s.scaler is not None and state["scaler"] is not None:
+        s.scaler.load_state_dict(state["scaler"])
+    _set_rng_state(state["rng"], device)
+    return History(**state["history"]), state["epoch"] + 1, state["patience_left"]
 
 
 def fit(model: nn.Module, train_loader, val_loader, val_labels: np.ndarray, model_spec: ModelSpec,
         spec: TrainSpec, out_dir, *, num_classes: int, device: torch.device, channels_last: bool = True,
         resume: bool = False, on_epoch_end: Callable[[int, dict], None] | None = None,
         progress_factory=None) -> History:
-    """Train, validate every epoch, keep `last.pt` (resumable) and `best.pt` (weights of the best epoch)."""
+    """Train, validate every epoch, keep `last.pt` (resumable) and `best.pt` (weights of the best epoch).
+    Batches are (x, y, row): row indexes `val_labels` for the validation loader."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     amp_dtype = resolve_amp(spec.amp, device)
@@ -166,28 +246,17 @@ def fit(model: nn.Module, train_loader, val_loader, val_labels: np.ndarray, mode
         if not resume:
             raise FileExistsError(f"{last} exists from an earlier run; resume it with --resume, "
                                   f"or remove {out_dir} to start over")
-        state = torch.load(last, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        s.optimizer.load_state_dict(state["optimizer"])
-        if s.scheduler is not None and state["scheduler"] is not None:
-            s.scheduler.load_state_dict(state["scheduler"])
-        if s.ema is not None and state["ema"] is not None:
-            s.ema.load_state_dict(state["ema"])
-        if s.scaler is not None and state["scaler"] is not None:
-            s.scaler.load_state_dict(state["scaler"])
-        history = History(**state["history"])
-        patience_left = state["patience_left"]
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        start = state["epoch"] + 1
+        history, start, patience_left = _resume(last, model, s, device)
         if history.stopped_early:
             start = spec.epochs
     for epoch in range(start, spec.epochs):
         frozen = apply_freeze(model, model_spec, epoch)
         set_train_mode(model)
         if hasattr(train_loader, "generator") and train_loader.generator is not None:
-            # the shuffle order and augmentation seeds of an epoch depend on (seed, epoch) alone: resumable
+            # the shuffle order of an epoch depends on (seed, epoch) alone: resumable
             train_loader.generator.manual_seed(spec.seed * 100_003 + epoch)
+        if hasattr(train_loader, "set_epoch"):  # kit.data loaders: augmentation seeded by (seed, epoch, index)
+            train_loader.set_epoch(epoch)
         bar = progress_factory(epoch) if progress_factory else None
         t0 = time.perf_counter()
         train_loss, ips = _train_epoch(model, train_loader, s, spec, epoch, device, amp_dtype, channels_last, bar)
@@ -197,19 +266,20 @@ def fit(model: nn.Module, train_loader, val_loader, val_labels: np.ndarray, mode
         row = {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in scores.items()},
                "lr": max(g["lr"] for g in s.optimizer.param_groups), "frozen_stages": frozen,
                "train_images_per_s": ips, "seconds": time.perf_counter() - t0}
-        history.epochs.append(row)
+        history.epochs.append(_plain(row))
         score = scores[spec.metric]
         if math.isnan(score):
-            raise FloatingPointError(f"validation {spec.metric} is NaN at epoch {epoch}")
-        if history.best_epoch < 0 or metric.higher_is_better and score > history.best_score \
-                or not metric.higher_is_better and score < history.best_score:
-            history.best_epoch, history.best_score = epoch, score
+            raise FloatingPointError(f"validation {spec.metric} is NaN at epoch {epoch}; "
+                                     f"lower train.lr (now {spec.lr}) or set train.grad_clip")
+        if history.best_epoch < 0 or M.better(metric.name, score, history.best_score):
+            history.best_epoch, history.best_score = epoch, float(score)
             patience_left = spec.early_stopping or 0
-            atomic_save({"model": eval_model.state_dict(), "epoch": epoch, "score": score}, out_dir / "best.pt")
+            atomic_save({"model": eval_model.state_dict(), "epoch": epoch, "score": float(score)},
+                        out_dir / "best.pt")
         elif spec.early_stopping:
             patience_left -= 1
             history.stopped_early = patience_left <= 0
-        atomic_save(_checkpoint_state(model, s, epoch, history, patience_left), last)
+        atomic_save(_checkpoint_state(model, s, epoch, history, patience_left, device), last)
         write_csv_atomic(out_dir / "history.csv", history.epochs)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)

@@ -26,10 +26,7 @@ from ttach import functional as TF
 from ttach import transforms as T
 from ttach.base import ImageOnlyTransform, Merger
 
-from kit.recipe import TTA_MODES
-
-MERGES = ("mean", "gmean", "tsharpen")
-DEFAULT_SCALES = (0.875, 1.0, 1.125)
+from kit.recipe import TTA_DEFAULT_SCALES as DEFAULT_SCALES, TTA_MERGES as MERGES, TTA_MODES
 # On the CPU a forward pass gains nothing from rows beyond what fills the cores, and loses to memory: glibc hands
 # blocks over 32 MB back to the OS when they are freed, so a pass whose activations pass that size page-faults
 # them in again, every pass (efficientnet_lite0 expands to 96 x 112 x 112 floats = 4.8 MB a row at 224 px).
@@ -108,6 +105,11 @@ def tta_transforms(mode: str, input_size: int, scales=DEFAULT_SCALES) -> ttach.C
 def n_views(mode: str, scales=DEFAULT_SCALES) -> int:
     """How many views `mode` runs per image (multiscale with the default 3 scales: 3 x 2 = 6)."""
     return len(tta_transforms(mode, 1, scales))
+
+
+def n_distinct_views(modes, scales=DEFAULT_SCALES) -> int:
+    """Forward passes per image when `modes` are predicted together (shared views run once)."""
+    return len(_plan(list(dict.fromkeys(modes)), 8, scales).views)
 
 
 # A view in canonical form: (crop, scale, hflip, rotation in degrees). vflip is folded in, being

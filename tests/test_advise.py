@@ -7,7 +7,7 @@ import json
 import pytest
 
 from kit import advise as A
-from kit.members import expand_members, prepare_run, train_member
+from kit.members import prepare_run, train_member
 from kit.recipe import recipe_from_dict, set_path
 from kit.rundir import member_dir
 
@@ -95,19 +95,18 @@ def test_advise_measures_and_explains(tmp_path, imagefolder_spec):
     assert "probe_lift:" in text and f"strategy: {advice.strategy}" in text and "model:" in text
 
 
-def test_auto_resolves_once_and_trains(tmp_path, imagefolder_spec, cache_dir, monkeypatch):
-    plain = tiny_recipe(tmp_path, imagefolder_spec, strategy="full")
-    assert A.resolve_auto(plain) is plain
+def test_auto_resolves_once_in_the_plan_and_trains(tmp_path, imagefolder_spec, cache_dir, monkeypatch):
     recipe = tiny_recipe(tmp_path, imagefolder_spec, strategy="auto")
-    resolved = A.resolve_auto(recipe)
-    assert resolved.model.strategy != "auto" and len(list((cache_dir / "advice").glob("*.json"))) == 1
+    ctx = prepare_run(recipe)
+    member = ctx.plan.members[0]
+    assert member.recipe.model.strategy != "auto" and len(list((cache_dir / "advice").glob("*.json"))) == 1
+    assert ctx.plan.advice["0"]["strategy"] == member.recipe.model.strategy
 
-    def no_measuring(_):
+    def no_measuring(*args, **kwargs):
         raise AssertionError("advice should come from the cache")
     monkeypatch.setattr(A, "advise", no_measuring)
-    assert A.resolve_auto(recipe) == resolved
-    ctx = prepare_run(recipe)
-    member = expand_members(recipe, [0])[0]
+    other = recipe.with_overrides({"name": "again"})  # another run of the same data and backbone: cached advice
+    assert prepare_run(other).plan.members[0].recipe == member.recipe.with_overrides({"name": "again"})
     record = train_member(ctx, member)
-    assert record["strategy"] == resolved.model.strategy
+    assert record["strategy"] == member.recipe.model.strategy
     assert json.loads((member_dir(ctx.run_dir, member.name) / "done.json").read_text())["scores"]["none"]

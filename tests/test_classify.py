@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+
+from kit.errors import ImageReadError
 from PIL import Image
 
 from kit.classify import classify_images, format_topk, open_rgb
@@ -52,11 +54,11 @@ def test_format_topk_lines(rotated_cat, cat_top5):
 
 
 def test_bad_paths_name_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.jpg"):
+    with pytest.raises(ImageReadError, match="missing.jpg"):
         classify_images([tmp_path / "missing.jpg"])
     not_an_image = tmp_path / "notes.jpg"
     not_an_image.write_text("hello")
-    with pytest.raises(ValueError, match="notes.jpg"):
+    with pytest.raises(ImageReadError, match="notes.jpg"):
         classify_images([not_an_image])
 
 

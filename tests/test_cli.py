@@ -8,7 +8,7 @@ import pytest
 
 from kit.cli import build_parser, main
 
-SUBCOMMANDS = ("tune", "advise", "run", "train", "predict", "submit", "classify", "leaderboard", "score")
+SUBCOMMANDS = ("plan", "tune", "advise", "run", "train", "predict", "submit", "classify", "leaderboard", "score")
 
 
 def _kit(*args, cwd=None) -> subprocess.CompletedProcess:

@@ -52,3 +52,29 @@ def test_save_and_load_roundtrip(tmp_path):
     assert path.read_text().splitlines()[0] == "id,label,fold"
     i, y, f = load_folds(path)
     assert (i == ids).all() and (y == LABELS).all() and (f == folds).all() and f.dtype == np.int64
+
+
+@pytest.mark.parametrize("split", ["kfold", "holdout"])
+def test_a_class_of_one_image_is_named_with_advice_that_works(split):
+    y = np.array([0] * 10 + [1] * 10 + [2])
+    with pytest.raises(FoldError) as e:
+        make_folds(y, DataSpec(split=split, folds=5), classes=("cat", "dog", "fox"))
+    msg = str(e.value)
+    assert msg.startswith("class 'fox' has 1 labelled image")
+    assert "add images of class 'fox', or drop its row" in msg
+    # fewer folds or the other split cannot help a class of one image, so neither is suggested
+    assert "data.folds: " not in msg and "or data.split: holdout" not in msg
+
+
+def test_the_smallest_class_decides_the_advice_and_others_are_named():
+    y = np.array([0] * 10 + [1] * 3 + [2] * 2)
+    with pytest.raises(FoldError) as e:
+        make_folds(y, DataSpec(split="kfold", folds=5), classes=("cat", "dog", "fox"))
+    msg = str(e.value)
+    assert msg.startswith("class 'fox' has 2 labelled images, fewer than data.folds=5")
+    assert "also too small: class 'dog' (3 images)" in msg
+    assert "use data.folds: 2 or fewer" in msg  # 3 folds would still fail for 'fox'
+    y = np.array([0] * 10 + [1] * 3 + [2])
+    with pytest.raises(FoldError, match="class 'fox' has 1 labelled image.*class 'dog' \\(3 images\\).*add images of "
+                                        "class 'fox'"):
+        make_folds(y, DataSpec(split="kfold", folds=5), classes=("cat", "dog", "fox"))

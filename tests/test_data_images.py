@@ -125,3 +125,75 @@ def test_load_item(tmp_path):
     assert load_item(a) is a
     Image.fromarray(a).save(tmp_path / "a.png")
     assert (load_item(str(tmp_path / "a.png")) == a).all()
+
+
+# ---------------------------------------------------------------- size limits and formats (verify_image too)
+
+def _png_header(path, width, height):
+    """A valid PNG header for a width x height greyscale image with a few rows of data: a decompression bomb
+    is small on disk; decoding it in full would need width x height x 3 bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\0" * (width + 1) * 4)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("pillow_limit", ["default", "disabled"])
+def test_decompression_bomb_is_refused_at_once(tmp_path, monkeypatch, pillow_limit):
+    import time
+    from kit.data.images import verify_image
+    if pillow_limit == "disabled":  # what many notebooks do; kit's own limit must still hold
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    _png_header(tmp_path / "bomb.png", 30000, 30000)
+    assert (tmp_path / "bomb.png").stat().st_size < 100_000
+    for fn in (read_image, verify_image):
+        t0 = time.perf_counter()
+        with pytest.raises(ImageReadError, match=r"bomb\.png.*(30000x30000|DecompressionBomb)"):
+            fn(tmp_path / "bomb.png")
+        assert time.perf_counter() - t0 < 1.0  # from the header: no 2.7 GB allocation, no decode
+
+
+@pytest.mark.parametrize("name, size, kwargs", [
+    ("one.png", (1, 1), {}), ("wide.png", (6000, 40), {}), ("anim.gif", (40, 30), {}),
+    ("x.tif", (40, 30), {"compression": "tiff_lzw"}), ("x.webp", (40, 30), {"quality": 90}),
+    ("UPPER.JPG", (40, 30), {"quality": 90}), ("UPPER.PNG", (40, 30), {}),
+])
+def test_sizes_and_formats_decode_and_verify(tmp_path, name, size, kwargs):
+    from kit.data.images import verify_image
+    a = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(a).save(tmp_path / name, **kwargs)
+    out = read_image(tmp_path / name)
+    _check(out, (size[1], size[0], 3))
+    verify_image(tmp_path / name)  # no error
+
+
+def test_verify_image_agrees_with_read_image(tmp_path):
+    from kit.data.images import verify_image
+    a = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(a).save(tmp_path / "full.jpg", quality=95)
+    Image.fromarray(a).save(tmp_path / "full.png")
+    c = np.zeros((30, 40, 4), dtype=np.uint8)
+    Image.fromarray(c, "CMYK").save(tmp_path / "cmyk.jpg")
+    for name in ("full.jpg", "full.png"):
+        data = (tmp_path / name).read_bytes()
+        for frac in (0.3, 0.9, 0.99):  # a truncated file has a valid header: only a full decode finds it
+            (tmp_path / f"cut_{frac}_{name}").write_bytes(data[: int(len(data) * frac)])
+    (tmp_path / "junk.png").write_bytes(b"this is not an image")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    for p in sorted(tmp_path.iterdir()):
+        try:
+            read_image(p)
+            readable = True
+        except ImageReadError:
+            readable = False
+        if readable:
+            verify_image(p)
+        else:
+            with pytest.raises(ImageReadError, match=p.name):
+                verify_image(p)
+        assert readable == (not p.name.startswith(("cut", "junk", "empty"))), p.name

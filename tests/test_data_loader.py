@@ -81,3 +81,61 @@ def test_loader_settings():
 def load_sources_digits_small():
     from kit.recipe import DataSpec
     return load_sources(DataSpec(limit=10, digits_size=16)).train
+
+
+# ---------------------------------------------------------------- per-sample seeds: exact with any worker count
+
+def _train_loader(table, workers, seed=3, batch_size=4, n=12):
+    ds = ImageDataset(table, np.arange(n), create_train_transform(AUGMENT, CFG))
+    return make_loader(ds, batch_size=batch_size, shuffle=True, num_workers=workers, seed=seed)
+
+
+def test_batches_are_identical_with_0_and_2_workers(imagefolder_spec):
+    table = load_sources(imagefolder_spec).train
+    a = _epochs(_train_loader(table, 0), 3)
+    b = _epochs(_train_loader(table, 2), 3)
+    for ea, eb in zip(a, b):
+        assert _same(ea, eb)
+    assert not _same(a[0], a[1])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_epoch_is_the_same_whether_or_not_earlier_epochs_ran(imagefolder_spec, workers):
+    table = load_sources(imagefolder_spec).train
+    straight = _epochs(_train_loader(table, 0), 3)  # epochs 0, 1, 2 in one process
+    resumed = _train_loader(table, workers)
+    resumed.set_epoch(2)  # a run resumed at epoch 2: epochs 0 and 1 never iterated here
+    assert _same([(x, y, r) for x, y, r in resumed], straight[2])
+    resumed.set_epoch(1)
+    assert _same([(x, y, r) for x, y, r in resumed], straight[1])
+    assert _same([(x, y, r) for x, y, r in resumed], straight[2])  # without set_epoch: the next epoch
+
+
+def test_a_sample_is_augmented_by_its_row_not_its_position(imagefolder_spec):
+    table = load_sources(imagefolder_spec).train
+    tf = create_train_transform(AUGMENT, CFG)
+    whole = {int(r): x for xs, _, rs in make_loader(ImageDataset(table, np.arange(12), tf), 4, shuffle=False,
+                                                     num_workers=0, seed=3) for x, r in zip(xs, rs)}
+    part = make_loader(ImageDataset(table, [7, 2], tf), 2, shuffle=False, num_workers=0, seed=3)
+    xs, _, rs = next(iter(part))
+    assert rs.tolist() == [7, 2] and torch.equal(xs[0], whole[7]) and torch.equal(xs[1], whole[2])
+
+
+# ---------------------------------------------------------------- errors from workers
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_kit_error_in_a_worker_reaches_the_caller_as_itself(imagefolder_spec, imagefolder_root, workers):
+    from kit.data import ImageReadError, read_image
+    table = load_sources(imagefolder_spec).train
+    bad = imagefolder_root / "train" / "class_a" / "img_03.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(ImageReadError) as expected:
+        read_image(str(bad))
+    loader = make_loader(ImageDataset(table, np.arange(8), create_eval_transform(CFG)), batch_size=2,
+                         shuffle=False, num_workers=workers, seed=0)
+    with pytest.raises(ImageReadError) as e:
+        list(loader)
+    assert type(e.value) is ImageReadError and str(e.value) == str(expected.value)  # one line, kit's own
+    assert "worker process" not in str(e.value) and "Traceback" not in str(e.value)
+    with pytest.raises(ImageReadError):  # the persistent workers still serve the next epoch
+        list(loader)

@@ -1,9 +1,12 @@
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
 from kit.data import DataSourceError, ImageTable, load_sources, sort_classes
+from kit.errors import DataError
 from kit.recipe import DataSpec
 
 
@@ -174,3 +177,100 @@ def test_kaggle_test_from_folder_without_sample_submission(kaggle_spec, kaggle_r
     s = load_sources(kaggle_spec)
     assert s.sample_submission is None and list(s.test.ids) == [f"t_{i:03d}" for i in range(6)]
     assert load_sources(kaggle_spec.model_copy(update={"test_dir": None})).test is None
+
+
+# ---------------------------------------------------------------- paths stay inside their folder
+
+def _outside_image(tmp_path):
+    """A valid image beside the dataset root: readable, so only the path rule can keep it out."""
+    Image.new("RGB", (5, 4), (255, 0, 0)).save(tmp_path / "outside.png")
+    return tmp_path / "outside.png"
+
+
+def test_kaggle_path_column_leaving_image_dir_is_refused_with_every_row(kaggle_root, tmp_path):
+    _outside_image(tmp_path)
+    df = pd.read_csv(kaggle_root / "train.csv")
+    df["file"] = df["id"] + ".jpg"
+    df.loc[3, "file"] = "../../../etc/passwd"
+    df.loc[5, "file"] = "/etc/hostname"
+    df.loc[8, "file"] = "../../outside.png"  # root/train/../../outside.png: a real image, outside data.root
+    df.to_csv(kaggle_root / "train.csv", index=False)
+    spec = DataSpec(source="kaggle", root=str(kaggle_root), path_column="file")
+    with pytest.raises(DataError) as e:
+        load_sources(spec)
+    msg = str(e.value)
+    assert str(kaggle_root / "train.csv") in msg and "3 image paths in column 'file'" in msg
+    # lines as a person counts them in the file: the header is line 1, data row 3 is line 5
+    passwd = os.path.realpath(kaggle_root / "train" / "../../../etc/passwd")
+    assert f"line 5: '../../../etc/passwd' -> {passwd}" in msg
+    assert "line 7: '/etc/hostname' -> /etc/hostname" in msg
+    assert f"line 10: '../../outside.png' -> {tmp_path.resolve() / 'outside.png'}" in msg
+    assert "data.path_column" in msg and "Fix:" in msg and "\n" not in msg
+
+
+def test_kaggle_id_plus_suffix_leaving_and_listing_is_capped(kaggle_root, tmp_path):
+    _outside_image(tmp_path)
+    df = pd.read_csv(kaggle_root / "train.csv")
+    df.loc[0:7, "id"] = [f"../{'../' * (i % 2)}outside{'' if i == 0 else i}" for i in range(8)]
+    df.to_csv(kaggle_root / "train.csv", index=False)
+    with pytest.raises(DataError) as e:
+        load_sources(DataSpec(source="kaggle", root=str(kaggle_root), image_suffix=".png"))
+    msg = str(e.value)
+    assert "8 image paths in column 'id'" in msg and "line 2: '../outside.png'" in msg
+    assert "and 3 more" in msg and "line 9" not in msg  # 5 rows listed, the rest counted
+    assert "data.image_suffix" in msg
+
+
+def test_kaggle_symlinks_must_stay_inside(kaggle_root, tmp_path):
+    outside = _outside_image(tmp_path)
+    train = kaggle_root / "train"
+    (train / "img_004.jpg").unlink()
+    (train / "img_004.jpg").symlink_to(outside)  # a file inside image_dir that leads out of it
+    with pytest.raises(DataError, match=r"line 6: 'img_004\.jpg' -> .*outside\.png"):
+        load_sources(DataSpec(source="kaggle", root=str(kaggle_root), image_suffix=".jpg"))
+    (train / "img_004.jpg").unlink()
+    (train / "img_004.jpg").symlink_to(train / "img_005.jpg")  # a symlink within the folder is fine
+    assert load_sources(DataSpec(source="kaggle", root=str(kaggle_root), image_suffix=".jpg")).train.ids[4] == "img_004"
+
+
+def test_kaggle_image_dir_may_itself_be_a_symlink(kaggle_root, tmp_path):
+    (kaggle_root / "train").rename(tmp_path / "elsewhere")
+    (kaggle_root / "train").symlink_to(tmp_path / "elsewhere")  # root/train -> a bigger disk: its files are inside
+    assert len(load_sources(DataSpec(source="kaggle", root=str(kaggle_root), image_suffix=".jpg")).train) == 30
+
+
+def test_kaggle_test_ids_leaving_test_dir_are_refused(kaggle_root, tmp_path):
+    _outside_image(tmp_path)
+    sample = pd.read_csv(kaggle_root / "sample_submission.csv")
+    sample.loc[2, "id"] = "../../outside"
+    sample.to_csv(kaggle_root / "sample_submission.csv", index=False)
+    with pytest.raises(DataError, match=r"sample_submission\.csv: 1 image path in the first column leads outside "
+                                        r".*test.*line 4: '\.\./\.\./outside\.jpg'"):
+        load_sources(DataSpec(source="kaggle", root=str(kaggle_root), image_suffix=".jpg"))
+
+
+def test_imagefolder_symlinks_leaving_the_root_are_refused(imagefolder_root, tmp_path):
+    outside = _outside_image(tmp_path)
+    spec = DataSpec(source="imagefolder", root=str(imagefolder_root))
+    link = imagefolder_root / "train" / "class_b" / "img_99.png"
+    link.symlink_to(outside)
+    with pytest.raises(DataError, match=r"1 image file in .*train leads outside it through symlinks.*img_99\.png "
+                                        r"-> .*outside\.png.*Fix:"):
+        load_sources(spec)
+    link.unlink()
+    (tmp_path / "far").mkdir()
+    Image.new("RGB", (5, 4)).save(tmp_path / "far" / "x.png")
+    (imagefolder_root / "train" / "class_d").symlink_to(tmp_path / "far")  # a whole class folder elsewhere
+    with pytest.raises(DataError, match=r"class_d/x\.png -> .*far/x\.png"):
+        load_sources(spec)
+    (imagefolder_root / "train" / "class_d").unlink()
+    (imagefolder_root / "test" / "test_99.png").symlink_to(outside)
+    with pytest.raises(DataError, match=r"in .*test leads outside it.*test_99\.png"):
+        load_sources(spec)
+
+
+def test_kaggle_test_folder_without_sample_submission_checks_symlinks(kaggle_spec, kaggle_root, tmp_path):
+    (kaggle_root / "sample_submission.csv").unlink()
+    (kaggle_root / "test" / "t_009.jpg").symlink_to(_outside_image(tmp_path))
+    with pytest.raises(DataError, match=r"t_009\.jpg -> .*outside\.png"):
+        load_sources(kaggle_spec)

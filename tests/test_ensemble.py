@@ -165,3 +165,32 @@ def test_misaligned_members_are_named():
 def test_import_does_not_pull_torch():
     code = "import kit.ensemble, kit.submit, sys; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _complementary_members(n=600, seed=0):
+    """Two members that are each right on half of the classes and guess on the others: a weighted mean cannot
+    undo that, a stacker can."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n)
+    members = []
+    for good in ((0, 1), (2, 3)):
+        logits = rng.normal(0, 1, (n, 4))
+        sure = np.isin(y, good)
+        logits[sure, y[sure]] += 4.0
+        p = np.exp(logits)
+        members.append(p / p.sum(1, keepdims=True))
+    return members, y
+
+
+def test_stack_helps_where_members_are_complementary_and_its_nested_score_is_honest():
+    members, y = _complementary_members()
+    oof = [Predictions([f"i{k}" for k in range(len(y))], p, tuple("abcd"), y) for p in members]
+    folds = np.arange(len(y)) % 5
+    res = ensemble.evaluate_methods(oof, "log_loss", folds=folds)
+    stack = res["stack"]
+    assert stack.nested_score < res["mean"].nested_score and stack.nested_score < res["weights"].nested_score
+    assert stack.nested_score >= stack.oof_score  # log loss: held-out rows are never easier than the fitted ones
+    probs = ensemble.apply_method(members, stack)
+    assert probs.shape == (len(y), 4) and np.allclose(probs.sum(1), 1)
+    assert stack.weights.shape == (2,) and stack.weights.sum() == pytest.approx(1)
+    assert ensemble.choose_method(res, "log_loss") == "stack"

@@ -15,7 +15,7 @@ from conftest import class_image
 from kit import features as F
 from kit.data import resolve_data_config
 from kit.data.sources import ImageTable
-from kit.members import expand_members, load_member_model, predict_member, prepare_run, train_member
+from kit.members import load_member_model, predict_member, prepare_run, train_member
 from kit.models.backbone import CutBackbone
 from kit.predictions import load_predictions
 from kit.recipe import AugmentSpec, ModelSpec, RecipeError, TrainSpec, recipe_from_dict
@@ -157,7 +157,7 @@ def test_head_views_are_bounded():
 # ---------------------------------------------------------------- heads
 
 @pytest.mark.parametrize("head", ["linear", "mlp", "logreg", "svm"])
-def test_each_head_learns_the_bars(head):
+def test_each_head_learns_the_bars(head, tmp_path):
     table, model = bars_table(per_class=20), backbone()
     x = np.asarray(extract(model, table, cfg_of(model)).views["none"])
     train, val = np.arange(len(table)) % 4 != 0, np.arange(len(table)) % 4 == 0  # 45 / 15 images
@@ -166,7 +166,7 @@ def test_each_head_learns_the_bars(head):
         torch.manual_seed(0)
         h = F.create_head(ModelSpec(head=head, head_hidden=32), x.shape[1], 3)
         spec = TrainSpec(epochs=20, batch_size=16, lr=1e-2, weight_decay=1e-4, warmup_epochs=0, early_stopping=5)
-        history = F.fit_torch_head(h, x[train], y[train], x[val], y[val], spec)
+        history = F.fit_torch_head(h, x[train], y[train], x[val], y[val], spec, tmp_path / "head")
         probs = F.head_proba(h, torch.from_numpy(x[val]))
         assert history.best_score == pytest.approx(np.mean(probs.argmax(1) == y[val]))  # ends at its best epoch
     else:
@@ -198,6 +198,124 @@ def test_svm_head_returns_log_probabilities():
         F.fit_sklearn_head("svm", 1.0, x[:4], np.array([0, 1, 1, 2]))
 
 
+def test_torch_heads_train_through_the_one_loop(monkeypatch, tmp_path):
+    """fit_torch_head is kit.train.fit over (embedding, label, row) batches; an interrupted head resumes to
+    the weights of an uninterrupted one."""
+    import kit.train
+    rng = np.random.default_rng(0)
+    y = np.arange(60) % 3
+    x = (rng.normal(size=(60, 8)) * 5 + 3 + y[:, None]).astype(np.float32)
+    spec = TrainSpec(epochs=4, batch_size=16, lr=1e-2, warmup_epochs=1, seed=3)
+    calls, real = [], kit.train.fit
+
+    def spy(model, train_loader, val_loader, val_labels, *args, **kwargs):
+        calls.append([tuple(t.shape) for t in next(iter(train_loader))])
+        return real(model, train_loader, val_loader, val_labels, *args, **kwargs)
+
+    monkeypatch.setattr(kit.train, "fit", spy)
+    heads = []
+    for out, hook in (("ref", None), ("cut", "stop")):
+        torch.manual_seed(0)
+        heads.append(F.create_head(ModelSpec(head="linear"), 8, 3))
+
+        def stop(epoch, row):
+            if epoch == 1:
+                raise KeyboardInterrupt
+        if hook:
+            with pytest.raises(KeyboardInterrupt):
+                F.fit_torch_head(heads[-1], x[:45], y[:45], x[45:], y[45:], spec, tmp_path / out, on_epoch_end=stop)
+            torch.manual_seed(0)
+            heads[-1] = F.create_head(ModelSpec(head="linear"), 8, 3)
+            history = F.fit_torch_head(heads[-1], x[:45], y[:45], x[45:], y[45:], spec, tmp_path / out, resume=True)
+        else:
+            ref = F.fit_torch_head(heads[-1], x[:45], y[:45], x[45:], y[45:], spec, tmp_path / out)
+    assert calls[0] == [(16, 8), (16,), (16,)]  # the image loaders' (x, y, row) contract
+    assert (tmp_path / "ref" / "last.pt").is_file() and len(calls) == 3
+    assert [r["val_log_loss"] for r in history.epochs] == [r["val_log_loss"] for r in ref.epochs]
+    for a, b in zip(heads[0].state_dict().values(), heads[1].state_dict().values()):
+        assert torch.equal(a, b)
+    # the head takes raw embeddings: its probabilities are those of the best epoch (standardisation folded in)
+    probs = F.head_proba(heads[0], torch.from_numpy(x[45:]))
+    assert ref.best_score == pytest.approx(np.mean(probs.argmax(1) == y[45:]))
+
+
+def test_embedding_loader_order_follows_its_generator():
+    x, y = np.arange(20, dtype=np.float32)[:, None], np.arange(20) % 2
+    loader = F.embedding_loader(x, y, 8, shuffle=True, seed=1)
+    assert len(loader) == 3
+    first = torch.cat([row for _, _, row in loader])
+    loader.generator.manual_seed(1)
+    assert torch.equal(torch.cat([row for _, _, row in loader]), first)  # what fit's per-epoch reseed relies on
+    assert sorted(first.tolist()) == list(range(20)) and first.tolist() != list(range(20))
+    xb, yb, rows = next(iter(loader))
+    assert torch.equal(xb[:, 0], rows.float()) and torch.equal(yb, rows % 2)
+    ordered = F.embedding_loader(x, y, 8, shuffle=False, seed=1)
+    assert torch.cat([row for _, _, row in ordered]).tolist() == list(range(20))
+
+
+def test_temperature_calibrates_an_overconfident_head_without_changing_its_predictions():
+    rng = np.random.default_rng(0)
+    y = np.arange(600) % 3
+    x = (rng.normal(size=(600, 5)) + 1.2 * np.eye(3, 5)[y]).astype(np.float32)
+    head = torch.nn.Linear(5, 3)
+    with torch.no_grad():  # a sensible direction at 8x the right scale: overconfident
+        head.weight.copy_(torch.eye(3, 5) * 8 * 1.2)
+        head.bias.zero_()
+    before = F.head_proba(head, torch.from_numpy(x[300:]))
+    t = F.fit_temperature(head, x[:300], y[:300])
+    after = F.head_proba(head, torch.from_numpy(x[300:]))
+    assert 3 < t < 20
+    assert np.array_equal(before.argmax(1), after.argmax(1))
+    from kit import metrics as M
+    assert M.score("log_loss", y[300:], after) < 0.8 * M.score("log_loss", y[300:], before)
+    assert F.fit_temperature(head, x[:0], y[:0]) == 1.0
+
+
+def test_calibration_rows_are_held_out_training_images():
+    labels = np.arange(100) % 4
+    fit, cal = F.calibration_split(labels, seed=0)
+    assert len(cal) == 15 and not set(fit) & set(cal) and len(fit) + len(cal) == 100
+    assert sorted(np.bincount(labels[cal])) == [3, 4, 4, 4]  # stratified
+    again, other = F.calibration_split(labels, seed=0), F.calibration_split(labels, seed=1)
+    assert np.array_equal(again[1], cal) and not np.array_equal(other[1], cal)
+    fit, cal = F.calibration_split(np.array([0, 1, 1, 2, 2, 2]), seed=0)  # class 0 has one image: none held out
+    assert len(cal) == 0 and len(fit) == 6
+
+
+def test_c_is_chosen_by_inner_cross_validation_on_log_loss():
+    rng = np.random.default_rng(0)
+    y = np.arange(60) % 3
+    x = rng.normal(size=(60, 200)) + 0.8 * np.eye(3, 200)[y]  # 200 dimensions, 60 rows: C=1 overfits
+    c, losses = F.choose_c("logreg", 1.0, x, y, seed=0)
+    assert sorted(losses) == pytest.approx([1.0 * f for f in F.C_GRID])
+    assert losses[c] == min(losses.values()) and c < 1.0
+    assert F.fitted_c(F.fit_sklearn_head("logreg", 1.0, x, y)) == c
+    assert F.fitted_c(F.fit_sklearn_head("logreg", 1.0, x, y, search=False)) == 1.0
+    assert F.choose_c("svm", 2.0, x[:4], np.array([0, 1, 1, 2])) == (2.0, {})  # too few rows to search
+
+
+def test_inner_folds_keep_an_images_views_together():
+    from kit.features._heads import _inner_splits
+    y = np.tile(np.arange(30) % 3, 2)
+    groups = np.tile(np.arange(30), 2)  # row i and row i + 30 are two views of image i
+    splits = _inner_splits(y, groups, seed=0)
+    assert len(splits) == 3
+    for train, test in splits:
+        assert not set(groups[train]) & set(groups[test])
+
+
+def test_svm_head_file_is_skops_and_loads_back_exactly(tmp_path):
+    rng = np.random.default_rng(0)
+    y = np.arange(30) % 3
+    x = rng.normal(size=(30, 5)) + y[:, None]
+    pipe = F.fit_sklearn_head("svm", 1.0, x, y)
+    path = F.save_sklearn_head(pipe, tmp_path / F.HEAD_FILE)
+    import zipfile
+    assert zipfile.is_zipfile(path)  # skops' format, not a pickle
+    again = F.load_sklearn_head(path)
+    np.testing.assert_array_equal(again.predict_proba(x.astype(np.float32)), pipe.predict_proba(x.astype(np.float32)))
+
+
 # ---------------------------------------------------------------- members
 
 MODES = ["none", "hflip"]
@@ -221,16 +339,24 @@ def member_recipe(tmp_path, data_spec, **model):
 def test_feature_extract_member(tmp_path, kaggle_spec, head, extra):
     recipe = member_recipe(tmp_path, kaggle_spec, head=head, **extra)
     ctx = prepare_run(recipe)
-    first, second = expand_members(recipe, [0])
+    first, second = [m for m in ctx.plan.members if m.fold == 0][:2]
     record = train_member(ctx, first)
     out = member_dir(ctx.run_dir, first.name)
     assert json.loads((out / "done.json").read_text())["strategy"] == "feature_extract"
     assert (out / "best.pt").is_file() and (out / "history.csv").is_file()
-    assert (out / F.HEAD_FILE).is_file() == (head in ("logreg", "svm"))
+    assert (out / F.HEAD_FILE).is_file() == (head == "svm")  # logreg is a linear layer in best.pt
+    assert not list(out.glob("*.pkl")) and not (out / "head_training").exists()
+    torch.load(out / "best.pt", weights_only=True)
     assert set(record["scores"]) == set(MODES)
     info = json.loads((out / "features.json").read_text())
     assert info["extracted"] == list(F.feature_views(recipe.model.head_views))
-    assert info["train_rows"] == recipe.model.head_views * int(np.sum(ctx.folds != 0))
+    n_train = int(np.sum(ctx.folds != 0))
+    assert info["train_rows"] + recipe.model.head_views * info["calibration_images"] == \
+        recipe.model.head_views * n_train
+    if head in ("linear", "mlp"):  # a temperature from held-out training images (never the validation fold)
+        assert info["calibration_images"] == round(n_train * F.CALIBRATION_FRACTION) and info["temperature"] > 0
+    else:
+        assert info["calibration_images"] == 0 and info["head_c"] in [1.0 * f for f in F.C_GRID]
     for split in ("oof", "test"):
         for mode in MODES:
             assert pred_path(ctx.run_dir, first.name, split, mode).is_file()
@@ -243,22 +369,9 @@ def test_feature_extract_member(tmp_path, kaggle_spec, head, extra):
         train_member(ctx, second)
         assert json.loads((member_dir(ctx.run_dir, second.name) / "features.json").read_text())["extracted"] == []
     # the saved member loads back into its architecture and predicts as before
-    model, cfg = reload(ctx, first)
-    scores = predict_member(ctx, first, model, cfg, torch.device("cpu"), False)
+    model, cfg, channels_last = load_member_model(ctx, first, torch.device("cpu"))
+    scores = predict_member(ctx, first, model, cfg, torch.device("cpu"), channels_last)
     assert scores["none"]["accuracy"] == pytest.approx(record["scores"]["none"]["accuracy"])
     np.testing.assert_allclose(load_predictions(pred_path(ctx.run_dir, first.name, "oof", "none")).probs,
                                oof.probs, atol=1e-5)
 
-
-def reload(ctx, member):
-    """load_member_model, with kit.features.restore_member_model applied where kit.members does not call it yet."""
-    import inspect
-    if "restore_member_model" in inspect.getsource(load_member_model):
-        model, cfg, _ = load_member_model(ctx, member, torch.device("cpu"))
-        return model, cfg
-    from kit.models.backbone import create_model
-    spec = member.recipe.model.model_copy(update={"weights": "none"})
-    model, _ = create_model(spec, len(ctx.sources.train.classes))
-    model = F.restore_member_model(model, spec, member_dir(ctx.run_dir, member.name))
-    model.load_state_dict(torch.load(member_dir(ctx.run_dir, member.name) / "best.pt", weights_only=True)["model"])
-    return model, resolve_data_config(model, member.recipe.augment)

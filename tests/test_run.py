@@ -14,6 +14,8 @@ from kit import run as R
 from kit.ensemble import METHODS
 from kit.members import config_predictions, prepare_run, select_members
 from kit.predictions import load_predictions
+from kit.errors import RunDirError
+from kit.leaderboard import query
 from kit.recipe import RecipeError, recipe_from_dict
 from kit.rundir import pred_path
 from kit.submit import check_submission
@@ -86,9 +88,9 @@ def test_run_dir_of_another_recipe_refuses(recipe):
     prepare_run(recipe)
     prepare_run(recipe.model_copy(update={"data": recipe.data.model_copy(update={"num_workers": 1})}))  # same hash
     other = recipe.model_copy(update={"train": recipe.train.model_copy(update={"lr": 0.1})})
-    with pytest.raises(RecipeError, match=r"holds a run of a different recipe.*set a new `name:`"):
+    with pytest.raises(RunDirError, match=r"holds a run of a different recipe.*set a new `name:`"):
         prepare_run(other)
-    with pytest.raises(RecipeError, match="different recipe"):
+    with pytest.raises(RunDirError, match="different recipe"):
         R.train(other, log=quiet)
 
 
@@ -98,13 +100,18 @@ def test_end_to_end(recipe, fit_calls):
     assert fit_calls == ["test_resnet-s0-f0", "test_resnet-s0-f1", "test_resnet-s0-f2"]
     assert [r["member"] for r in records] == fit_calls
     assert sorted(p.name for p in (ctx.run_dir / "members").iterdir()) == fit_calls
-    partial = R.finish(ctx)
-    assert partial.pending == ["test_resnet-s1-f0", "test_resnet-s1-f1", "test_resnet-s1-f2"]
-    assert partial.submission is None and not (ctx.run_dir / "submission.csv").exists()
+    # kit submit with unfinished members refuses before writing or recording anything, with a hint that works
+    with pytest.raises(RunDirError, match=r"3 of 6 members are not finished \(test_resnet-s1-f0.*"
+                                          r"kit train .*kfold --member 3,4,5"):
+        R.finish(ctx)
+    assert not (ctx.run_dir / "submission.csv").exists() and not (ctx.run_dir / "ensemble").exists()
+    assert not (ctx.run_dir / "summary.json").exists()
+    assert set(query(recipe.leaderboard)["kind"]) == {"member", "tta"}
+    pending = ["test_resnet-s1-f0", "test_resnet-s1-f1", "test_resnet-s1-f2"]
 
     # the whole run trains only the 3 members left
     summary = R.run(recipe, log=quiet)
-    assert len(fit_calls) == 6 and fit_calls[3:] == partial.pending
+    assert len(fit_calls) == 6 and fit_calls[3:] == pending
     assert summary.pending == [] and summary.tta in MODES
     for m in R.all_members(ctx):
         done = json.loads((ctx.run_dir / "members" / m.name / "done.json").read_text())
@@ -126,7 +133,7 @@ def test_end_to_end(recipe, fit_calls):
     other["label"] = "fox"
     other.to_csv(summary.submission, index=False)
     changed = summary.submission.read_text()
-    with pytest.raises(FileExistsError, match="--force"):
+    with pytest.raises(RunDirError, match="--force"):
         R.finish(ctx)
     assert summary.submission.read_text() == changed
     assert R.finish(ctx, force=True).submission.read_text() == before
@@ -172,7 +179,7 @@ def _check_ensemble(ctx, summary):
             assert res["nested"] == res["oof"]
     assert d["chosen"] in METHODS and d["chosen"] == summary.chosen
     assert d["best_member"] in ("test_resnet-s0", "test_resnet-s1")
-    assert d["best_member_score"] == max(d["members"][c][d["tta"]] for c in d["members"])
+    assert d["best_member_score"] == max(d["members"][c][d["tta_by_member"][c]] for c in d["members"])
     # greedy selection starts from the best member and only keeps steps that improve the oof metric, so in
     # sample it is never worse than the best member. The chosen method is picked by its nested score and
     # `weights` minimises log loss, not accuracy: their oof accuracy can be below the best member's.
@@ -223,13 +230,13 @@ def test_predict_adds_tta_modes_to_finished_members_from_any_directory(recipe, t
     done = json.loads((run_dir / "members" / "test_resnet-s0-f0" / "done.json").read_text())
     assert set(done["scores"]) == {"none", "hflip", "vflip"}
     assert not (elsewhere / "runs").exists()  # nothing made beside the caller
-    with pytest.raises(RecipeError, match="is not a run directory"):
+    with pytest.raises(RunDirError, match="is not a run directory"):
         R.predict(elsewhere)
     with pytest.raises(RecipeError, match="--tta spin is not a TTA mode"):
         R.predict(run_dir, modes=["spin"])
     (elsewhere / "renamed").mkdir()
     (elsewhere / "renamed" / "recipe.yaml").write_text((run_dir / "recipe.yaml").read_text())
-    with pytest.raises(RecipeError, match="holds the run named 'kfold'"):
+    with pytest.raises(RunDirError, match="holds the run named 'kfold'"):
         R.predict(elsewhere / "renamed")
 
 

@@ -1,5 +1,6 @@
 """kit.models.strategies: for each transfer strategy, which parameters train at which epoch and with which
-learning rate; and that the schedulers built by kit.train keep each group's lr_scale."""
+learning rate; and the one lr convention: each group's lr is absolute, and the schedulers built by kit.train
+multiply every group by the same factor at every step, so the ratios between groups hold throughout."""
 from __future__ import annotations
 
 import pytest
@@ -7,9 +8,9 @@ import timm
 import torch
 
 from kit.models.backbone import create_model, head_parameters
-from kit.models.strategies import apply_freeze, frozen_count, param_groups, set_train_mode, stage_groups
+from kit.models.strategies import LR_SCALE_KEY, apply_freeze, frozen_count, param_groups, set_train_mode, stage_groups
 from kit.recipe import ModelSpec, TrainSpec
-from kit.train import _setup
+from kit.train import _setup, cosine_factor
 
 LR = 0.01
 
@@ -79,7 +80,7 @@ def test_feature_extract_trains_only_the_head_and_keeps_batchnorm_statistics():
     assert trainable(model) == set(head_parameters(model)) == {"fc.weight", "fc.bias"}
     groups = param_groups(model, s, TrainSpec(lr=LR))
     assert set(lr_of(groups, model)) == {"fc.weight", "fc.bias"}
-    assert all(g["lr"] == LR and g["lr_scale"] == 1.0 for g in groups)
+    assert all(g["lr"] == LR and g[LR_SCALE_KEY] == 1.0 for g in groups)
     set_train_mode(model)
     assert model.training and all(not m.training for m in bn_layers(model))
     before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("fc.")}
@@ -166,7 +167,7 @@ def test_full_with_layer_decay_scales_lr_down_towards_the_stem(backbone):
     assert per_stage == sorted(per_stage) and per_stage[0] < per_stage[-1] < LR
     assert per_stage[0] == pytest.approx(LR * 0.5 ** len(stages))
     for g in groups:
-        assert g["lr"] == pytest.approx(LR * g["lr_scale"])
+        assert g["lr"] == pytest.approx(LR * g[LR_SCALE_KEY]) and "lr_scale" not in g
 
 
 def test_cut_at_prunes_the_backbone_and_outputs_the_cut_stage():
@@ -194,35 +195,76 @@ def test_cut_at_out_of_range_names_the_stages(cut_at):
         make("cut_at", cut_at=cut_at)
 
 
-@pytest.mark.parametrize("warmup", [0.0, 1.0])
-@pytest.mark.parametrize("strategy, extra", [("finetune", {"backbone_lr_scale": 0.1}),
-                                             ("gradual", {"backbone_lr_scale": 0.3}),
-                                             ("full", {"layer_decay": 0.5})])
-def test_cosine_scheduler_applies_lr_scale_once(strategy, extra, warmup):
-    """timm's schedulers multiply each group's value by its lr_scale: the value must be the unscaled lr."""
-    model, s = make(strategy, **extra)
-    train = TrainSpec(lr=LR, epochs=4, warmup_epochs=warmup, scheduler="cosine")
-    setup = _setup(model, s, train, n_batches=10, num_classes=3, device=torch.device("cpu"), amp_dtype=None)
-    opt, sched = setup.optimizer, setup.scheduler
-    assert len({g["lr_scale"] for g in opt.param_groups}) > 1
-    steps = [1, 5, 10, 20, 39]
-    for t, ref in zip(steps, reference_lrs(train, 10, steps)):
-        sched.step_update(t)
-        for g in opt.param_groups:
-            assert g["lr"] == pytest.approx(ref * g["lr_scale"], rel=1e-9), (t, g["lr_scale"])
+def test_a_bare_head_is_all_head_with_no_stages():
+    head = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.GELU(), torch.nn.Linear(4, 3))
+    s = ModelSpec(strategy="feature_extract")
+    assert stage_groups(head) == [] and apply_freeze(head, s, epoch=0) == 0
+    groups = param_groups(head, s, TrainSpec(lr=LR, weight_decay=0.05))
+    assert set(lr_of(groups, head)) == {n for n, _ in head.named_parameters()}
+    assert all(g["lr"] == LR for g in groups)
+    decay = {n: g["weight_decay"] for g in groups for n, p in head.named_parameters() if any(p is q for q in g["params"])}
+    assert decay == {"0.weight": 0.05, "0.bias": 0.0, "2.weight": 0.05, "2.bias": 0.0}
 
 
-def test_onecycle_and_no_scheduler_keep_lr_scale():
-    model, s = make("finetune", backbone_lr_scale=0.1)
-    setup = _setup(model, s, TrainSpec(lr=LR, epochs=2, scheduler="onecycle"), 10, 3, torch.device("cpu"), None)
-    assert all(g["max_lr"] == pytest.approx(LR * g["lr_scale"]) for g in setup.optimizer.param_groups)
-    for _ in range(7):
+CONVENTION_CASES = [("finetune", {"backbone_lr_scale": 0.1}), ("gradual", {"backbone_lr_scale": 0.1}),
+                    ("full", {"layer_decay": 0.5})]
+
+
+def lrs_over_schedule(setup, total: int) -> list[list[float]]:
+    """Each group's lr for every one of `total` optimizer updates (the lr that update uses), as kit.train steps."""
+    out = []
+    for _ in range(total):
+        out.append([g["lr"] for g in setup.optimizer.param_groups])
         setup.optimizer.step()
         setup.scheduler.step()
-    head = [g["lr"] for g in setup.optimizer.param_groups if g["lr_scale"] == 1.0]
-    body = [g["lr"] for g in setup.optimizer.param_groups if g["lr_scale"] != 1.0]
-    assert all_approx(body, head[0] * 0.1)
+    return out
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "onecycle"])
+@pytest.mark.parametrize("warmup", [0.0, 1.0])
+@pytest.mark.parametrize("strategy, extra", CONVENTION_CASES, ids=["finetune", "gradual", "layer_decay"])
+def test_every_group_keeps_its_ratio_to_the_head_at_every_step(strategy, extra, warmup, scheduler):
+    """One convention: a group's lr / the head's lr is its scale at every step of the whole schedule, warm-up
+    included, and no scheduler sees timm's lr_scale key (which timm's schedulers would apply once more)."""
+    model, s = make(strategy, **extra)
+    train = TrainSpec(lr=LR, epochs=4, warmup_epochs=warmup, scheduler=scheduler)
+    setup = _setup(model, s, train, n_batches=10, num_classes=3, device=torch.device("cpu"), amp_dtype=None)
+    groups = setup.optimizer.param_groups
+    assert not any("lr_scale" in g for g in groups)
+    scales = [g[LR_SCALE_KEY] for g in groups]
+    assert len(set(scales)) > 1 and max(scales) == 1.0
+    head = scales.index(1.0)
+    steps = lrs_over_schedule(setup, total=40)
+    for t, lrs in enumerate(steps):
+        for lr, scale in zip(lrs, scales):
+            assert lr == pytest.approx(lrs[head] * scale, rel=1e-12, abs=0), (t, scale)
+    if strategy != "full":  # backbone_lr_scale 0.1: every backbone group at exactly 0.1 x the head
+        assert {round(sc, 12) for sc in scales} == {1.0, 0.1}
+    head_lrs = [lrs[head] for lrs in steps]
+    assert max(head_lrs) <= LR * (1 + 1e-12)  # train.lr is the head's peak
+    if scheduler == "onecycle":
+        assert max(head_lrs) == pytest.approx(LR, rel=1e-2) and head_lrs[0] == pytest.approx(LR / 25)
+    elif not warmup:
+        assert head_lrs[0] == LR
+    else:
+        assert head_lrs[:10] == sorted(head_lrs[:10]) and head_lrs[0] == pytest.approx(LR * 1e-3)
+
+
+@pytest.mark.parametrize("warmup", [0.0, 0.5, 1.0])
+def test_cosine_keeps_timms_shape_for_the_head(warmup):
+    """kit's cosine factor is timm's CosineLRScheduler arithmetic: recipes tuned before keep their lrs."""
+    model, s = make("finetune", backbone_lr_scale=0.1)
+    train = TrainSpec(lr=LR, epochs=4, warmup_epochs=warmup, scheduler="cosine")
+    setup = _setup(model, s, train, n_batches=10, num_classes=3, device=torch.device("cpu"), amp_dtype=None)
+    head = [g[LR_SCALE_KEY] for g in setup.optimizer.param_groups].index(1.0)
+    got = [lrs[head] for lrs in lrs_over_schedule(setup, total=40)]
+    expected = reference_lrs(train, 10, range(40))
+    assert got == pytest.approx(expected, rel=1e-9)
+    assert cosine_factor(40, 40, 10) == cosine_factor(99, 40, 10) == pytest.approx(1e-3)
+
+
+def test_no_scheduler_keeps_each_groups_lr():
     model, s = make("finetune", backbone_lr_scale=0.1)
     setup = _setup(model, s, TrainSpec(lr=LR, scheduler="none"), 10, 3, torch.device("cpu"), None)
     assert setup.scheduler is None
-    assert all(g["lr"] == pytest.approx(LR * g["lr_scale"]) for g in setup.optimizer.param_groups)
+    assert all(g["lr"] == pytest.approx(LR * g[LR_SCALE_KEY]) for g in setup.optimizer.param_groups)

@@ -24,8 +24,9 @@ class Interrupt(Exception):
     pass
 
 
-def train_run(data_spec, out_dir, *, model=None, train=None, resume=False, on_epoch_end=None):
-    """Build everything from seeds, as kit.members does, and fit; returns (history, model)."""
+def train_run(data_spec, out_dir, *, model=None, train=None, resume=False, on_epoch_end=None, wrap=None):
+    """Build everything from seeds, as kit.members does, and fit; returns (history, model). `wrap` may replace
+    the training loader by a wrapper of it."""
     model = model or ModelSpec(backbone="test_resnet", weights="none", strategy="full")
     train = train or TrainSpec(epochs=3, batch_size=8, lr=3e-3, warmup_epochs=0)
     seed_everything(train.seed)
@@ -39,6 +40,8 @@ def train_run(data_spec, out_dir, *, model=None, train=None, resume=False, on_ep
                                shuffle=True, num_workers=0, seed=train.seed, drop_last=True)
     val_loader = make_loader(ImageDataset(sources.train, va, create_eval_transform(cfg)), 16, shuffle=False,
                              num_workers=0, seed=train.seed)
+    if wrap is not None:
+        train_loader = wrap(train_loader)
     history = fit(net, train_loader, val_loader, labels, model, train, out_dir, num_classes=3, device=CPU,
                   channels_last=False, resume=resume, on_epoch_end=on_epoch_end)
     return history, net
@@ -73,7 +76,7 @@ def test_fit_learns_and_writes_checkpoints(imagefolder_spec, tmp_path):
     assert names == ["best.pt", "history.csv", "last.pt"]  # no temp files left
     best = torch.load(out / "best.pt", weights_only=True)
     assert best["epoch"] == history.best_epoch and best["score"] == history.best_score
-    last = torch.load(out / "last.pt", weights_only=False)
+    last = torch.load(out / "last.pt", weights_only=True)
     assert last["epoch"] == 4
     for k, v in net.state_dict().items():
         assert torch.equal(v, last["model"][k]), k
@@ -102,7 +105,7 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_result(imagefolder
     ref, ref_net = train_run(imagefolder_spec, tmp_path / "ref", model=model, train=train)
     with pytest.raises(Interrupt):
         train_run(imagefolder_spec, tmp_path / "cut", model=model, train=train, on_epoch_end=interrupt_at(1))
-    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 1
     resumed_epochs = []
     again, net = train_run(imagefolder_spec, tmp_path / "cut", model=model, train=train, resume=True,
                            on_epoch_end=lambda e, row: resumed_epochs.append(e))
@@ -116,6 +119,48 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_result(imagefolder
     a = torch.load(tmp_path / "ref" / "best.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "cut" / "best.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class EpochLoader:
+    """A training loader with set_epoch (as kit.data's loaders have): records the epochs fit announces."""
+
+    def __init__(self, loader, calls):
+        self.loader, self.generator, self.calls = loader, loader.generator, calls
+
+    def __iter__(self):
+        self.calls.append(("iter", self.generator.initial_seed()))
+        return iter(self.loader)
+
+    def __len__(self):
+        return len(self.loader)
+
+    def set_epoch(self, epoch):
+        self.calls.append(("set_epoch", epoch))
+
+
+def test_fit_announces_each_epoch_to_the_loader_before_iterating_it(imagefolder_spec, tmp_path):
+    train = TrainSpec(epochs=3, batch_size=8, lr=3e-3, warmup_epochs=0, seed=4)
+    calls = []
+    with pytest.raises(Interrupt):
+        train_run(imagefolder_spec, tmp_path / "m", train=train, on_epoch_end=interrupt_at(1),
+                  wrap=lambda loader: EpochLoader(loader, calls))
+    seeds = [4 * 100_003 + e for e in range(3)]  # the shuffle generator is still reseeded from (seed, epoch)
+    assert calls == [("set_epoch", 0), ("iter", seeds[0]), ("set_epoch", 1), ("iter", seeds[1])]
+    calls.clear()
+    train_run(imagefolder_spec, tmp_path / "m", train=train, resume=True, wrap=lambda loader: EpochLoader(loader, calls))
+    assert calls == [("set_epoch", 2), ("iter", seeds[2])]  # a resumed run announces the epoch it starts at
+
+
+def test_checkpoints_hold_only_tensors_and_plain_values(imagefolder_spec, tmp_path):
+    """last.pt loads with weights_only=True (the numpy RNG state as a tensor, the history as plain numbers),
+    with mixup on, whose draws come from numpy's global generator."""
+    train = TrainSpec(epochs=1, batch_size=8, lr=3e-3, warmup_epochs=0, mixup=0.4)
+    train_run(imagefolder_spec, tmp_path / "m", train=train)
+    last = torch.load(tmp_path / "m" / "last.pt", weights_only=True)
+    assert isinstance(last["rng"]["numpy"]["keys"], torch.Tensor) and last["rng"]["numpy"]["keys"].shape == (624,)
+    row = last["history"]["epochs"][0]
+    assert all(type(v) in (int, float, str, bool) for v in row.values()), row
+    assert type(last["history"]["best_score"]) is float
 
 
 def test_rerun_without_resume_refuses(imagefolder_spec, tmp_path):

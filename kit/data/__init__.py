@@ -1,12 +1,16 @@
 """The data step: sources -> decoded images -> folds -> albumentations pipelines -> DataLoaders.
 
-    sources = load_sources(recipe.data)                       # kit.data.sources
-    folds = make_folds(sources.train.labels, recipe.data)     # kit.data.folds
+    sources = load_sources(recipe.data)                       # kit.data.sources (paths stay inside their root)
+    bad = scan_sources(sources)                               # kit.data.scan: every file decoded once, cached
+    sources = apply_bad_images(sources, bad, recipe.data.bad_images, where)   # fail: DataError; skip: rows dropped
+    folds = make_folds(sources.train.labels, recipe.data, sources.train.classes)   # kit.data.folds
     cfg = resolve_data_config(model, recipe.augment)          # kit.data.transforms
     ds = ImageDataset(sources.train, np.flatnonzero(folds != k), create_train_transform(recipe.augment, cfg))
     loader = make_loader(ds, batch_size, shuffle=True, num_workers=recipe.data.num_workers, seed=seed)
+    loader.set_epoch(epoch)                                   # batches depend on (seed, epoch), not on workers
 
-transforms (albumentations, cv2) and loader (torch) are imported on first use, so `import kit.data` stays light.
+transforms (albumentations, cv2), loader (torch) and scan are imported on first use, so `import kit.data` stays
+light.
 """
 from __future__ import annotations
 
@@ -14,17 +18,19 @@ import importlib
 from typing import TYPE_CHECKING
 
 from kit.data.folds import ALWAYS_TRAIN, FoldError, fold_ids, load_folds, make_folds, save_folds
-from kit.data.images import ImageReadError, load_item, read_image
+from kit.data.images import ImageReadError, load_item, read_image, verify_image
 from kit.data.sources import DataSourceError, ImageTable, Sources, load_sources, sort_classes
 
 _LAZY = {
     "resolve_data_config": "kit.data.transforms", "create_train_transform": "kit.data.transforms",
     "create_eval_transform": "kit.data.transforms", "eval_resize": "kit.data.transforms",
     "ImageDataset": "kit.data.loader", "make_loader": "kit.data.loader",
+    "BadImage": "kit.data.scan", "scan_sources": "kit.data.scan", "apply_bad_images": "kit.data.scan",
 }
 
 if TYPE_CHECKING:
     from kit.data.loader import ImageDataset, make_loader
+    from kit.data.scan import BadImage, apply_bad_images, scan_sources
     from kit.data.transforms import create_eval_transform, create_train_transform, eval_resize, resolve_data_config
 
 
@@ -34,7 +40,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'kit.data' has no attribute {name!r}")
 
 
-__all__ = ["ALWAYS_TRAIN", "DataSourceError", "FoldError", "ImageDataset", "ImageReadError", "ImageTable",
-           "Sources", "create_eval_transform", "create_train_transform", "eval_resize", "fold_ids", "load_folds",
-           "load_item", "load_sources", "make_folds", "make_loader", "read_image", "resolve_data_config",
-           "save_folds", "sort_classes"]
+__all__ = ["ALWAYS_TRAIN", "BadImage", "DataSourceError", "FoldError", "ImageDataset", "ImageReadError",
+           "ImageTable", "Sources", "apply_bad_images", "create_eval_transform", "create_train_transform",
+           "eval_resize", "fold_ids", "load_folds", "load_item", "load_sources", "make_folds", "make_loader",
+           "read_image", "resolve_data_config", "save_folds", "scan_sources", "sort_classes", "verify_image"]

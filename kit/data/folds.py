@@ -29,24 +29,14 @@ def make_folds(labels, spec: DataSpec, classes=None) -> np.ndarray:
 
     y = np.asarray(labels, dtype=np.int64)
     values, counts = np.unique(y, return_counts=True)
-    name = (lambda k: repr(classes[k])) if classes is not None else (lambda k: f"{k}")
     if spec.split == "kfold":
-        small = [(v, c) for v, c in zip(values, counts) if c < spec.folds]
-        if small:
-            v, c = int(small[0][0]), int(small[0][1])
-            raise FoldError(f"class {name(v)} has {c} labelled image{'s' * (c != 1)}, fewer than data.folds="
-                            f"{spec.folds}: every fold needs one of each class; use data.folds: {max(2, c)} or "
-                            f"fewer, or data.split: holdout"
-                            + (f" ({len(small)} classes are this small)" if len(small) > 1 else ""))
+        _check_class_sizes(values, counts, spec.folds, spec, classes)
         folds = np.empty(len(y), dtype=np.int64)
         skf = StratifiedKFold(n_splits=spec.folds, shuffle=True, random_state=spec.seed)
         for k, (_, val) in enumerate(skf.split(np.zeros(len(y)), y)):
             folds[val] = k
         return folds
-    single = [v for v, c in zip(values, counts) if c < 2]
-    if single:
-        raise FoldError(f"class {name(single[0])} has 1 labelled image: a stratified holdout needs at least 2 "
-                        f"of each class; add images or drop the class")
+    _check_class_sizes(values, counts, 2, spec, classes)
     n_val = int(np.ceil(spec.holdout_fraction * len(y)))
     if n_val < len(values) or len(y) - n_val < len(values):
         raise FoldError(f"data.holdout_fraction={spec.holdout_fraction} of {len(y)} images gives {n_val} "
@@ -56,6 +46,37 @@ def make_folds(labels, spec: DataSpec, classes=None) -> np.ndarray:
     folds = np.full(len(y), ALWAYS_TRAIN, dtype=np.int64)
     folds[val] = 0
     return folds
+
+
+def _check_class_sizes(values, counts, need: int, spec: DataSpec, classes) -> None:
+    """FoldError naming the classes with fewer than `need` labelled images, with advice that can work: fewer
+    folds only help a class of 2 or more; a class of one image can be split neither way."""
+    small = [(int(v), int(c)) for v, c in zip(values, counts) if c < need]
+    if not small:
+        return
+
+    def name(v):
+        return f"class {classes[v]!r}" if classes is not None else f"class {v}"
+
+    v, c = min(small, key=lambda vc: vc[1])  # the smallest class decides which advice can work
+    images = f"{c} labelled image{'s' * (c != 1)}"
+    if spec.split == "kfold":
+        msg = f"{name(v)} has {images}, fewer than data.folds={spec.folds}: every fold needs one of each class"
+    else:
+        msg = (f"{name(v)} has {images}: a stratified holdout (data.split: holdout) needs at least 2 of each "
+               f"class, one to train on and one to validate")
+    others = [f"{name(o)} ({n} image{'s' * (n != 1)})" for o, n in small if o != v]
+    if others:
+        msg += f"; also too small: {', '.join(others[:5])}" + (f" and {len(others) - 5} more" if len(others) > 5
+                                                               else "")
+    singles = [name(o) for o, n in small if n == 1]
+    if singles:
+        rows = "its row" if len(singles) == 1 else "their rows"
+        fix = (f"a class with one image cannot be split either way (kfold or holdout): add images of "
+               f"{', '.join(singles[:5])}, or drop {rows} from the labelled data")
+    else:
+        fix = f"use data.folds: {c} or fewer, or data.split: holdout, or add images of {name(v)}"
+    raise FoldError(f"{msg}; {fix}")
 
 
 def fold_ids(folds) -> list[int]:

@@ -2,29 +2,53 @@
 
 Augmentation randomness. albumentations 2.0.8 keeps its own generators inside each transform
 (`A.Compose(seed=None)` seeds them from OS entropy once, at construction); it ignores numpy/random/torch
-global seeds and has no DataLoader-worker hook of its own. Left alone, every forked worker inherits the same
-generator state, so worker 0 and worker 1 apply identical augmentations, and nothing is reproducible. Worse,
-`Compose(seed=s)` seeds every child transform with the same `s`, so two p=0.5 flips always fire together.
-So kit reseeds the pipeline itself, with one shared generator (`Compose.set_random_state`):
-- with workers: `worker_init_fn` uses the worker's torch seed (base seed drawn from the loader's seeded
-  generator, plus the worker id): different per worker, reproducible from `seed`. Workers are persistent,
-  so their generators run on from one epoch to the next and every epoch is augmented differently;
-- without workers: each new epoch (iterator) draws a seed from the same loader generator.
+global seeds and has no DataLoader-worker hook of its own, and `Compose(seed=s)` seeds every child transform
+with the same `s`, so two p=0.5 flips would always fire together. So kit seeds the pipeline itself, per sample,
+with one generator shared by its steps (`Compose.set_random_state`): the sampler, in the main process, yields
+(position, seed) pairs with seed = f(loader seed, epoch, the sample's row in its table) and the order a
+function of (loader seed, epoch). A batch is then the same with 0 or 8 workers, and epoch e is the same whether
+or not epochs 0..e-1 ran before it in this process, which is what makes a resumed run exact.
+`set_epoch(e)` fixes the next epoch (kit.train.fit calls it); without it each iteration is the next epoch.
+
+Errors. A KitError raised while a worker reads a sample (an ImageReadError naming the file) reaches the caller
+as the same class with its own one-line message, not torch's "Caught ... in DataLoader worker process 0"
+wrapper around the worker's traceback.
 """
 from __future__ import annotations
 
 import random
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data._utils.collate import default_collate
 
 from kit.data.images import load_item
 from kit.data.sources import ImageTable
+from kit.errors import KitError
+
+# SeedSequence treats trailing zero words as absent ([s, 0] == [s]), so every entropy list starts with a tag
+# and has a fixed length.
+_ORDER_TAG, _SAMPLE_TAG = 0x6F72646572, 0x73616D706C65  # "order", "sample"
+
+
+class Draw(NamedTuple):
+    """An index the loader's sampler yields: dataset position and the augmentation seed of this sample."""
+    position: int
+    seed: int
+
+
+class _Failure(NamedTuple):
+    """A KitError raised in a worker, carried as data so that the main process can raise it as it was."""
+    error: type
+    message: str
 
 
 class ImageDataset(Dataset):
-    """Rows `indices` of `table`; an item is (image float32 [3, H, W], label or -1, row index in table)."""
+    """Rows `indices` of `table`; an item is (image float32 [3, H, W], label or -1, row index in table).
+
+    Indexed with an int, or with a Draw (position, seed): the transform is then seeded for this sample."""
 
     def __init__(self, table: ImageTable, indices, transform):
         self.table = table
@@ -34,7 +58,16 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i):
+        if isinstance(i, Draw):
+            seed_augmentation(self.transform, i.seed)
+            try:
+                return self._item(i.position)
+            except KitError as e:  # returned, not raised: see _Failure
+                return _Failure(type(e), str(e))
+        return self._item(i)
+
+    def _item(self, i: int):
         row = int(self.indices[i])
         image = self.transform(image=load_item(self.table.items[row]))["image"]
         if not isinstance(image, torch.Tensor):
@@ -55,32 +88,79 @@ def seed_augmentation(transform, seed: int) -> None:
     transform.set_random_state(np.random.default_rng(ss), random.Random(py_seed))
 
 
-def _worker_init(worker_id: int) -> None:
-    info = get_worker_info()
-    dataset = info.dataset
-    if hasattr(dataset, "seed_augmentation"):
-        dataset.seed_augmentation(info.seed)  # torch: base seed of this loader's iterator + worker_id
+def sample_seed(seed: int, epoch: int, row: int) -> int:
+    """The augmentation seed of table row `row` in epoch `epoch` of a loader seeded `seed` (64 bits)."""
+    ss = np.random.SeedSequence([_SAMPLE_TAG, int(seed) % (1 << 64), int(epoch), int(row)])
+    return int(ss.generate_state(1, np.uint64)[0])
 
 
-class _SeededLoader(DataLoader):
-    """Without workers, reseeds the augmentation from the loader's own generator at every epoch."""
+class EpochSampler(Sampler):
+    """Positions of `dataset` in an order fixed by (seed, epoch), each as a Draw with its sample's seed when the
+    dataset can be seeded (ImageDataset), else as a plain int."""
+
+    def __init__(self, dataset, shuffle: bool, seed: int):
+        self.dataset, self.shuffle, self.seed = dataset, shuffle, int(seed)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
 
     def __iter__(self):
-        if self.num_workers == 0 and hasattr(self.dataset, "seed_augmentation"):
-            seed = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator).item())
-            self.dataset.seed_augmentation(seed)
-        return super().__iter__()
+        n, epoch = len(self.dataset), self.epoch
+        order = np.arange(n)
+        if self.shuffle:
+            ss = np.random.SeedSequence([_ORDER_TAG, self.seed % (1 << 64), epoch])
+            order = np.random.default_rng(ss).permutation(n)
+        rows = getattr(self.dataset, "indices", None)
+        seeded = hasattr(self.dataset, "seed_augmentation")
+        for i in order.tolist():
+            if seeded:
+                row = int(rows[i]) if rows is not None else i
+                yield Draw(i, sample_seed(self.seed, epoch, row))
+            else:
+                yield i
+
+
+def _collate(samples):
+    for s in samples:
+        if isinstance(s, _Failure):
+            return s
+    return default_collate(samples)
+
+
+class EpochLoader(DataLoader):
+    """A DataLoader over an EpochSampler: each iteration is one epoch (the next, or the one set_epoch gave)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._next_epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration epoch `epoch` (its order and augmentations depend on (seed, epoch) only)."""
+        self._next_epoch = int(epoch)
+
+    def __iter__(self):
+        self.sampler.epoch = self._next_epoch
+        self._next_epoch += 1
+        return self._batches(super().__iter__())
+
+    @staticmethod
+    def _batches(batches):
+        for batch in batches:
+            if isinstance(batch, _Failure):
+                raise batch.error(batch.message)
+            yield batch
 
 
 def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int,
-                drop_last: bool = False) -> DataLoader:
-    """A DataLoader whose order and augmentations are a function of `seed` (and the worker count)."""
-    generator = torch.Generator()
+                drop_last: bool = False) -> EpochLoader:
+    """A DataLoader whose order and augmentations are a function of (`seed`, epoch), whatever the worker count."""
+    generator = torch.Generator()  # only torch's worker base seeds use it now; the sampler decides the rest
     generator.manual_seed(int(seed))
     workers = num_workers > 0
-    return _SeededLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
-        generator=generator, worker_init_fn=_worker_init if workers else None,
-        persistent_workers=workers,  # workers (and their generators) live for the loader's lifetime
+    return EpochLoader(
+        dataset, batch_size=batch_size, sampler=EpochSampler(dataset, shuffle, seed), num_workers=num_workers,
+        drop_last=drop_last, collate_fn=_collate, generator=generator,
+        persistent_workers=workers,  # workers live for the loader's lifetime, not one epoch
         prefetch_factor=2 if workers else None,  # 2 batches per worker queued ahead of the model
         pin_memory=torch.cuda.is_available())

@@ -6,11 +6,15 @@ Three sources (recipe key data.source):
 - imagefolder: root/train/<class>/* (or root/<class>/*), optional root/<test_dir>/*.
 - kaggle: root/<train_csv> (id + label columns), images in root/<image_dir>, test ids from the sample
   submission, test images in root/<test_dir>.
-Only paths are collected here; images are decoded later, in the loader's workers (kit.data.images).
+Only paths are collected here; images are decoded by the scan before training (kit.data.scan) and again in
+the loader's workers (kit.data.images). Every image path must resolve, after symlinks, inside its folder
+(data.root/data.image_dir or the imagefolder's train folder for labelled images, data.root/data.test_dir for
+test images): a CSV row such as `../../etc/passwd` is refused, never opened.
 """
 from __future__ import annotations
 
 import glob
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -26,6 +30,7 @@ from kit.recipe import DataSpec
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 DIGITS_SPLIT_SEED = 0  # the digits test set is part of the "competition", fixed whatever data.seed says
 DIGITS_PUBLIC_FRACTION = 0.3  # share of the digits test set scored on the "public leaderboard"
+LISTED = 5  # offending rows named in one error message; the rest are counted
 
 
 class DataSourceError(DataError):
@@ -132,6 +137,7 @@ def _load_imagefolder(spec: DataSpec) -> Sources:
         ids += [p.relative_to(train_root).as_posix() for p in files]
         items += [str(p) for p in files]
         labels += [k] * len(files)
+    _check_folder_inside(items, train_root)
     train = ImageTable(np.array(ids), items, np.array(labels, dtype=np.int64), classes)
     test = None
     if spec.test_dir and (root / spec.test_dir).is_dir():
@@ -144,6 +150,7 @@ def _folder_table(folder: Path, classes, id_of) -> ImageTable:
     files = sorted(p for p in folder.iterdir() if _is_image(p))
     if not files:
         raise DataSourceError(f"test folder {folder} holds no images; set data.test_dir: null if there is no test set")
+    _check_folder_inside([str(p) for p in files], folder)
     ids = [id_of(p) for p in files]
     dup = sorted(i for i, n in Counter(ids).items() if n > 1)
     if dup:
@@ -177,6 +184,8 @@ def _load_kaggle(spec: DataSpec) -> Sources:
     image_dir = root / spec.image_dir
     names = df[spec.path_column] if spec.path_column else df[spec.id_column] + spec.image_suffix
     paths = [image_dir / n for n in names]
+    column = spec.path_column or spec.id_column
+    _check_csv_inside(paths, names.tolist(), image_dir, csv, f"column {column!r}", _train_fix(spec))
     _check_train_files(paths, df, csv, spec, image_dir)
     classes = sort_classes(df[spec.label_column])
     index = {c: k for k, c in enumerate(classes)}
@@ -238,6 +247,9 @@ def _kaggle_test(root: Path, spec: DataSpec, classes, sample, sample_path, train
             raise DataSourceError(f"{sample_path} is empty; it should list the test ids in its first column")
         ids = sample.iloc[:, 0].to_numpy(dtype=str)
         paths = [folder / (i + spec.image_suffix) for i in ids]
+        _check_csv_inside(paths, [i + spec.image_suffix for i in ids], folder, sample_path, "the first column",
+                          f"fix those ids in {sample_path} or data.image_suffix (now {spec.image_suffix!r}) so that "
+                          f"every test image is a file inside data.test_dir ({spec.test_dir!r})")
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
             raise DataSourceError(
@@ -258,3 +270,65 @@ def _kaggle_test(root: Path, spec: DataSpec, classes, sample, sample_path, train
         return p.name if ids_have_ext else p.stem
 
     return _folder_table(folder, classes, id_of)
+
+
+# ---------------------------------------------------------------- paths stay inside their folder
+
+def outside(paths, folder) -> list[tuple[int, str]]:
+    """(index, resolved path) of each of `paths` that does not resolve, after symlinks, inside `folder`.
+
+    Equivalent to os.path.realpath on every path, but each parent folder is resolved once: 100k images in a
+    few folders cost one lstat each, not one per path component."""
+    base = os.path.realpath(folder)
+    prefix = base if base.endswith(os.sep) else base + os.sep
+    parents: dict[str, str] = {}
+    bad = []
+    for i, p in enumerate(paths):
+        head, tail = os.path.split(os.fspath(p))
+        if head not in parents:
+            parents[head] = os.path.realpath(head or ".")
+        real = os.path.join(parents[head], tail)
+        if tail in ("", ".", "..") or os.path.islink(real):
+            real = os.path.realpath(real)
+        if not real.startswith(prefix):
+            bad.append((i, real))
+    return bad
+
+
+def _shown(folder) -> str:
+    real = os.path.realpath(folder)
+    return f"{folder}" if real == os.path.abspath(folder) else f"{folder} (resolved {real})"
+
+
+def _listing(parts: list[str]) -> str:
+    more = len(parts) - LISTED
+    return "; ".join(parts[:LISTED]) + (f"; and {more} more" if more > 0 else "")
+
+
+def _check_csv_inside(paths, names, folder: Path, csv, column: str, fix: str) -> None:
+    bad = outside(paths, folder)
+    if not bad:
+        return
+    # data row i is line i + 2 of the file: the header is line 1
+    rows = [f"line {i + 2}: {names[i]!r} -> {real}" for i, real in bad]
+    raise DataSourceError(
+        f"{csv}: {len(bad)} image path{'s' * (len(bad) != 1)} in {column} lead{'s' * (len(bad) == 1)} outside "
+        f"{_shown(folder)}, and kit reads images only inside that folder: {_listing(rows)}. Fix: {fix}")
+
+
+def _train_fix(spec: DataSpec) -> str:
+    where = f"column {spec.path_column!r} (data.path_column)" if spec.path_column else \
+        f"column {spec.id_column!r} (data.id_column) and data.image_suffix (now {spec.image_suffix!r})"
+    return (f"make {where} name files relative to data.image_dir ({spec.image_dir!r}), with no '..', no absolute "
+            f"paths and no symlinks leading out of it, or move the images into it and fix or drop those rows")
+
+
+def _check_folder_inside(files: list[str], folder: Path) -> None:
+    bad = outside(files, folder)
+    if not bad:
+        return
+    listed = [f"{files[i]} -> {real}" for i, real in bad]
+    raise DataSourceError(
+        f"{len(bad)} image file{'s' * (len(bad) != 1)} in {_shown(folder)} lead{'s' * (len(bad) == 1)} outside it "
+        f"through symlinks, and kit reads images only inside that folder: "
+        f"{_listing(listed)}. Fix: replace those symlinks by the image files themselves, or remove them")

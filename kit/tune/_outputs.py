@@ -9,7 +9,8 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from kit.recipe import Recipe, recipe_from_dict, set_path
+from kit.recipe import Recipe
+from kit.errors import RunDirError
 from kit.rundir import pred_path, write_json_atomic, write_text_atomic
 from kit.tune._storage import study_dir
 from kit.tune._trials import _short
@@ -32,12 +33,11 @@ def finish_study(study: optuna.Study, recipe: Recipe, log=print) -> None:
 def write_best(study: optuna.Study, recipe: Recipe) -> Path:
     """best.yaml: the resolved recipe with the best trial's values and no search section, for `kit run`."""
     best, name = study.best_trial, study.study_name
-    raw = recipe.to_dict()
-    for key, value in best.params.items():
-        raw = set_path(raw, key, value)
-    raw["name"] = f"{recipe.name}-best" if name == recipe.name else f"{recipe.name}-{name}-best"
-    raw.pop("search")
-    recipe_from_dict(raw, source="best.yaml")  # it must load as it is
+    best_name = f"{recipe.name}-best" if name == recipe.name else f"{recipe.name}-{name}-best"
+    from kit.recipe import SearchSpec
+    r = recipe.with_overrides(dict(best.params, name=best_name, search=SearchSpec().model_dump()), source="best.yaml")
+    raw = r.to_dict()
+    raw.pop("search")  # it must load as it is: checked by with_overrides above
     head = (f"# Trial {best.number} of study {name!r}: validation {recipe.train.metric} {best.value:.6g} "
             f"(fold {recipe.search.fold}, seed {recipe.seeds[0]}).\n# kit run this file: its member of "
             f"that fold and seed retrains the trial; ensemble, TTA and submission as in {recipe.name}.\n")
@@ -72,7 +72,7 @@ def blend_top_k(top_k_json, methods=None) -> dict:
     top = json.loads(Path(top_k_json).read_text())
     oofs = [load_predictions(t["predictions"]["oof"]) for t in top["trials"] if "oof" in t["predictions"]]
     if len(oofs) < 2:
-        raise ValueError(f"{top_k_json}: {len(oofs)} trials with predictions here; blending needs 2 or more")
+        raise RunDirError(f"{top_k_json}: {len(oofs)} trials with predictions here; blending needs 2 or more")
     oofs = [p.reorder(oofs[0].ids) for p in oofs]
     return E.evaluate_methods(oofs, top["metric"], methods=methods or E.METHODS)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import optuna
 
-from kit.recipe import Recipe, RecipeError, SearchParam, recipe_from_dict, set_path
+from kit.recipe import Recipe, RecipeError, SearchParam
 
 _PRIMITIVE = (type(None), bool, int, float, str)  # what Optuna stores as a categorical choice
 
@@ -42,7 +42,7 @@ def check_search_space(recipe: Recipe) -> None:
                 fail(f"type int needs whole low, high and step; got low={p.low}, high={p.high}, step={p.step}")
         for label, value in _extremes(p):
             try:
-                recipe_from_dict(set_path(recipe.to_dict(), key, value), source=where)
+                recipe.with_overrides({key: value}, source=where)
             except RecipeError as e:
                 fail(f"its {label} {value!r} makes an invalid recipe: {e}")
 

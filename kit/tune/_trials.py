@@ -9,24 +9,20 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from kit.recipe import Recipe, recipe_from_dict, recipe_hash, set_path
+from kit.recipe import Recipe, recipe_hash
 from kit.tune._space import suggest
 from kit.tune._storage import study_dir
 
 
 def trial_recipe(recipe: Recipe, params: dict, number: int, study_name: str | None = None) -> Recipe:
     """The recipe of one trial: the sampled values set, one seed, its own run directory trial_NNNN."""
-    raw = recipe.to_dict()
-    for key, value in params.items():
-        raw = set_path(raw, key, value)
-    raw["name"] = f"trial_{number:04d}"
-    raw["output_dir"] = str(study_dir(recipe, study_name) / "trials")
-    raw["ensemble"]["seeds"] = (raw["ensemble"]["seeds"] or [raw["train"]["seed"]])[:1]
-    return recipe_from_dict(raw, source=f"trial {number} of recipe {recipe.name!r}")
+    over = dict(params, name=f"trial_{number:04d}", output_dir=str(study_dir(recipe, study_name) / "trials"))
+    over["ensemble.seeds"] = recipe.seeds[:1]
+    return recipe.with_overrides(over, source=f"trial {number} of recipe {recipe.name!r}")
 
 
 def _objective(recipe: Recipe, name: str):
-    from kit.members import chosen_tta, expand_members, prepare_run, train_member
+    from kit.members import choose_tta, prepare_run, train_member
     metric = recipe.train.metric
 
     def objective(trial: optuna.Trial) -> float:
@@ -36,7 +32,8 @@ def _objective(recipe: Recipe, name: str):
             r = trial_recipe(recipe, params, trial.number, name)
             trial.set_user_attr("run_dir", str(r.run_dir))
             ctx = prepare_run(r)
-            member = expand_members(r, [r.search.fold])[0]  # first backbone, first seed, the searched fold
+            # first backbone, first seed, the searched fold
+            member = next(m for m in ctx.plan.members if m.backbone_index == 0 and m.fold == r.search.fold)
 
             def report(epoch: int, row: dict) -> None:
                 trial.report(row[f"val_{metric}"], epoch)
@@ -49,7 +46,8 @@ def _objective(recipe: Recipe, name: str):
         except BaseException as e:
             trial.set_user_attr("fail_reason", _fail_reason(e))
             raise
-        tta = chosen_tta(r, [rec])
+        # one member's pooled out-of-fold rows are its fold's: the same rule as the run summary's
+        tta = choose_tta({m: s[metric] for m, s in rec["scores"].items()}, metric, member.recipe.tta.mode)
         trial.set_user_attr("member", member.name)
         trial.set_user_attr("tta", tta)
         trial.set_user_attr("scores", rec["scores"][tta])

@@ -1,0 +1,272 @@
+"""The run plan: a recipe resolved once, before any work, into every member it will train.
+
+    plan = make_plan(recipe, sources)     # overrides already applied by load_recipe / Recipe.with_overrides
+    print(format_plan(plan))              # `kit plan RECIPE`: a dry run
+    save_plan(plan, run_dir / "plan.json"); load_plan(path)
+
+Everything that can be decided before training is decided here and nowhere else:
+- each member (backbones x seeds x folds) with its own fully resolved recipe: the backbone's overrides applied,
+  `train.seed` set, `model.strategy: auto` replaced by the advised keys (kit.advise, measured once, cached),
+  `model.weights: auto` replaced by where the weights come from (offline package or hub);
+- the pretrained_cfg overlay its model carries (kit.models.backbone.build_model) and the data config derived from
+  it (input size, crop, normalisation), from which every transform is made;
+- the memory format (channels_last), measured where the recipe leaves it open, and the thread count: both change
+  floating-point results, so they are fixed in the plan and reused on resume and by every machine sharing the run;
+- the TTA modes each member predicts (`none` always among them, so that "no TTA" can always win).
+
+Training, prediction, features, tuning, blending, submission and the leaderboard read the plan and resolve nothing.
+A run directory keeps its plan.json: a resumed run, `kit predict`, `kit submit` and other machines load it as it is.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from kit.errors import RunDirError
+from kit.recipe import EnsembleSpec, Recipe, backbone_recipe, recipe_from_dict, recipe_hash
+
+PLAN_FORMAT = 1
+PLAN_FILE = "plan.json"
+
+
+@dataclass(frozen=True)
+class MemberPlan:
+    index: int
+    name: str  # "<backbone>-s<seed>-f<fold>"
+    config: str  # "<backbone>-s<seed>": the fold models of one configuration share it
+    backbone_index: int
+    seed: int
+    fold: int
+    recipe: Recipe  # fully resolved: no `auto` strategy or weights left, train.seed = seed
+    pretrained_cfg: dict  # overlay on timm's pretrained_cfg that the model carries (kit.models.backbone)
+    data_config: dict  # input_size, mean, std, crop_pct, interpolation: what the model's pretrained_cfg gives
+    channels_last: bool
+    tta_modes: tuple  # modes predicted for this member, "none" first
+    weights: str  # where the pretrained weights come from: offline, hub, none, or a file
+    param_groups: list = field(default_factory=list)  # [{"name", "params", "lr", "weight_decay"}] for display
+    frozen_stages: list = field(default_factory=list)  # stages frozen at each epoch (gradual unfreezing)
+    n_stages: int = 0
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    recipe: Recipe
+    recipe_hash: str
+    members: tuple
+    folds: tuple  # validated folds: (0,) for a holdout
+    environment: dict  # numerics-changing choices: threads, torch version, measured formats
+    data: dict  # counts and classes at planning time
+    advice: dict = field(default_factory=dict)  # backbone index -> kit.advise measurements (strategy auto)
+
+    @property
+    def tta_modes(self) -> list[str]:
+        return list(dict.fromkeys(m for member in self.members for m in member.tta_modes))
+
+    def configs(self) -> dict[str, list[MemberPlan]]:
+        out: dict[str, list[MemberPlan]] = {}
+        for m in self.members:
+            out.setdefault(m.config, []).append(m)
+        return out
+
+
+# ---------------------------------------------------------------- making a plan
+
+def fold_ids_of(recipe: Recipe) -> tuple:
+    return tuple(range(recipe.data.folds)) if recipe.data.split == "kfold" else (0,)
+
+
+def _backbone_names(recipe: Recipe) -> list[str]:
+    backbones = recipe.ensemble.backbones or [{}]
+    names = [b.get("model", {}).get("backbone", recipe.model.backbone) for b in backbones]
+    return [n if names.count(n) == 1 else f"{n}.{i}" for i, n in enumerate(names)]
+
+
+def _resolve_backbone(recipe: Recipe, b: int, sources, advice: dict) -> Recipe:
+    """ensemble.backbones[b]'s recipe with strategy and weights resolved (overrides applied in one place)."""
+    from kit.models.pretrained import resolve_weights
+    r = backbone_recipe(recipe, b) if recipe.ensemble.backbones else recipe.with_overrides(
+        {"ensemble": EnsembleSpec().model_dump()})  # a member is not an ensemble
+    over = {}
+    if r.model.strategy == "auto":
+        from kit.advise import cached_advice
+        a = cached_advice(r, sources)
+        advice[str(b)] = {"strategy": a.strategy, "recipe_keys": a.recipe_keys, "measurements": a.measurements,
+                          "reasoning": a.reasoning}
+        over.update(a.recipe_keys)
+    weights = resolve_weights(r.model.backbone, r.model.weights)
+    if weights != r.model.weights:
+        over["model.weights"] = weights
+    return r.with_overrides(over, source=f"plan of {recipe.name} (backbone {b})") if over else r
+
+
+def _describe_model(r: Recipe, num_classes: int, device) -> dict:
+    """pretrained_cfg, data config, channels_last, parameter groups and freezing of one backbone's model."""
+    from kit.models.backbone import build_model, model_data_config, pretrained_overlay
+    from kit.models.strategies import frozen_count, param_groups, stage_groups
+    from kit.runtime import use_channels_last
+    overlay = pretrained_overlay(r.model, r.augment)
+    model, _ = build_model(r.model, num_classes, overlay, load_weights=False)  # shapes only: weights don't matter
+    cfg = model_data_config(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = []
+    for g in param_groups(model, r.model, r.train):
+        first = names[id(g["params"][0])] if g["params"] else ""
+        groups.append({"first": first, "params": int(sum(p.numel() for p in g["params"])),
+                       "lr": float(g["lr"]), "weight_decay": float(g.get("weight_decay", r.train.weight_decay))})
+    n_stages = len(stage_groups(model))
+    frozen = [frozen_count(r.model, e, n_stages) for e in range(r.train.epochs)]
+    channels_last = use_channels_last(r.model.channels_last, model, cfg["input_size"], device)
+    return {"pretrained_cfg": _jsonable(overlay), "data_config": cfg, "channels_last": bool(channels_last),
+            "param_groups": groups, "frozen_stages": frozen, "n_stages": n_stages}
+
+
+def make_plan(recipe: Recipe, sources) -> RunPlan:
+    """Expand and resolve every member of `recipe` (see the module docstring). `sources`: kit.data.Sources."""
+    import torch
+    from kit.runtime import resolve_device
+    device = resolve_device(recipe.train.device)
+    num_classes = len(sources.train.classes)
+    folds, names, advice = fold_ids_of(recipe), _backbone_names(recipe), {}
+    members = []
+    for b in range(len(recipe.ensemble.backbones or [{}])):
+        r = _resolve_backbone(recipe, b, sources, advice)
+        d = _describe_model(r, num_classes, device)
+        modes = tuple(dict.fromkeys(["none", *r.tta.modes]))
+        if r.tta.mode not in ("auto", *modes):
+            raise RunDirError(f"tta.mode {r.tta.mode!r} of backbone {b} is not among its tta.modes {list(modes)}")
+        for seed in recipe.seeds:
+            rs = r.with_overrides({"train.seed": seed}, source=f"plan of {recipe.name}")
+            for fold in folds:
+                config = f"{names[b]}-s{seed}"
+                members.append(MemberPlan(len(members), f"{config}-f{fold}", config, b, seed, fold, rs,
+                                          tta_modes=modes, weights=r.model.weights, **d))
+    env = {"threads": torch.get_num_threads(), "torch": torch.__version__, "device": device.type}
+    data = {"n_train": len(sources.train), "n_test": 0 if sources.test is None else len(sources.test),
+            "classes": list(sources.train.classes)}
+    return RunPlan(recipe, recipe_hash(recipe), tuple(members), folds, env, data, advice)
+
+
+def _jsonable(d: dict) -> dict:
+    return json.loads(json.dumps(d, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+
+
+# ---------------------------------------------------------------- plan.json
+
+def plan_to_dict(plan: RunPlan) -> dict:
+    members = []
+    for m in plan.members:
+        d = asdict(m)
+        d["recipe"] = m.recipe.to_dict()
+        d["tta_modes"] = list(m.tta_modes)
+        members.append(d)
+    return {"format": PLAN_FORMAT, "recipe_hash": plan.recipe_hash, "recipe": plan.recipe.to_dict(),
+            "folds": list(plan.folds), "environment": plan.environment, "data": plan.data, "advice": plan.advice,
+            "members": members}
+
+
+def plan_from_dict(d: dict, source: str = PLAN_FILE, output_dir: str | None = None) -> RunPlan:
+    """A plan read back (JSON only: nothing in it runs code). `output_dir` relocates the run (not hashed)."""
+    if d.get("format") != PLAN_FORMAT:
+        raise RunDirError(f"{source} is a plan of format {d.get('format')}, this kit reads format {PLAN_FORMAT}; "
+                          f"plan the run again in a new run directory")
+
+    def recipe(raw):
+        raw = dict(raw, **({"output_dir": output_dir} if output_dir else {}))
+        return recipe_from_dict(raw, source=source)
+    members = tuple(MemberPlan(**{**m, "recipe": recipe(m["recipe"]), "tta_modes": tuple(m["tta_modes"])})
+                    for m in d["members"])
+    return RunPlan(recipe(d["recipe"]), d["recipe_hash"], members, tuple(d["folds"]), d["environment"], d["data"],
+                   d.get("advice", {}))
+
+
+def save_plan(plan: RunPlan, path) -> Path:
+    from kit.rundir import write_json_atomic
+    return write_json_atomic(path, plan_to_dict(plan))
+
+
+def load_plan(path, output_dir: str | None = None) -> RunPlan:
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RunDirError(f"cannot read the run plan {path}: {e}; remove it to plan the run again") from None
+    return plan_from_dict(d, str(path), output_dir)
+
+
+def plan_run(recipe: Recipe, sources) -> RunPlan:
+    """The run's plan: its saved plan.json when the run directory holds one for this recipe (so every decision
+    made once stays made: resume, kit predict, other machines), else a new plan."""
+    path = recipe.run_dir / PLAN_FILE
+    if path.is_file():
+        plan = load_plan(path, output_dir=recipe.output_dir)
+        if plan.recipe_hash == recipe_hash(recipe):
+            return plan
+        raise RunDirError(f"{recipe.run_dir} holds a run of a different recipe (hash {plan.recipe_hash}, this one "
+                          f"{recipe_hash(recipe)}); its results are kept: set a new `name:` (or --set name=...) or "
+                          f"output_dir, or remove {recipe.run_dir} yourself")
+    return make_plan(recipe, sources)
+
+
+# ---------------------------------------------------------------- showing a plan
+
+def estimated_work(plan: RunPlan, m: MemberPlan) -> dict:
+    """Images through the model for one member: training (epochs x training rows), and prediction (distinct TTA
+    views x validation and test rows)."""
+    from kit.tta import n_distinct_views
+    n = plan.data["n_train"]
+    n_val = round(n / plan.recipe.data.folds) if plan.recipe.data.split == "kfold" else \
+        round(plan.recipe.data.holdout_fraction * n)
+    views = n_distinct_views(m.tta_modes, tuple(m.recipe.tta.scales))
+    return {"train_images": (n - n_val) * m.recipe.train.epochs, "predict_images": views * (n_val + plan.data["n_test"]),
+            "views": views}
+
+
+def format_plan(plan: RunPlan) -> list[str]:
+    """Printable lines: what `kit run` would do, member by member."""
+    r = plan.recipe
+    lines = [f"plan of {r.name} (recipe hash {plan.recipe_hash}) -> {r.run_dir}",
+             f"data: {plan.data['n_train']} labelled images, {plan.data['n_test']} test, "
+             f"{len(plan.data['classes'])} classes; split {r.data.split}"
+             + (f" ({r.data.folds} folds)" if r.data.split == "kfold" else f" (holdout {r.data.holdout_fraction})"),
+             f"environment: {plan.environment['device']}, {plan.environment['threads']} threads, "
+             f"torch {plan.environment['torch']}"]
+    for b, a in plan.advice.items():
+        lines.append(f"strategy auto (backbone {b}): {a['strategy']} " + json.dumps(a["recipe_keys"]))
+    total_train = total_pred = 0
+    for cfg, ms in plan.configs().items():
+        m = ms[0]
+        mr = m.recipe
+        work = estimated_work(plan, m)
+        total_train += work["train_images"] * len(ms)
+        total_pred += work["predict_images"] * len(ms)
+        dc = m.data_config
+        lines += [f"{cfg}: {len(ms)} member(s) (folds {', '.join(str(x.fold) for x in ms)}; index "
+                  f"{ms[0].index}-{ms[-1].index})",
+                  f"  model {mr.model.backbone}, weights {m.weights}, strategy {mr.model.strategy}"
+                  + (f" cut_at {mr.model.cut_at}" if mr.model.cut_at is not None else "")
+                  + (f", head {mr.model.head}" if mr.model.strategy == "feature_extract" else ""),
+                  f"  input {dc['input_size']} px, crop_pct {dc['crop_pct']}, mean {dc['mean']}, std {dc['std']}, "
+                  f"{dc['interpolation']}; {'channels_last' if m.channels_last else 'contiguous'}",
+                  f"  train {mr.train.epochs} epochs x batch {mr.train.batch_size}, {mr.train.optimizer} "
+                  f"{mr.train.scheduler} (warm-up {mr.train.warmup_epochs} epochs), seed {m.seed}",
+                  "  stages frozen by epoch: " + _runs(m.frozen_stages) + f" (of {m.n_stages})"]
+        for g in m.param_groups:
+            lines.append(f"    group from {g['first'] or '?'}: {g['params']:,} params, lr {g['lr']:.3g}, "
+                         f"weight decay {g['weight_decay']:.3g}")
+        lines.append(f"  TTA modes {', '.join(m.tta_modes)} (choice: {mr.tta.mode}); about {work['train_images']:,} "
+                     f"training and {work['predict_images']:,} prediction images a member")
+    lines.append(f"total: {len(plan.members)} members; about {total_train:,} training and {total_pred:,} prediction "
+                 f"images through the model; blending {', '.join(r.ensemble.methods)} (choice: {r.ensemble.choose})")
+    return lines
+
+
+def _runs(values: list) -> str:
+    """[3, 3, 2, 1] -> '1-2: 3, 3: 2, 4: 1' (epochs counted from 1)."""
+    out, start = [], 0
+    for i in range(1, len(values) + 1):
+        if i == len(values) or values[i] != values[start]:
+            span = f"{start + 1}" if i - start == 1 else f"{start + 1}-{i}"
+            out.append(f"{span}: {values[start]}")
+            start = i
+    return ", ".join(out)

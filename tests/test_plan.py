@@ -1,0 +1,208 @@
+"""kit.plan: a recipe resolved once into its members, written as plan.json, and nothing resolved after it.
+Also the bugs that lived in the seams the plan removed (each test failed before it)."""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+import kit.advise
+import kit.data.transforms
+import kit.models.backbone
+import kit.plan
+import kit.train
+from kit import run as R
+from kit.cli import main
+from kit.errors import KitError, RunDirError
+from kit.leaderboard import query
+from kit.members import prepare_run
+from kit.plan import PLAN_FILE, load_plan, plan_to_dict
+from kit.predictions import load_predictions
+from kit.recipe import Recipe, recipe_from_dict
+from kit.rundir import pred_path
+
+
+def quiet(msg):
+    pass
+
+
+def _recipe(kaggle_root, tmp_path, **over) -> Recipe:
+    raw = {
+        "name": "planned", "output_dir": str(tmp_path / "runs"), "leaderboard": str(tmp_path / "lb.sqlite"),
+        "data": {"source": "kaggle", "root": str(kaggle_root), "image_suffix": ".jpg", "num_workers": 0},
+        "augment": {"input_size": 32, "crop_pct": 1.0},
+        "model": {"backbone": "test_resnet", "weights": "none", "strategy": "full", "channels_last": False},
+        "train": {"epochs": 1, "batch_size": 8, "lr": 3e-3, "warmup_epochs": 0},
+        "tta": {"modes": ["none", "hflip"]},
+        "ensemble": {"seeds": [0, 1]},
+    }
+    for key, value in over.items():
+        section, _, k = key.partition(".")
+        if k:
+            raw.setdefault(section, {})[k] = value
+        else:
+            raw[section] = value
+    return recipe_from_dict(raw)
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KIT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _fail(name):
+    def fail(*args, **kwargs):
+        raise AssertionError(f"{name} called after the plan was made")
+    return fail
+
+
+def test_nothing_downstream_resolves_after_the_plan(kaggle_root, tmp_path, env, monkeypatch):
+    """strategy auto, two backbones (one with its own TTA modes): planned once; then the functions that resolve
+    `auto`, apply overrides or build a data config are made to fail, and a whole run still passes."""
+    recipe = _recipe(kaggle_root, tmp_path, **{
+        "model.strategy": "auto",
+        "ensemble": {"seeds": [0], "backbones": [{}, {"model": {"backbone": "resnet10t"}, "tta": {"modes": ["vflip"]}}]}})
+    ctx = prepare_run(recipe)
+    plan = ctx.plan
+    assert (ctx.run_dir / PLAN_FILE).is_file()
+    assert all(m.recipe.model.strategy != "auto" for m in plan.members) and plan.advice
+    assert [m.tta_modes for m in plan.members] == [("none", "hflip"), ("none", "vflip")]
+    for m in plan.members:  # the model carries the planned data config
+        model, _ = kit.models.backbone.build_model(m.recipe.model, 3, m.pretrained_cfg, load_weights=False)
+        assert kit.models.backbone.model_data_config(model) == m.data_config
+        assert m.data_config["input_size"] == 32 and m.data_config["crop_pct"] == 1.0
+
+    real_with_overrides = Recipe.with_overrides
+
+    def validation_only(self, overrides, source="<overrides>"):
+        # recipe validation checks each ensemble.backbones entry by building its recipe: allowed inside kit/recipe.py
+        if not sys._getframe(1).f_code.co_filename.endswith("recipe.py"):
+            raise AssertionError("an override was applied after the plan was made")
+        return real_with_overrides(self, overrides, source)
+    monkeypatch.setattr(Recipe, "with_overrides", validation_only)
+    for module, name in ((kit.advise, "cached_advice"), (kit.advise, "advise"), (kit.plan, "make_plan"),
+                         (kit.plan, "_resolve_backbone"), (kit.models.backbone, "pretrained_overlay"),
+                         (kit.models.backbone, "model_data_config"), (kit.data.transforms, "resolve_data_config"),
+                         (kit.models.backbone, "create_model")):
+        monkeypatch.setattr(module, name, _fail(f"{module.__name__}.{name}"))
+    summary = R.run(recipe, log=quiet)
+    assert summary.submission is not None and len(summary.configs) == 2
+    # the per-backbone TTA override was predicted and considered (collect asked for each config's own modes)
+    assert set(summary.configs[1].tta_scores) == {"none", "vflip"}
+    assert set(summary.configs[0].tta_scores) == {"none", "hflip"}
+    assert json.loads((ctx.run_dir / PLAN_FILE).read_text()) == plan_to_dict(plan)
+
+
+def test_kit_plan_prints_the_plan_without_training(kaggle_root, tmp_path, env, monkeypatch, capsys):
+    recipe = _recipe(kaggle_root, tmp_path, **{"model.strategy": "finetune", "model.frozen_stages": 1,
+                                               "model.backbone_lr_scale": 0.1})
+    path = tmp_path / "r.yaml"
+    import yaml
+    path.write_text(yaml.safe_dump(recipe.to_dict()))
+    monkeypatch.setattr(kit.train, "fit", _fail("fit"))
+    assert main(["plan", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "test_resnet-s0: 1 member(s)" in out and "test_resnet-s1" in out
+    assert "lr 0.003" in out and "lr 0.0003" in out  # head and backbone groups
+    assert "stages frozen by epoch: 1: 1" in out and "TTA modes none, hflip" in out
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+
+
+def test_plan_json_is_reused_so_measured_choices_do_not_follow_the_machine_load(kaggle_root, tmp_path, env,
+                                                                                 monkeypatch):
+    """model.channels_last: null is timed once, in the plan; a rerun whose timing would come out the other way
+    (load on the machine) reuses the plan and gives identical predictions."""
+    import kit.runtime
+    recipe = _recipe(kaggle_root, tmp_path, **{"model.channels_last": None, "ensemble": {"seeds": [0]}})
+    monkeypatch.setattr(kit.runtime, "_time_formats", lambda *a, **k: {"contiguous": 2.0, "channels_last": 1.0})
+    R.run(recipe, log=quiet)
+    run_dir = recipe.run_dir
+    member = load_plan(run_dir / PLAN_FILE).members[0]
+    assert member.channels_last is True
+    first = load_predictions(pred_path(run_dir, member.name, "oof", "none")).probs
+    import shutil
+    shutil.rmtree(run_dir / "members")  # retrain from scratch, same plan
+    (tmp_path / "cache" / "channels_last.json").unlink()
+    monkeypatch.setattr(kit.runtime, "_time_formats", lambda *a, **k: {"contiguous": 1.0, "channels_last": 2.0})
+    R.run(recipe, log=quiet)
+    assert load_plan(run_dir / PLAN_FILE).members[0].channels_last is True
+    np.testing.assert_array_equal(load_predictions(pred_path(run_dir, member.name, "oof", "none")).probs, first)
+    rows = query(recipe.leaderboard, kind="member")
+    assert [e["env"]["memory_format"] for e in rows["extra"]] == ["channels_last"]  # one row: recorded idempotently
+
+
+def test_leaderboard_rows_are_recorded_once_and_tagged_with_their_mode(kaggle_root, tmp_path, env):
+    recipe = _recipe(kaggle_root, tmp_path)
+    R.run(recipe, log=quiet)
+    R.run(recipe, log=quiet)  # a second kit run, then kit submit, then kit predict with a new mode
+    R.finish(prepare_run(recipe))
+    R.predict(recipe.run_dir, ["vflip"], log=quiet)
+    R.predict(recipe.run_dir, ["vflip"], log=quiet)
+    df = query(recipe.leaderboard)
+    counts = df.groupby(["kind", "name", "tta_mode"], dropna=False).size()
+    assert counts.max() == 1, counts[counts > 1]
+    members = df[df.kind == "member"]
+    assert sorted(members["name"]) == ["test_resnet-s0-f0", "test_resnet-s1-f0"]
+    assert set(members["tta_mode"]) == {"none"}
+    done = json.loads((recipe.run_dir / "members" / "test_resnet-s0-f0" / "done.json").read_text())
+    member_row = members[members.name == "test_resnet-s0-f0"].iloc[0]
+    assert member_row["score"] == pytest.approx(done["scores"]["none"]["accuracy"])  # not the vflip score
+    vflip = df[(df.kind == "tta") & (df.tta_mode == "vflip")]
+    assert len(vflip) == 2
+    assert len(df[df.kind == "submission"]) == 1
+    assert len(df[df.kind == "ensemble"]) == len(recipe.ensemble.methods)
+
+
+def test_modes_added_later_by_kit_predict_are_considered_by_kit_submit(kaggle_root, tmp_path, env, monkeypatch):
+    recipe = _recipe(kaggle_root, tmp_path, **{"tta.modes": ["none"]})
+    summary = R.run(recipe, log=quiet)
+    assert all(set(c.tta_scores) == {"none"} for c in summary.configs)
+    R.predict(recipe.run_dir, ["vflip"], log=quiet)
+    # make vflip the better mode on every config, so that the pooled out-of-fold rule must pick it
+    import kit.members
+    real = kit.members.choose_tta
+    seen = []
+    monkeypatch.setattr("kit.run.choose_tta", lambda scores, metric, fixed="auto": seen.append(set(scores)) or
+                        ("vflip" if "vflip" in scores else real(scores, metric, fixed)))
+    again = R.finish(prepare_run(recipe))
+    assert seen and all(s == {"none", "vflip"} for s in seen)
+    assert all(c.tta == "vflip" for c in again.configs)
+
+
+def test_missing_test_predictions_stop_kit_submit_naming_the_member_and_file(kaggle_root, tmp_path, env):
+    recipe = _recipe(kaggle_root, tmp_path, **{"ensemble": {"seeds": [0]}})
+    R.run(recipe, log=quiet)
+    missing = pred_path(recipe.run_dir, "test_resnet-s0-f0", "test", "none")
+    missing.unlink()
+    with pytest.raises(RunDirError, match=r"test_resnet-s0-f0 has no test predictions.*test_none\.npz.*kit predict"):
+        R.finish(prepare_run(recipe))
+    assert main(["submit", str(recipe.run_dir)]) == 2
+
+
+def test_cli_prints_kit_errors_as_one_line_and_lets_bugs_show_their_traceback(monkeypatch, capsys, tmp_path):
+    import kit.run as run_module
+
+    def user_error(*a, **k):
+        raise RunDirError("runs/x holds a run of a different recipe")
+    monkeypatch.setattr(run_module, "load_recipe_or_run", user_error)
+    assert main(["train", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "error: runs/x holds a run of a different recipe"
+
+    def bug(*a, **k):
+        raise ZeroDivisionError("a bug")
+    monkeypatch.setattr(run_module, "load_recipe_or_run", bug)
+    with pytest.raises(ZeroDivisionError):
+        main(["train", str(tmp_path)])
+    assert issubclass(RunDirError, KitError)
+
+
+def test_a_recipe_that_fails_on_its_data_locks_nothing(kaggle_root, tmp_path, env):
+    bad = _recipe(kaggle_root, tmp_path, **{"data.label_column": "no_such_column"})
+    with pytest.raises(KitError):
+        prepare_run(bad)
+    assert not (bad.run_dir / "recipe.hash").exists() and not (bad.run_dir / PLAN_FILE).exists()
+    prepare_run(_recipe(kaggle_root, tmp_path))  # the corrected recipe is not refused as "a different recipe"
