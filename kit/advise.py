@@ -156,7 +156,7 @@ def measure_similarity(recipe: Recipe, sources=None) -> dict:
     model, note = pretrained()
     cfg = model_data_config(model)
     common = dict(backbone=spec.backbone, weights=spec.weights, batch_size=recipe.train.batch_size * 2,
-                  num_workers=recipe.data.num_workers, device=device, amp_dtype=resolve_amp(recipe.train.amp, device))
+                  num_workers=recipe.data.num_workers if isinstance(recipe.data.num_workers, int) else 0, device=device, amp_dtype=resolve_amp(recipe.train.amp, device))
     x = cached_embeddings(model.to(device), table, cfg, cut_at=None, **common).views["none"]
     early = next((i for i, f in enumerate(model.feature_info) if f["reduction"] >= EARLY_REDUCTION),
                  len(model.feature_info) // 2)

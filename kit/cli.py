@@ -49,26 +49,116 @@ def _log(msg):
     console.print(msg, highlight=False)
 
 
+def _executor_args(p):
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="where members train: one after the other here (local), or as Ray tasks (ray: one GPU "
+                        "each where there are GPUs; needs pip install 'kit[ray]')")
+    p.add_argument("--address", help="Ray cluster to send the members to (default: $RAY_ADDRESS, else a local "
+                                     "Ray instance on 127.0.0.1); the run directory must be shared storage")
+
+
+def _train_on_executor(recipe, args, members=None, resume=True, pf=None):
+    """kit.run.train through kit.executor (the local executor without --address keeps kit.run.train itself)."""
+    from kit.executor import check_executor, train_members
+    from kit.members import prepare_run, select_members
+    check_executor(args.executor, args.address)
+    ctx = prepare_run(recipe)
+    if ctx.bad_images:
+        _log(f"{len(ctx.bad_images)} bad images left out (data.bad_images: skip): {ctx.run_dir / 'bad_images.csv'}")
+    records = train_members(ctx, select_members(ctx.plan.members, members), args.executor, args.address,
+                            resume=resume, progress_factory=pf, log=lambda msg: _log(escape(msg)))  # "[member] ..."
+    return ctx, records
+
+
 def cmd_train(args):
     from kit.run import train
     recipe = _load(args)
     with _progress() as pf:
-        ctx, records = train(recipe, args.member, resume=args.resume, progress_factory=pf, log=_log)
+        if args.executor == "local" and args.address is None:
+            ctx, records = train(recipe, args.member, resume=args.resume, progress_factory=pf, log=_log)
+        else:
+            ctx, records = _train_on_executor(recipe, args, args.member, resume=args.resume, pf=pf)
     console.print(f"outputs in [bold]{ctx.run_dir}[/] (checkpoints, history.csv, predictions in members/)")
     return 0
 
 
 def cmd_run(args):
-    from kit.run import run
+    import time
+    from kit.run import finish, run
     recipe = _load(args)
     with _progress() as pf:
-        summary = run(recipe, resume=True, force=args.force, progress_factory=pf, log=_log)
+        if args.executor == "local" and args.address is None:
+            summary = run(recipe, resume=True, force=args.force, progress_factory=pf, log=_log)
+        else:
+            t0 = time.time()
+            ctx, _ = _train_on_executor(recipe, args, pf=pf)
+            summary = finish(ctx, force=args.force, t0=t0)
     print_summary(summary)
     return 0
 
 
 def cmd_predict(args):
+    if args.images is None and args.csv is None:
+        return _repredict(args)
+    import time
+    import warnings
+    from pathlib import Path
+    from kit.errors import RecipeError, RunDirError
+    from kit.inference import csv_images, folder_images, load, prepare_images, write_predictions
+    if args.csv and not args.image_dir:
+        raise RecipeError("--csv needs --image-dir, the folder its image paths are relative to")
+    if args.tta and len(args.tta) > 1:
+        raise RecipeError(f"--tta {' '.join(args.tta)}: new images are predicted at one TTA mode; pass one")
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        raise RunDirError(f"{out} exists and was not overwritten; pass --force to replace it, or pick another --output")
+    ens = load(args.run)
+    ens = ens.select(args.members) if args.members is not None else ens
+    ens = ens.with_tta(args.tta[0]) if args.tta else ens
+    suffix = ens.recipe.data.image_suffix if args.image_suffix is None else args.image_suffix
+    ids, paths = folder_images(args.images, suffix) if args.images else \
+        csv_images(args.csv, args.image_dir, args.id_column, args.path_column, suffix)
+    table, _ = prepare_images(paths, ids, ens.classes)  # every bad file named now, before any model runs
+    device = ens.device(args.device)
+    method = ens.blend.method or "one configuration"
+    console.print(f"{escape(str(ens.source))}: {method} of {', '.join(f'{c.name} ({c.tta})' for c in ens.configs)}; "
+                  f"{sum(len(c.members) for c in ens.configs)} models on {device}", highlight=False)
+    per_1000 = ens.time_per_1000(batch_size=args.batch_size, device=device)
+    console.print(f"estimated {per_1000:.1f} s per 1,000 images (timing pass, decoding not included): about "
+                  f"{per_1000 * len(table) / 1000:.0f} s for these {len(table):,}", highlight=False)
+    t0 = time.perf_counter()
+    with _image_progress() as update, warnings.catch_warnings(record=True) as notes:
+        warnings.simplefilter("always")
+        probs = ens.predict(table, batch_size=args.batch_size, device=device, progress=update)
+    seconds = time.perf_counter() - t0
+    for note in notes:
+        console.print(f"[yellow]note:[/] {escape(str(note.message))}", highlight=False)
+    path = write_predictions(ens, probs, out, sample=args.sample, force=args.force)
+    console.print(f"{len(table):,} images in {seconds:.1f} s ({len(table) / seconds:.1f} images/s): "
+                  f"[bold]{escape(str(path))}[/] ({ens.recipe.submit.format})", highlight=False)
+    return 0
+
+
+@contextmanager
+def _image_progress():
+    """A rich bar over images x transform groups while predicting; nothing when not on a terminal."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    if not console.is_terminal:
+        yield None
+        return
+    with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True) as prog:
+        task = prog.add_task("predict", total=None)
+        yield lambda done, total: prog.update(task, completed=done, total=total)
+
+
+def _repredict(args):
+    from kit.errors import RecipeError
     from kit.run import predict
+    given = [f for f, v in (("--members", args.members), ("--batch-size", args.batch_size), ("--device", args.device),
+                            ("--sample", args.sample), ("--image-dir", args.image_dir)) if v is not None]
+    if given:
+        raise RecipeError(f"{', '.join(given)} apply to new images: pass --images DIR or --csv FILE --image-dir DIR")
     scores = predict(args.run, modes=args.tta, log=_log)
     t = Table(title=f"validation scores by TTA mode ({args.run})")
     t.add_column("member")
@@ -78,6 +168,14 @@ def cmd_predict(args):
     for member, s in scores.items():
         t.add_row(member, *[f"{s[m]:.4f}" if m in s else "" for m in modes])
     console.print(t)
+    return 0
+
+
+def cmd_export(args):
+    from kit.bundle import bundle_size, export_bundle
+    path = export_bundle(args.run, args.out, as_zip=args.zip)
+    console.print(f"bundle [bold]{escape(str(path))}[/]: {bundle_size(path) / 1e6:.1f} MB; predict with: "
+                  f"kit predict {escape(str(path))} --images DIR", highlight=False)
     return 0
 
 
@@ -151,6 +249,26 @@ def cmd_score(args):
     return 0
 
 
+def cmd_init(args):
+    from kit.init import init_recipe
+    from kit.members import load_checked_sources
+    from kit.plan import format_plan, make_plan
+    from kit.recipe import load_recipe
+    text, _ = init_recipe(args.data_dir, out=args.output, force=args.force, label_column=args.label_column,
+                          id_column=args.id_column, path_column=args.path_column)
+    console.print(escape(text), highlight=False, soft_wrap=True)
+    console.print(f"wrote [bold]{escape(args.output)}[/]; its plan (kit plan {escape(args.output)}):", highlight=False)
+    recipe = load_recipe(args.output)  # the file as written, as kit run will read it
+    if recipe.model.strategy == "auto":
+        console.print("strategy auto: the advisor measures the images once (cached for kit run)", highlight=False)
+    sources, bad = load_checked_sources(recipe)
+    for line in format_plan(make_plan(recipe, sources)):
+        console.print(escape(line), highlight=False)
+    if bad:
+        console.print(f"{len(bad)} bad images would be left out (data.bad_images: skip)", highlight=False)
+    return 0
+
+
 def print_summary(s) -> None:
     from kit.run import summary_dict
     d = summary_dict(s)
@@ -206,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run", help="train all members, predict with TTA, blend, write the submission")
     _recipe_args(s)
     s.add_argument("--force", action="store_true", help="replace an existing, different submission file")
+    _executor_args(s)
     s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("plan", help="show the run plan of a recipe (members, strategies, lr groups, TTA) without training")
@@ -216,12 +335,35 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_args(s)
     s.add_argument("--member", help="index, range (0-4) or list (1,5,7) of members to train")
     s.add_argument("--resume", action="store_true", help="continue interrupted members from their last checkpoint")
+    _executor_args(s)
     s.set_defaults(fn=cmd_train)
 
-    s = sub.add_parser("predict", help="predict a finished run's members with more TTA modes")
-    s.add_argument("run", help="run directory (runs/<name>)")
-    s.add_argument("--tta", action="append", help="TTA mode (repeatable); default: the recipe's tta.modes")
+    s = sub.add_parser("predict", help="predict new images with a finished run or bundle (--images / --csv), or "
+                                       "predict a run's own splits with more TTA modes (--tta)")
+    s.add_argument("run", help="run directory (runs/<name>), or a bundle folder / .zip from kit export")
+    s.add_argument("--tta", action="append", help="TTA mode; with --images/--csv: one mode for every configuration "
+                                                  "instead of its chosen one; else repeatable, default tta.modes")
+    new = s.add_mutually_exclusive_group()
+    new.add_argument("--images", metavar="DIR", help="predict the image files in DIR (ids: file names)")
+    new.add_argument("--csv", metavar="FILE", help="predict the images a CSV lists (an id column, and a path "
+                                                   "column or ids + --image-suffix), inside --image-dir")
+    s.add_argument("--image-dir", metavar="DIR", help="with --csv: the folder its paths are relative to")
+    s.add_argument("--id-column", help="with --csv: the id column (default: the first)")
+    s.add_argument("--path-column", help="with --csv: the column of image paths (default: id + image suffix)")
+    s.add_argument("--image-suffix", help="appended to ids to name files (default: the run's data.image_suffix)")
+    s.add_argument("--output", default="predictions.csv", help="CSV to write (default: predictions.csv here)")
+    s.add_argument("--force", action="store_true", help="replace an existing --output file")
+    s.add_argument("--sample", metavar="CSV", help="sample submission fixing ids, order and columns (checked)")
+    s.add_argument("--members", type=int, metavar="K", help="keep the K configurations weighing most in the blend")
+    s.add_argument("--batch-size", type=int, metavar="N", help="images per batch (default: 2 x train.batch_size)")
+    s.add_argument("--device", help="cpu, cuda, cuda:N, mps (default: the run's train.device)")
     s.set_defaults(fn=cmd_predict)
+
+    s = sub.add_parser("export", help="write a finished run as one self-contained bundle folder (or --zip)")
+    s.add_argument("run", help="run directory (runs/<name>)")
+    s.add_argument("out", help="new folder to write (with --zip: OUT.zip)")
+    s.add_argument("--zip", action="store_true", help="write one .zip file instead of a folder")
+    s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("submit", help="blend a run's members and write the submission CSV")
     s.add_argument("run", help="run directory (runs/<name>) or its recipe")
@@ -274,6 +416,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--url", help="leaderboard URL")
     s.add_argument("--no-record", action="store_true", help="print only, record nothing")
     s.set_defaults(fn=cmd_score)
+
+    s = sub.add_parser("init", help="look at a dataset folder, write a commented recipe for it, show its plan")
+    s.add_argument("data_dir", help="ImageFolder tree (train/<class>/*) or Kaggle folder (train.csv, images, "
+                                    "sample_submission.csv)")
+    s.add_argument("-o", "--output", default="recipe.yaml", help="recipe file to write (default: recipe.yaml)")
+    s.add_argument("--force", action="store_true", help="replace an existing recipe file")
+    s.add_argument("--label-column", help="train.csv column of the labels, when several could be")
+    s.add_argument("--id-column", help="train.csv column of the image ids (default: sample_submission's first)")
+    s.add_argument("--path-column", help="train.csv column of image paths, relative to a folder of the dataset")
+    s.set_defaults(fn=cmd_init)
     return p
 
 

@@ -66,13 +66,10 @@ def load_checked_sources(recipe: Recipe):
     """The data of the recipe, every image path inside its root and every image scanned (kit.data.scan):
     (sources, bad images left out under data.bad_images: skip)."""
     from kit.data import load_sources
+    from kit.data.scan import apply_bad_images, scan_sources
     sources = load_sources(recipe.data)
-    try:
-        from kit.data.scan import apply_bad_images, scan_sources
-    except ImportError:  # pragma: no cover - the scan module is part of kit.data
-        return sources, []
     bad = scan_sources(sources)
-    return apply_bad_images(sources, bad, recipe.data.bad_images), bad
+    return apply_bad_images(sources, bad, recipe.data.bad_images, where=f"the recipe of {recipe.name}"), bad
 
 
 def prepare_run(recipe: Recipe) -> RunContext:
@@ -227,7 +224,7 @@ def predict_member(ctx: RunContext, member: MemberPlan, model, cfg, device, chan
     kwargs = dict(modes=list(modes or member.tta_modes), merge=r.tta.merge, input_size=cfg["input_size"],
                   device=device, amp_dtype=resolve_amp(r.train.amp, device), channels_last=channels_last,
                   max_batch_views=r.tta.max_batch_views, original_weight=r.tta.original_weight,
-                  scales=tuple(r.tta.scales))
+                  scales=tuple(r.tta.scales), cpu_chunk_pixels=ctx.plan.environment.get("tta_cpu_chunk_pixels"))
     splits = {"oof": (ctx.sources.train, np.flatnonzero(ctx.folds == member.fold))}
     if ctx.sources.test is not None:
         splits["test"] = (ctx.sources.test, np.arange(len(ctx.sources.test)))

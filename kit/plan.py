@@ -100,6 +100,20 @@ def _resolve_backbone(recipe: Recipe, b: int, sources, advice: dict) -> Recipe:
     return r.with_overrides(over, source=f"plan of {recipe.name} (backbone {b})") if over else r
 
 
+def choose_workers(r: Recipe, sources, data_config: dict) -> int:
+    """data.num_workers: auto -> the worker count measured on this backbone's training pipeline (a short timing
+    of kit.data.loader.choose_num_workers); a number stays as it is."""
+    if r.data.num_workers != "auto":
+        return int(r.data.num_workers)
+    import numpy as np
+    from kit.data import ImageDataset, create_train_transform
+    from kit.data import loader
+    choose_num_workers = getattr(loader, "choose_num_workers", lambda dataset, batch_size: 0)  # TODO(lead): H's
+    n = min(len(sources.train), 4 * r.train.batch_size)
+    dataset = ImageDataset(sources.train, np.arange(n), create_train_transform(r.augment, data_config))
+    return int(choose_num_workers(dataset, r.train.batch_size))
+
+
 def _describe_model(r: Recipe, num_classes: int, device) -> dict:
     """pretrained_cfg, data config, channels_last, parameter groups and freezing of one backbone's model."""
     from kit.models.backbone import build_model, model_data_config, pretrained_overlay
@@ -132,6 +146,9 @@ def make_plan(recipe: Recipe, sources) -> RunPlan:
     for b in range(len(recipe.ensemble.backbones or [{}])):
         r = _resolve_backbone(recipe, b, sources, advice)
         d = _describe_model(r, num_classes, device)
+        if r.data.num_workers == "auto":
+            r = r.with_overrides({"data.num_workers": choose_workers(r, sources, d["data_config"])},
+                                 source=f"plan of {recipe.name} (backbone {b})")
         modes = tuple(dict.fromkeys(["none", *r.tta.modes]))
         if r.tta.mode not in ("auto", *modes):
             raise RunDirError(f"tta.mode {r.tta.mode!r} of backbone {b} is not among its tta.modes {list(modes)}")
@@ -141,7 +158,9 @@ def make_plan(recipe: Recipe, sources) -> RunPlan:
                 config = f"{names[b]}-s{seed}"
                 members.append(MemberPlan(len(members), f"{config}-f{fold}", config, b, seed, fold, rs,
                                           tta_modes=modes, weights=r.model.weights, **d))
-    env = {"threads": torch.get_num_threads(), "torch": torch.__version__, "device": device.type}
+    from kit.tta import CPU_CHUNK_PIXELS
+    env = {"threads": torch.get_num_threads(), "torch": torch.__version__, "device": device.type,
+           "tta_cpu_chunk_pixels": CPU_CHUNK_PIXELS}
     data = {"n_train": len(sources.train), "n_test": 0 if sources.test is None else len(sources.test),
             "classes": list(sources.train.classes)}
     return RunPlan(recipe, recipe_hash(recipe), tuple(members), folds, env, data, advice)

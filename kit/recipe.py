@@ -12,9 +12,10 @@ import json
 import math
 import os
 import re
+import typing
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -24,7 +25,8 @@ from kit.errors import RecipeError  # noqa: E402  (re-exported: kit.recipe.Recip
 
 
 class Spec(BaseModel):
-    # NaN and inf are refused: `lr: .nan` passes every `gt`/`le` bound that is not written out (NaN compares false)
+    # NaN and inf are refused: `lr: .inf` passes gt=0, and a float without bounds takes NaN too. (Read from YAML,
+    # _check_plain below refuses them first, anywhere in a recipe, naming the key.)
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
@@ -66,7 +68,10 @@ class DataSpec(Spec):
     folds: int = Field(5, ge=2)
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
     seed: Seed = 0  # seed of the split; members' own seeds are in train.seed / ensemble.seeds
-    num_workers: int = Field(2, ge=0, le=256)  # DataLoader worker processes preparing batches beside training
+    # DataLoader worker processes preparing batches beside training; auto: measured once, in the plan (on 2 cores
+    # reading decoded images in the main process can be fastest). Workers never change the numbers (each sample's
+    # augmentation is seeded from the member's seed, the epoch and its row).
+    num_workers: Union[Literal["auto"], Annotated[int, Field(ge=0, le=256)]] = "auto"
     limit: Optional[int] = Field(None, ge=2)  # use only the first N labelled images (smoke tests)
     # Images that cannot be decoded (found by a scan of every image before training): fail lists them all and
     # stops; skip trains without them and lists them in the run directory (bad_images.csv) and the summary.
@@ -90,6 +95,14 @@ class AugmentSpec(Spec):
         default_factory=lambda: [{"RandomResizedCrop": {"scale": [0.6, 1.0]}}, {"HorizontalFlip": {"p": 0.5}}])
     input_size: Optional[int] = Field(None, ge=8)  # default: the backbone's pretrained config
     crop_pct: Optional[float] = Field(None, gt=0, le=1)  # eval resize = input_size / crop_pct, then centre crop
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _no_params_is_empty_params(cls, v):
+        # `- HorizontalFlip:` (no parameters) reads as {HorizontalFlip: None} in YAML
+        if not isinstance(v, list):
+            return v
+        return [{k: {} if p is None else p for k, p in item.items()} if isinstance(item, dict) else item for item in v]
 
     @field_validator("train")
     @classmethod
@@ -361,7 +374,8 @@ def _check_plain(raw, source: str, prefix: tuple = ()) -> None:
                     raise RecipeError(f"{where}: key {_short(k)} is not a string (YAML reads unquoted numbers, "
                                       f"true/false, yes/no, on/off and null as values, not names); quote it or fix it")
                 if len(k) > MAX_TEXT or "\0" in k:
-                    raise RecipeError(f"{where}: a key of {len(k):,} characters or with a NUL byte; fix it")
+                    raise RecipeError(f"{where}: key {_short(k)} " + ("holds a NUL byte" if "\0" in k else
+                                      f"is {len(k):,} characters long (at most {MAX_TEXT:,})") + "; fix it")
                 stack.append((v, loc + (k,)))
         elif isinstance(node, (list, tuple)):
             stack.extend((v, loc + (i,)) for i, v in enumerate(node))
@@ -372,8 +386,8 @@ def _check_plain(raw, source: str, prefix: tuple = ()) -> None:
         elif isinstance(node, float) and not math.isfinite(node):
             raise RecipeError(f"{where}: {node} is not a number a run can use; write a finite value")
         elif isinstance(node, str) and (len(node) > MAX_TEXT or "\0" in node):
-            raise RecipeError(f"{where}: a string of {len(node):,} characters"
-                              + (" with a NUL byte" if "\0" in node else f" (at most {MAX_TEXT:,})") + "; fix it")
+            raise RecipeError(f"{where}: {_short(node)} " + ("holds a NUL byte" if "\0" in node else
+                              f"is {len(node):,} characters long (at most {MAX_TEXT:,})") + "; fix it")
         elif not isinstance(node, (str, int, float)):
             raise RecipeError(f"{where}: {_short(node)} (YAML read a {type(node).__name__}) is not a recipe value; "
                               f"quote it to make it a string")
@@ -538,18 +552,36 @@ def _unknown_key(loc: tuple, valid: list, source: str) -> str:
             + f"; keys under '{section}': {', '.join(valid)}")
 
 
+def _without_union_tags(loc: tuple) -> tuple:
+    """pydantic names the member of a Union field it tried (data.num_workers.literal['auto']); the user wrote
+    data.num_workers."""
+    cls, out, skip = Recipe, [], False
+    for part in loc:
+        if skip and isinstance(part, str):  # the member's tag
+            skip = False
+            continue
+        skip = False
+        out.append(part)
+        field = cls.model_fields.get(part) if cls is not None and isinstance(part, str) else None
+        ann = getattr(field, "annotation", None)
+        cls = ann if isinstance(ann, type) and issubclass(ann, Spec) else None
+        # Optional[X] is a Union too, but pydantic tags only unions of two or more types besides None
+        skip = typing.get_origin(ann) is Union and len(set(typing.get_args(ann)) - {type(None)}) > 1
+    return tuple(out)
+
+
 def _explain(e: ValidationError, source: str, prefix: tuple = ()) -> str:
-    lines = []
+    lines: dict[str, list] = {}  # key -> [got, messages] (a Union field's members fail one by one: one line)
     for err in e.errors():
-        loc = tuple(prefix) + tuple(err["loc"])
+        loc = _without_union_tags(tuple(prefix) + tuple(err["loc"]))
         if err["type"] == "extra_forbidden":
             cls = _spec_at(loc)
-            lines.append(_unknown_key(loc, list(cls.model_fields) if cls else [], source))
+            lines[_unknown_key(loc, list(cls.model_fields) if cls else [], source)] = []
             continue
-        msg = err["msg"].removeprefix("Value error, ")
         got = "" if err["type"] in ("missing", "value_error") else f" (got {_short(err.get('input'))})"
-        lines.append(f"recipe key '{_key(loc)}' in {source}: {msg}{got}")
-    return "\n".join(lines)
+        line = lines.setdefault(f"recipe key '{_key(loc)}' in {source}: ", [got])
+        line.append(err["msg"].removeprefix("Value error, "))
+    return "\n".join(k + (" or ".join(dict.fromkeys(v[1:])) + v[0] if v else "") for k, v in lines.items())
 
 
 def _is_dir(path) -> bool:

@@ -205,7 +205,8 @@ def _shape_groups(views, images: torch.Tensor) -> dict:
     return groups
 
 
-def _views_log_probs(model, images, views, groups, max_rows, channels_last, amp_dtype) -> torch.Tensor:
+def _views_log_probs(model, images, views, groups, max_rows, channels_last, amp_dtype,
+                     cpu_chunk_pixels: int | None = None) -> torch.Tensor:
     """log-softmax of the model on every view of every image: [U, B, C], float32.
 
     Rows are view-major (view 0 of images 0..B-1, view 1 ...); a chunk of max_rows rows (on the CPU no more than
@@ -218,7 +219,8 @@ def _views_log_probs(model, images, views, groups, max_rows, channels_last, amp_
     for shape, us in groups.items():
         total, rows = len(us) * b, max_rows
         if images.device.type == "cpu":
-            rows = min(rows, max(1, CPU_CHUNK_PIXELS // (shape[-2] * shape[-1])))
+            cap = CPU_CHUNK_PIXELS if cpu_chunk_pixels is None else cpu_chunk_pixels
+            rows = min(rows, max(1, cap // (shape[-2] * shape[-1])))
         for start in range(0, total, rows):
             stop = min(start + rows, total)
             chunk = torch.empty((stop - start, *shape), dtype=images.dtype, device=images.device, memory_format=fmt)
@@ -240,13 +242,15 @@ def _views_log_probs(model, images, views, groups, max_rows, channels_last, amp_
 
 def predict_modes(model, loader, modes, merge: str = "mean", *, input_size: int, device="cpu",
                   amp_dtype: torch.dtype | None = None, channels_last: bool = True, max_batch_views: int = 256,
-                  original_weight: float | None = None, scales=DEFAULT_SCALES) -> tuple[dict, np.ndarray]:
+                  original_weight: float | None = None, scales=DEFAULT_SCALES,
+                  cpu_chunk_pixels: int | None = None) -> tuple[dict, np.ndarray]:
     """({mode: probs float32 [N, C]}, row_index int64 [N]) in loader order, reading the images once.
 
     `loader` yields (images [B, 3, R_h, R_w] with R_h, R_w >= input_size, labels, row_index [B]). The model
     returns logits, runs in eval mode (its training flag is restored after) and should already be on `device`
     (and in channels_last, for speed, when the inputs are). amp_dtype: autocast dtype, e.g. torch.bfloat16 on CUDA.
-    max_batch_views: rows (images x views) per forward pass; on the CPU also at most CPU_CHUNK_PIXELS pixels.
+    max_batch_views: rows (images x views) per forward pass; on the CPU also at most `cpu_chunk_pixels` pixels
+    (default CPU_CHUNK_PIXELS; a run passes its plan's value, since the rows of a pass can change float sums).
     """
     modes = list(dict.fromkeys(modes))
     if not modes:
@@ -275,7 +279,7 @@ def predict_modes(model, loader, modes, merge: str = "mean", *, input_size: int,
                 if (h, w) not in groups:
                     groups[(h, w)] = _shape_groups(plan.views, images)
                 logp = _views_log_probs(model, images, plan.views, groups[(h, w)], max_batch_views,
-                                        channels_last, amp_dtype)
+                                        channels_last, amp_dtype, cpu_chunk_pixels)
                 for mode, view_rows in plan.modes.items():
                     probs[mode].append(merge_views(logp[view_rows], merge, weights[mode]).cpu())
                 index.append(torch.as_tensor(rows).cpu())

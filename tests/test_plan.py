@@ -206,3 +206,26 @@ def test_a_recipe_that_fails_on_its_data_locks_nothing(kaggle_root, tmp_path, en
         prepare_run(bad)
     assert not (bad.run_dir / "recipe.hash").exists() and not (bad.run_dir / PLAN_FILE).exists()
     prepare_run(_recipe(kaggle_root, tmp_path))  # the corrected recipe is not refused as "a different recipe"
+
+
+def test_bad_images_are_all_reported_before_training_or_left_out_and_listed(kaggle_root, tmp_path, env, monkeypatch):
+    from kit.errors import DataError
+    for name in ("img_003.jpg", "img_007.jpg"):
+        (kaggle_root / "train" / name).write_bytes(b"not an image")
+    (kaggle_root / "train" / "img_011.jpg").write_bytes((kaggle_root / "train" / "img_012.jpg").read_bytes()[:200])
+    monkeypatch.setattr(kit.train, "fit", _fail("fit"))
+    recipe = _recipe(kaggle_root, tmp_path, **{"ensemble": {"seeds": [0]}})
+    with pytest.raises(DataError) as e:
+        R.train(recipe, log=quiet)
+    for name in ("img_003.jpg", "img_007.jpg", "img_011.jpg"):  # every bad file in one message, before training
+        assert name in str(e.value)
+    assert "bad_images: skip" in str(e.value) and not (recipe.run_dir / "recipe.hash").exists()
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KIT_CACHE_DIR", str(tmp_path / "cache"))
+    skip = recipe.with_overrides({"data.bad_images": "skip"})
+    summary = R.run(skip, log=quiet)
+    listed = (skip.run_dir / "bad_images.csv").read_text()
+    assert all(n in listed for n in ("img_003", "img_007", "img_011")) and summary.bad_images == 3
+    assert len(prepare_run(skip).sources.train) == 27
+    assert json.loads((skip.run_dir / "summary.json").read_text())["bad_images"] == 3

@@ -224,6 +224,11 @@ def test_a_misspelt_transform_parameter_fails_as_strictly_as_training(tmp_path):
         load_recipe(write(tmp_path, "augment:\n  train:\n    - ImageOnlyTransform: {}\n"))  # a base class
 
 
+def test_a_transform_without_parameters(tmp_path):
+    r = load_recipe(write(tmp_path, "augment:\n  train:\n    - HorizontalFlip:\n    - Affine: {rotate: 5}\n"))
+    assert r.augment.train == [{"HorizontalFlip": {}}, {"Affine": {"rotate": 5}}]
+
+
 def test_transforms_are_validated_by_the_function_training_uses(tmp_path, monkeypatch):
     import kit.data.transforms as transforms
     sizes = []

@@ -17,6 +17,8 @@ before training.
 """
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -29,7 +31,10 @@ MAX_PIXELS = 2 * 89_478_485
 # verify_image decodes JPEGs at 1/8 size (libjpeg's DCT scaling): on a 2000x1500 photo 4.8 ms instead of 18.6 ms
 # (baseline) and 21 ms instead of 39 ms (progressive) on this machine's CPU.
 JPEG_DRAFT_SCALE = 8
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+# What Pillow raises on a bad file: the usual OSError/ValueError/SyntaxError, and on malformed headers also
+# struct.error, IndexError and ZeroDivisionError (seen on fuzzed TIFF/ICO/BMP files).
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError, struct.error, IndexError,
+                 ZeroDivisionError)
 
 
 from kit.errors import ImageReadError  # noqa: E402  (re-exported: kit.data.images.ImageReadError)

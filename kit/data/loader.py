@@ -10,21 +10,27 @@ function of (loader seed, epoch). A batch is then the same with 0 or 8 workers, 
 or not epochs 0..e-1 ran before it in this process, which is what makes a resumed run exact.
 `set_epoch(e)` fixes the next epoch (kit.train.fit calls it); without it each iteration is the next epoch.
 
+Workers. `choose_num_workers` times the loader with each candidate worker count, while the main process runs
+the caller's training step on each batch (`training_step(model)`), and keeps the fastest: on a 2-core CPU
+whose cores torch's threads already use, workers only take cycles from training, and reading decoded images
+(kit.data.cache) in the main process is fastest; with a GPU, or spare cores, workers win.
+
 Errors. A KitError raised while a worker reads a sample (an ImageReadError naming the file) reaches the caller
 as the same class with its own one-line message, not torch's "Caught ... in DataLoader worker process 0"
 wrapper around the worker's traceback.
 """
 from __future__ import annotations
 
+import copy
+import os
 import random
-from typing import NamedTuple
+import time
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
-from torch.utils.data._utils.collate import default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from kit.data.images import load_item
 from kit.data.sources import ImageTable
 from kit.errors import KitError
 
@@ -69,7 +75,7 @@ class ImageDataset(Dataset):
 
     def _item(self, i: int):
         row = int(self.indices[i])
-        image = self.transform(image=load_item(self.table.items[row]))["image"]
+        image = self.transform(image=self.table.image(row))["image"]
         if not isinstance(image, torch.Tensor):
             image = torch.from_numpy(np.ascontiguousarray(image).transpose(2, 0, 1))
         label = -1 if self.table.labels is None else int(self.table.labels[row])
@@ -164,3 +170,110 @@ def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed:
         persistent_workers=workers,  # workers live for the loader's lifetime, not one epoch
         prefetch_factor=2 if workers else None,  # 2 batches per worker queued ahead of the model
         pin_memory=torch.cuda.is_available())
+
+
+# ---------------------------------------------------------------- workers, by measurement
+
+WORKER_TIE = 0.05  # more workers must deliver 5% more images/s than fewer to be chosen (each costs memory)
+WARMUP_STEPS = 1  # untimed calls of the step before timing (allocator and kernel warm-up)
+MIN_TIMED = 2  # batches timed per candidate, however short `seconds` is
+
+
+def worker_candidates(cores: Optional[int] = None) -> list[int]:
+    """0, 1, 2, 4, ... up to the cores this process may run on."""
+    cores = cores or _cores()
+    return [0] + [k for k in (1, 2, 4, 8, 16, 32) if k <= cores]
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def choose_num_workers(dataset, batch_size: int, *, candidates=None, seconds: float = 1.0,
+                       step: Optional[Callable] = None, measure: Optional[Callable[[int], float]] = None) -> int:
+    """The worker count whose loader delivers `dataset` fastest, measured: each of `candidates` (default
+    worker_candidates()) is timed for about seconds / len(candidates) (see time_loader), `step(batch)` run on
+    each batch in the main process, so that workers compete for the cores with training as they will.
+    Without a step only the loader is timed, which is right when the model runs on a GPU and overrates workers
+    on a CPU that training keeps busy. `measure(k)` -> images/s replaces the timing (tests, recorded timings).
+    The fewest workers within WORKER_TIE of the fastest are chosen."""
+    candidates = sorted(set(int(k) for k in (worker_candidates() if candidates is None else candidates)))
+    if not candidates or candidates[0] < 0:
+        raise ValueError(f"candidates must be worker counts >= 0, got {candidates}")
+    if measure is None:
+        rates = measure_workers(dataset, batch_size, candidates, seconds=seconds, step=step)
+    else:
+        rates = {k: float(measure(k)) for k in candidates}
+    return pick_workers(rates)
+
+
+def pick_workers(rates: dict) -> int:
+    """The fewest workers whose images/s is within WORKER_TIE of every larger count's (rates: {workers: img/s})."""
+    best = None
+    for k in sorted(rates):
+        if best is None or rates[k] > rates[best] * (1 + WORKER_TIE):
+            best = k
+    return int(best)
+
+
+def measure_workers(dataset, batch_size: int, candidates, *, seconds: float = 1.0,
+                    step: Optional[Callable] = None) -> dict:
+    """{workers: images/s} of `dataset`'s loader (with `step` run on each batch) for each candidate. torch's
+    global random state is restored afterwards: the timing does not shift a member's random stream."""
+    rng = torch.get_rng_state()
+    try:
+        if step is not None:  # warm up the step once, on a batch made here
+            batch = default_collate([dataset[i] for i in range(min(batch_size, len(dataset)))])
+            for _ in range(WARMUP_STEPS):
+                step(batch)
+        budget = seconds / max(len(candidates), 1)
+        return {k: time_loader(dataset, batch_size, k, budget, step) for k in candidates}
+    finally:
+        torch.set_rng_state(rng)
+
+
+def time_loader(dataset, batch_size: int, num_workers: int, seconds: float, step: Optional[Callable] = None
+                ) -> float:
+    """Images/s delivered by make_loader(dataset, ..., num_workers) over about `seconds`, after its workers have
+    started and filled their first batches (num_workers + 1 batches are not timed), at least MIN_TIMED batches;
+    epochs follow each other as in training (a small dataset is iterated several times)."""
+    loader = make_loader(dataset, batch_size, shuffle=True, num_workers=num_workers, seed=0)
+    untimed, timed, images, t0 = num_workers + 1, 0, 0, 0.0
+    try:
+        while True:
+            for batch in loader:
+                if untimed:
+                    untimed -= 1
+                    t0 = time.perf_counter()
+                    continue
+                if step is not None:
+                    step(batch)
+                timed, images = timed + 1, images + len(batch[0])
+                elapsed = time.perf_counter() - t0
+                if timed >= MIN_TIMED and elapsed >= seconds:
+                    return images / elapsed
+    finally:
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()  # persistent workers: stop them now, not when the loader is collected
+
+
+def training_step(model: torch.nn.Module, channels_last: bool = False, device=None) -> Callable:
+    """A training step of `model` on a loader batch, for choose_num_workers(step=...): forward and backward
+    (no optimizer update) on a copy in train mode, so the model itself and its BatchNorm statistics are
+    unchanged. Labels are not needed (-1 for test rows): the loss is the logits' sum."""
+    copy_ = copy.deepcopy(model).train()
+    device = torch.device(device) if device is not None else next(copy_.parameters()).device
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    copy_ = copy_.to(device=device, memory_format=fmt)
+
+    def step(batch) -> None:
+        x = batch[0].to(device, non_blocking=True).contiguous(memory_format=fmt)
+        copy_(x).float().sum().backward()
+        copy_.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return step

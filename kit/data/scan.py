@@ -6,7 +6,7 @@
 Why before training: the loader decodes images only in its workers, mid-epoch, and stops at the first bad one,
 so a folder with four bad files took four runs to learn about them. The scan decodes each file once with
 kit.data.images.verify_image (the header, the pixel limit, then every byte: a truncated file passes the header),
-in threads (Pillow releases the GIL while it decodes, so 2 threads on 2 cores come close to 2x).
+in threads: Pillow releases the GIL while it decodes, so threads overlap on free cores and on disk reads.
 Verdicts are cached per file by (absolute path, size, mtime_ns) in cache_dir()/scan/<folder digest>.json, one
 file per dataset folder, so a second run only stats its files; a changed file is decoded again. In-memory
 images (digits) are not files and are not scanned.
@@ -54,6 +54,8 @@ def check_image(path) -> Optional[str]:
         verify_image(path)
     except ImageReadError as e:
         return _reason(e, path)
+    except Exception as e:  # anything else Pillow raises on this one file: the file is bad, the scan goes on
+        return f"{type(e).__name__}: {e}"
     return None
 
 

@@ -6,8 +6,9 @@ Three sources (recipe key data.source):
 - imagefolder: root/train/<class>/* (or root/<class>/*), optional root/<test_dir>/*.
 - kaggle: root/<train_csv> (id + label columns), images in root/<image_dir>, test ids from the sample
   submission, test images in root/<test_dir>.
-Only paths are collected here; images are decoded by the scan before training (kit.data.scan) and again in
-the loader's workers (kit.data.images). Every image path must resolve, after symlinks, inside its folder
+Only paths are collected here; images are decoded by the scan before training (kit.data.scan), then once into
+the decoded cache that training and prediction read (kit.data.cache; ImageTable.image), or, without one, by
+the loader (kit.data.images). Every image path must resolve, after symlinks, inside its folder
 (data.root/data.image_dir or the imagefolder's train folder for labelled images, data.root/data.test_dir for
 test images): a CSV row such as `../../etc/passwd` is refused, never opened.
 """
@@ -24,6 +25,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from kit.data.images import load_item
 from kit.errors import DataError
 from kit.recipe import DataSpec
 
@@ -43,6 +45,7 @@ class ImageTable:
     items: list  # file paths (str) or HxWx3 uint8 arrays (digits)
     labels: Optional[np.ndarray]  # int64 indices into classes; None when unlabelled
     classes: tuple[str, ...]
+    decoded: Optional[object] = None  # kit.data.cache.DecodedRows: these rows' decoded images (attach_decoded_cache)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -50,7 +53,17 @@ class ImageTable:
     def subset(self, indices) -> "ImageTable":
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         return ImageTable(ids=self.ids[idx], items=[self.items[i] for i in idx],
-                          labels=None if self.labels is None else self.labels[idx], classes=self.classes)
+                          labels=None if self.labels is None else self.labels[idx], classes=self.classes,
+                          decoded=None if self.decoded is None else self.decoded.subset(idx))
+
+    def image(self, row: int) -> np.ndarray:
+        """Row `row`'s image, HxWx3 uint8: from the decoded cache when one is attached and holds it, else
+        decoded from its file now (kit.data.images.load_item)."""
+        if self.decoded is not None:
+            image = self.decoded.read(row)
+            if image is not None:
+                return image
+        return load_item(self.items[row])
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,0 +1,269 @@
+"""kit.inference's Ensemble: configurations of fold models, their TTA modes and the blend, predicting images as
+kit.members.predict_member predicts a run's own."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kit import metrics as M
+from kit.errors import RecipeError, RunDirError
+from kit.inference._images import prepare_images
+from kit.plan import MemberPlan
+from kit.recipe import TTA_MODES, Recipe
+
+# Configurations weighing less than this in the chosen blend are left out (not predicted, not exported): their share
+# of any probability is below 1e-6, under what a float32 submission shows. The leaderboard counts ensemble sizes so.
+WEIGHT_EPS = 1e-6
+TIMING_IMAGES = 8  # images in the timing pass before a prediction (after one warm-up image)
+# A rank blend's values move in steps of 1 / (images predicted together): below 100 images, steps of over 1%
+RANK_MIN_IMAGES = 100
+
+
+@dataclass(frozen=True)
+class Config:
+    """One configuration "<backbone>-s<seed>" of the blend: its fold models, its TTA mode and its weight."""
+    name: str
+    tta: str
+    weight: float
+    score: float | None  # pooled out-of-fold score (the run's metric) at `tta`; None after a TTA override
+    members: tuple  # MemberPlan of each fold model
+    temperature: float | None = None  # ensemble.temperature: fitted on the pooled out-of-fold rows
+
+
+@dataclass(frozen=True)
+class Blend:
+    method: str | None  # None: one configuration, which is the prediction as it is
+    oof_score: float | None = None
+    nested_score: float | None = None
+    params: dict | None = None  # stack: the second-level model (kit.ensemble.MethodResult.params)
+
+
+class Ensemble:
+    """What a run chose, ready to predict. Made by kit.load (a run directory or a bundle); `select` and `with_tta`
+    return changed copies that share the models already built."""
+
+    def __init__(self, source, kind, recipe: Recipe, classes, configs, blend: Blend, weights_files: dict,
+                 versions: dict, left_out=(), keep=None):
+        self.source, self.kind, self.recipe = Path(source), kind, recipe
+        self.classes = tuple(classes)
+        self.configs, self.blend = tuple(configs), blend
+        self.weights_files = weights_files  # member name -> its weights file (best.pt or model.safetensors)
+        self.versions, self.left_out = dict(versions), tuple(left_out)
+        self._keep = keep  # a bundle's extracted zip (TemporaryDirectory): removed with the last copy
+        self._models: dict = {}
+
+    @property
+    def members(self) -> list[str]:
+        """The configurations predicted (names "<backbone>-s<seed>", as in ensemble/report.json)."""
+        return [c.name for c in self.configs]
+
+    @property
+    def metric(self) -> str:
+        return self.recipe.train.metric
+
+    def __repr__(self) -> str:
+        method = self.blend.method or "one configuration"
+        configs = ", ".join(f"{c.name} ({c.tta})" for c in self.configs)
+        return (f"<kit Ensemble {self.source} ({self.kind}): {method} of {configs}; "
+                f"{sum(len(c.members) for c in self.configs)} model(s); classes {', '.join(self.classes)}>")
+
+    def summary(self) -> pd.DataFrame:
+        """A row per configuration: backbone, fold models, TTA mode, blend weight, validation score."""
+        rows = [{"configuration": c.name, "backbone": c.members[0].recipe.model.backbone, "models": len(c.members),
+                 "tta": c.tta, "weight": c.weight, f"val_{self.metric}": c.score} for c in self.configs]
+        df = pd.DataFrame(rows).set_index("configuration")
+        df.attrs.update(method=self.blend.method, oof_score=self.blend.oof_score,
+                        nested_score=self.blend.nested_score, source=str(self.source), left_out=list(self.left_out))
+        return df
+
+    def _copy(self, **changes) -> "Ensemble":
+        new = Ensemble(self.source, self.kind, self.recipe, self.classes, changes.get("configs", self.configs),
+                       changes.get("blend", self.blend), self.weights_files, self.versions, self.left_out, self._keep)
+        new._models = self._models
+        return new
+
+    def select(self, k: int) -> "Ensemble":
+        """The k configurations weighing most in the blend (ties: the better validation score), weights
+        re-normalised; k = 1 is that configuration alone, as in a run with one configuration."""
+        n = len(self.configs)
+        if k < 1:
+            raise RecipeError(f"--members {k}: keep at least 1 of the {n} configurations")
+        if k >= n:
+            return self
+        if self.blend.method == "stack":
+            raise RecipeError(f"--members {k}: this run blends with 'stack', a model fitted on all {n} "
+                              f"configurations' probabilities together, which cannot drop any; predict with all "
+                              f"{n}, or blend the run with another method (ensemble.choose)")
+        sign = 1 if M.get_metric(self.metric).higher_is_better else -1
+        ranked = sorted(range(n), key=lambda i: (-self.configs[i].weight, -sign * (self.configs[i].score or 0), i))
+        kept = [self.configs[i] for i in sorted(ranked[:k])]
+        if k == 1:
+            return self._copy(configs=[replace(kept[0], weight=1.0, temperature=None)], blend=Blend(None))
+        total = sum(c.weight for c in kept)
+        return self._copy(configs=[replace(c, weight=c.weight / total) for c in kept])
+
+    def with_tta(self, mode: str) -> "Ensemble":
+        """Every configuration predicted at TTA mode `mode` instead of its chosen one."""
+        if mode not in TTA_MODES:
+            raise RecipeError(f"--tta {mode!r} is not a TTA mode; valid: {', '.join(TTA_MODES)}")
+        return self._copy(configs=[c if c.tta == mode else replace(c, tta=mode, score=None) for c in self.configs])
+
+    # ------------------------------------------------------------ predicting
+
+    def predict(self, images, ids=None, *, batch_size: int | None = None, device=None, num_workers: int | None = None,
+                progress=None) -> pd.DataFrame:
+        """Class probabilities of `images` (paths, a folder, PIL images, HxWx3 uint8 arrays, or a table from
+        prepare_images): a DataFrame indexed by `ids` (a folder: its file ids; else positions) with
+        a column per class. Bad image files raise one ImageReadError naming them all. progress(done, total)."""
+        table, named = prepare_images(images, ids, self.classes, self.recipe.data.image_suffix)
+        probs = self.predict_table(table, batch_size=batch_size, device=device, num_workers=num_workers,
+                                   progress=progress)
+        index = pd.Index(table.ids, name="id") if named else pd.RangeIndex(len(table))
+        return pd.DataFrame(probs, index=index, columns=list(self.classes))
+
+    def predict_labels(self, images, ids=None, **kwargs) -> pd.Series:
+        """The most probable class name of each image (same arguments as predict)."""
+        probs = self.predict(images, ids, **kwargs)
+        return pd.Series(np.asarray(self.classes, dtype=object)[probs.to_numpy().argmax(axis=1)], index=probs.index,
+                         name=self.recipe.data.label_column)
+
+    def predict_table(self, table, *, batch_size=None, device=None, num_workers=None, progress=None) -> np.ndarray:
+        """The blend's probabilities [N, C] float32 of an ImageTable (kit.data.sources), in its row order."""
+        from kit import ensemble as E
+        per_config = self._config_probs(table, batch_size, device, num_workers, progress)
+        if self.blend.method is None:
+            return per_config[0]
+        if any(c.temperature is not None for c in self.configs):  # float32 in between, as kit.run.blend keeps them
+            per_config = [E.apply_temperature(p, c.temperature).astype(np.float32) for p, c in
+                          zip(per_config, self.configs)]
+        if self.blend.method == "rank" and len(table) < RANK_MIN_IMAGES:
+            import warnings
+            warnings.warn(f"this run blends by rank, which ranks each class's probabilities among the images "
+                          f"predicted together: {len(table)} image(s) here give a coarse blend (one image: uniform "
+                          f"probabilities); predict the whole test set in one call, or select(1)", stacklevel=3)
+        result = E.MethodResult(self.blend.method, np.array([c.weight for c in self.configs]), np.nan, np.nan,
+                                **({"params": self.blend.params} if self.blend.params else {}))
+        return E.apply_method(per_config, result).astype(np.float32)
+
+    def time_per_1000(self, *, batch_size=None, device=None, n: int = TIMING_IMAGES) -> float:
+        """Seconds per 1,000 images, from a timing pass of `n` synthetic images through every model and the blend
+        (after one warm-up image, which also builds the models); decoding files is not included."""
+        from kit.data.sources import ImageTable
+        from kit.tta import tta_resize
+        side = max(tta_resize(m.data_config["input_size"], m.data_config["crop_pct"], m.recipe.tta.resize)
+                   for c in self.configs for m in c.members)
+        rng = np.random.default_rng(0)
+        images = [rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for _ in range(n + 1)]
+        table = ImageTable(np.arange(n + 1).astype(str), images, None, self.classes)
+        self.predict_table(table.subset([0]), batch_size=batch_size, device=device, num_workers=0)
+        t0 = time.perf_counter()
+        self.predict_table(table.subset(np.arange(1, n + 1)), batch_size=batch_size, device=device, num_workers=0)
+        return (time.perf_counter() - t0) / n * 1000
+
+    def device(self, device=None):
+        """The torch device predictions run on: `device`, else the run's train.device (auto: CUDA if any)."""
+        from kit.runtime import resolve_device
+        return resolve_device(str(device) if device is not None else self.recipe.train.device)
+
+    def _config_probs(self, table, batch_size, device, num_workers, progress) -> list[np.ndarray]:
+        """Each configuration's probabilities: the mean of its fold models' at its TTA mode. Members that share
+        an eval transform and batch size read each batch once."""
+        from kit.data import ImageDataset, make_loader
+        if batch_size is not None and batch_size < 1:
+            raise RecipeError(f"--batch-size {batch_size}: predict at least 1 image a batch")
+        device = self.device(device)
+        groups: dict = {}
+        for c in self.configs:
+            for m in c.members:
+                bs = batch_size or m.recipe.train.batch_size * 2  # predict_member's batch
+                groups.setdefault((json.dumps(m.data_config, sort_keys=True), _resize(m), bs), []).append((c, m))
+        out, done, total = {}, 0, len(table) * len(groups)
+        for (_, _, bs), pairs in groups.items():
+            first = pairs[0][1]
+            workers = first.recipe.data.num_workers if num_workers is None else num_workers
+            loader = make_loader(ImageDataset(table, np.arange(len(table)), _transform(first)), bs, shuffle=False,
+                                 num_workers=workers, seed=first.recipe.train.seed)
+            for batch in loader:
+                for c, m in pairs:
+                    probs, rows = _predict_batch(self._model(m, device), batch, m, c.tta, device)
+                    out.setdefault(m.name, np.zeros((len(table), len(self.classes)), np.float32))[rows] = probs
+                done += len(batch[2])
+                if progress is not None:
+                    progress(done, total)
+        return [np.mean([out[m.name] for m in c.members], axis=0) for c in self.configs]
+
+    def _model(self, member: MemberPlan, device):
+        key = (member.name, str(device))
+        if key not in self._models:
+            self._models[key] = build_member_model(member, len(self.classes), self.weights_files[member.name],
+                                                   device, self.versions)
+        return self._models[key]
+
+
+# ---------------------------------------------------------------- one member, as kit.members.predict_member
+
+def _resize(member: MemberPlan) -> int:
+    from kit.tta import tta_resize
+    cfg = member.data_config
+    return tta_resize(cfg["input_size"], cfg["crop_pct"], member.recipe.tta.resize)
+
+
+def _transform(member: MemberPlan):
+    from kit.data import create_eval_transform
+    r = _resize(member)
+    return create_eval_transform(member.data_config, resize=r, crop=r)
+
+
+def _predict_batch(model, batch, member: MemberPlan, mode: str, device):
+    from kit.runtime import resolve_amp
+    from kit.tta import predict_modes
+    r, cfg = member.recipe, member.data_config
+    by_mode, rows = predict_modes(model, [batch], [mode], r.tta.merge, input_size=cfg["input_size"], device=device,
+                                  amp_dtype=resolve_amp(r.train.amp, device), channels_last=member.channels_last,
+                                  max_batch_views=r.tta.max_batch_views, original_weight=r.tta.original_weight,
+                                  scales=tuple(r.tta.scales))
+    return by_mode[mode], rows
+
+
+def build_member_model(member: MemberPlan, num_classes: int, weights_file: Path, device, versions=None):
+    """The member's model in its planned architecture with its own weights (no pretrained download), on `device`.
+    Weights: best.pt through torch.load(weights_only=True), or a bundle's safetensors; nothing is unpickled."""
+    from kit.features import restore_member_model
+    from kit.models.backbone import build_model, to_device
+    model, _ = build_model(member.recipe.model, num_classes, member.pretrained_cfg, load_weights=False)
+    model = restore_member_model(model, member.recipe.model, Path(weights_file).parent)
+    state = read_weights(Path(weights_file))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        made = f" (it was made with timm {versions['timm']}, this is timm {_version('timm')})" if versions else ""
+        raise RunDirError(f"{weights_file} does not fit {member.recipe.model.backbone} as this timm builds it{made}: "
+                          f"{str(e).splitlines()[0][:200]}; install the timm version it was made with") from None
+    return to_device(model, device, member.channels_last)
+
+
+def read_weights(path: Path) -> dict:
+    if path.suffix == ".safetensors":
+        from kit.bundle import read_safetensors
+        return read_safetensors(path)
+    from kit.members import _load_tensors  # the run's own rule: weights_only, UnsafeFileError naming the file
+    return _load_tensors(path)["model"]
+
+
+def _version(package: str) -> str:
+    import importlib.metadata
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def versions() -> dict:
+    import kit
+    return {"kit": kit.__version__, "torch": _version("torch"), "timm": _version("timm"),
+            "safetensors": _version("safetensors")}
