@@ -187,6 +187,30 @@ def cmd_submit(args):
     return 0
 
 
+def cmd_distill(args):
+    from kit.pseudo import distill_recipe
+    from kit.run import run
+    student = distill_recipe(args.run, args.into, args.overrides, name=args.name)
+    with _progress() as pf:
+        summary = run(student, progress_factory=pf, log=_log)
+    print_summary(summary)
+    _compare_with_teacher(args.run, summary)
+    return 0
+
+
+def _compare_with_teacher(teacher_dir, summary) -> None:
+    """The student's validation score beside its teacher's blend (both out-of-fold, same folds)."""
+    import json
+    from pathlib import Path
+    from kit.run import summary_dict
+    teacher = json.loads((Path(teacher_dir) / "summary.json").read_text())
+    d = summary_dict(summary)
+    t_score = (teacher["methods"][teacher["chosen"]]["oof"] if teacher.get("chosen")
+               else teacher["best_member_score"])
+    console.print(f"student {d['best_member']}: out-of-fold {summary.metric} {d['best_member_score']:.4f}; "
+                  f"teacher ({teacher.get('chosen') or teacher['best_member']}): {t_score:.4f}", highlight=False)
+
+
 def cmd_plan(args):
     from kit.members import load_checked_sources
     from kit.plan import format_plan, plan_run
@@ -330,6 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("plan", help="show the run plan of a recipe (members, strategies, lr groups, TTA) without training")
     _recipe_args(s)
     s.set_defaults(fn=cmd_plan)
+
+    s = sub.add_parser("distill", help="train one student model on a finished run's blend (a member of its own run)")
+    s.add_argument("run", help="the teacher's run directory (runs/<name>), finished")
+    s.add_argument("--into", required=True, metavar="BACKBONE", help="timm name of the student, e.g. resnet18")
+    s.add_argument("--name", help="the student's run name (default: <teacher>-distill-<backbone>)")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the student's recipe, e.g. --set distill.alpha=0.3 (repeatable)")
+    s.set_defaults(fn=cmd_distill)
 
     s = sub.add_parser("train", help="train members of a recipe (all, or some with --member)")
     _recipe_args(s)

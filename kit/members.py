@@ -88,6 +88,8 @@ def prepare_run(recipe: Recipe) -> RunContext:
         if list(ids) != list(sources.train.ids):
             raise RunDirError(f"{folds_file} was made for other images than data.* now gives; "
                               f"the data changed under this run: use a new run name")
+    elif recipe.distill.teacher:  # a student validates on exactly the teacher's folds (kit.pseudo's rule)
+        folds = _teacher_folds(recipe, sources)
     else:
         folds = make_folds(sources.train.labels, recipe.data, classes=sources.train.classes)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -100,6 +102,18 @@ def prepare_run(recipe: Recipe) -> RunContext:
     if bad:
         _write_bad_images(run_dir / "bad_images.csv", bad)
     return RunContext(plan, run_dir, sources, np.asarray(folds), bad)
+
+
+def _teacher_folds(recipe: Recipe, sources) -> np.ndarray:
+    from kit.data import load_folds
+    path = Path(recipe.distill.teacher) / "folds.csv"
+    if not path.is_file():
+        raise RunDirError(f"distill.teacher {recipe.distill.teacher} is not a finished run ({path} is missing)")
+    ids, _, folds = load_folds(path)
+    if list(ids) != list(sources.train.ids):
+        raise RunDirError(f"distill.teacher {recipe.distill.teacher} was trained on other labelled images than "
+                          f"data.* gives here; distil with the teacher's data")
+    return folds
 
 
 def _write_bad_images(path: Path, bad: list) -> None:
@@ -119,16 +133,26 @@ def member_done(run_dir, member: MemberPlan) -> dict | None:
     return read_json(f) if f.exists() else None
 
 
-def _loaders(ctx: RunContext, member: MemberPlan):
+def learns_from_teacher(member: MemberPlan) -> bool:
+    """A pseudo-label round after the first, or a distilled student: its targets come from kit.pseudo."""
+    return member.round > 0 or member.recipe.distill.teacher is not None
+
+
+def _loaders(ctx: RunContext, member: MemberPlan, device=None, log=None):
     from kit.data import ImageDataset, create_eval_transform, create_train_transform, make_loader
     r, cfg = member.recipe, member.data_config
     train_rows = np.flatnonzero(ctx.folds != member.fold)
     val_rows = np.flatnonzero(ctx.folds == member.fold)
     table = ctx.sources.train
+    transform = create_train_transform(r.augment, cfg)
+    if learns_from_teacher(member):  # labelled rows + test images, with target distributions from the teacher
+        from kit.pseudo import student_dataset
+        dataset = student_dataset(ctx, member, transform, device, log)
+    else:
+        dataset = ImageDataset(table, train_rows, transform)
     mixing = r.train.mixup > 0 or r.train.cutmix > 0  # timm's Mixup pairs the batch: needs an even size
-    train = make_loader(ImageDataset(table, train_rows, create_train_transform(r.augment, cfg)),
-                        r.train.batch_size, shuffle=True, num_workers=r.data.num_workers, seed=r.train.seed,
-                        drop_last=mixing or len(train_rows) % r.train.batch_size == 1)
+    train = make_loader(dataset, r.train.batch_size, shuffle=True, num_workers=r.data.num_workers, seed=r.train.seed,
+                        drop_last=mixing or len(dataset) % r.train.batch_size == 1)
     val = make_loader(ImageDataset(table, val_rows, create_eval_transform(cfg)), r.train.batch_size * 2,
                       shuffle=False, num_workers=r.data.num_workers, seed=r.train.seed)
     return train, val, val_rows
@@ -159,12 +183,12 @@ def train_member(ctx: RunContext, member: MemberPlan, *, resume: bool = True, on
     try:
         done = member_done(ctx.run_dir, member)
         return done if done is not None else _train_member(ctx, member, out, resume, on_epoch_end,
-                                                             progress_factory, device)
+                                                             progress_factory, device, log)
     finally:
         lock.release()
 
 
-def _train_member(ctx, member: MemberPlan, out: Path, resume, on_epoch_end, progress_factory, device) -> dict:
+def _train_member(ctx, member: MemberPlan, out: Path, resume, on_epoch_end, progress_factory, device, log) -> dict:
     import torch
     from kit.models.backbone import build_model, to_device
     from kit.runtime import describe_device, resolve_device, seed_everything
@@ -177,7 +201,7 @@ def _train_member(ctx, member: MemberPlan, out: Path, resume, on_epoch_end, prog
     table = ctx.sources.train
     model, weights_source = build_model(r.model, len(table.classes), member.pretrained_cfg)
     model = to_device(model, device, member.channels_last)
-    train_loader, val_loader, val_rows = _loaders(ctx, member)
+    train_loader, val_loader, val_rows = _loaders(ctx, member, device, log)
     if r.model.strategy == "feature_extract":  # a shallow head on cached embeddings (kit.features)
         from kit.features import fit_feature_member
         model, history = fit_feature_member(ctx, member, model, member.data_config, out, device=device,
@@ -240,6 +264,20 @@ def predict_member(ctx: RunContext, member: MemberPlan, model, cfg, device, chan
             if split == "oof":
                 scores[mode] = M.score_all(labels, probs)
     return scores
+
+
+def predict_rows(ctx: RunContext, member: MemberPlan, model, cfg, device, channels_last, table, rows) -> np.ndarray:
+    """Probabilities (TTA none) of rows `rows` of `table`, in that order; nothing saved."""
+    from kit.data import ImageDataset, create_eval_transform, make_loader
+    from kit.runtime import resolve_amp
+    from kit.tta import predict_modes
+    r = member.recipe
+    loader = make_loader(ImageDataset(table, rows, create_eval_transform(cfg)), r.train.batch_size * 2,
+                         shuffle=False, num_workers=r.data.num_workers, seed=r.train.seed)
+    by_mode, idx = predict_modes(model, loader, ["none"], input_size=cfg["input_size"], device=device,
+                                 amp_dtype=resolve_amp(r.train.amp, device), channels_last=channels_last)
+    order = {int(row): k for k, row in enumerate(idx)}
+    return by_mode["none"][[order[int(row)] for row in rows]]
 
 
 def choose_tta(scores: dict, metric: str, fixed: str = "auto") -> str:

@@ -47,6 +47,7 @@ class MemberPlan:
     param_groups: list = field(default_factory=list)  # [{"name", "params", "lr", "weight_decay"}] for display
     frozen_stages: list = field(default_factory=list)  # stages frozen at each epoch (gradual unfreezing)
     n_stages: int = 0
+    round: int = 0  # pseudo-label round (kit.pseudo): round r > 0 learns from round r - 1's blend
 
 
 @dataclass(frozen=True)
@@ -63,10 +64,17 @@ class RunPlan:
     def tta_modes(self) -> list[str]:
         return list(dict.fromkeys(m for member in self.members for m in member.tta_modes))
 
-    def configs(self) -> dict[str, list[MemberPlan]]:
+    @property
+    def rounds(self) -> list[int]:
+        return sorted({m.round for m in self.members})
+
+    def configs(self, round: int | None = None) -> dict[str, list[MemberPlan]]:
+        """Configuration -> its fold members, of one pseudo-label round (default: the last, which submits)."""
+        round = self.rounds[-1] if round is None else round
         out: dict[str, list[MemberPlan]] = {}
         for m in self.members:
-            out.setdefault(m.config, []).append(m)
+            if m.round == round:
+                out.setdefault(m.config, []).append(m)
         return out
 
 
@@ -135,6 +143,26 @@ def _describe_model(r: Recipe, num_classes: int, device) -> dict:
             "param_groups": groups, "frozen_stages": frozen, "n_stages": n_stages}
 
 
+def _check_teacher(recipe: Recipe, r: Recipe, sources) -> None:
+    """Pseudo-labels and distillation train on target distributions: not with mixup/cutmix (timm's Mixup mixes
+    class indices) nor with cached embeddings; pseudo-labels need test images."""
+    from kit.errors import DataError, RecipeError
+    learns = recipe.pseudo.rounds > 0 or recipe.distill.teacher is not None
+    what = "pseudo.rounds" if recipe.pseudo.rounds > 0 else "distill.teacher"
+    if learns and (r.train.mixup > 0 or r.train.cutmix > 0):
+        raise RecipeError(f"recipe key '{what}' of {recipe.name}: a member that learns from a teacher trains on "
+                          f"target distributions, which train.mixup / train.cutmix cannot mix; set them to 0")
+    if learns and r.model.strategy == "feature_extract":
+        raise RecipeError(f"recipe key '{what}' of {recipe.name}: model.strategy feature_extract trains a head on "
+                          f"cached embeddings of the labelled images only; use finetune, full or cut_at")
+    if recipe.pseudo.rounds > 0 and sources.test is None:
+        raise DataError(f"recipe key 'pseudo.rounds' of {recipe.name}: pseudo-labels are made on the test images, "
+                        f"and data.* gives none (data.test_dir)")
+    if recipe.distill.teacher and not (Path(recipe.distill.teacher) / PLAN_FILE).is_file():
+        raise RecipeError(f"recipe key 'distill.teacher' of {recipe.name}: {recipe.distill.teacher} is not a run "
+                          f"directory with a plan ({PLAN_FILE}); give the teacher's runs/<name>")
+
+
 def make_plan(recipe: Recipe, sources) -> RunPlan:
     """Expand and resolve every member of `recipe` (see the module docstring). `sources`: kit.data.Sources."""
     import torch
@@ -145,6 +173,7 @@ def make_plan(recipe: Recipe, sources) -> RunPlan:
     members = []
     for b in range(len(recipe.ensemble.backbones or [{}])):
         r = _resolve_backbone(recipe, b, sources, advice)
+        _check_teacher(recipe, r, sources)
         d = _describe_model(r, num_classes, device)
         if r.data.num_workers == "auto":
             r = r.with_overrides({"data.num_workers": choose_workers(r, sources, d["data_config"])},
@@ -154,10 +183,13 @@ def make_plan(recipe: Recipe, sources) -> RunPlan:
             raise RunDirError(f"tta.mode {r.tta.mode!r} of backbone {b} is not among its tta.modes {list(modes)}")
         for seed in recipe.seeds:
             rs = r.with_overrides({"train.seed": seed}, source=f"plan of {recipe.name}")
-            for fold in folds:
-                config = f"{names[b]}-s{seed}"
-                members.append(MemberPlan(len(members), f"{config}-f{fold}", config, b, seed, fold, rs,
-                                          tta_modes=modes, weights=r.model.weights, **d))
+            for rnd in range(recipe.pseudo.rounds + 1):
+                for fold in folds:
+                    config = f"{names[b]}-s{seed}" + (f"-r{rnd}" if rnd else "")
+                    members.append(MemberPlan(len(members), f"{config}-f{fold}", config, b, seed, fold, rs,
+                                              tta_modes=modes, weights=r.model.weights, round=rnd, **d))
+    members.sort(key=lambda m: (m.round, m.index))  # a round trains after the one it learns from
+    members = [MemberPlan(**{**m.__dict__, "index": i}) for i, m in enumerate(members)]
     from kit.tta import CPU_CHUNK_PIXELS
     env = {"threads": torch.get_num_threads(), "torch": torch.__version__, "device": device.type,
            "tta_cpu_chunk_pixels": CPU_CHUNK_PIXELS}

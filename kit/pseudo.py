@@ -33,28 +33,25 @@ class Teacher:
     classes: tuple
 
 
-def load_teacher(run_dir, plan, summary_configs=None) -> Teacher:
-    """The blend a finished run (or round) chose: ensemble/report.json (method, weights or stacker, TTA per
-    configuration) and the plan's fold members. `summary_configs` (kit.run.ConfigResult) stands in for the
-    report of a single-configuration run, which blends nothing."""
+def load_teacher(run_dir, plan, report_dir=None) -> Teacher:
+    """The blend a finished run (or round) chose: <report_dir>/report.json (default run_dir/ensemble: the method,
+    its weights or stacker, the TTA mode of each configuration) and the plan's fold members."""
     from kit.ensemble import MethodResult
     run_dir = Path(run_dir)
     members = {}
     for m in plan.members:
         members.setdefault(m.config, {})[m.fold] = m.name
-    report_file = run_dir / "ensemble" / "report.json"
-    if report_file.exists():
-        report = json.loads(report_file.read_text())
+    report_file = Path(report_dir or run_dir / "ensemble") / "report.json"
+    if not report_file.exists():
+        raise RunDirError(f"{run_dir} has no blend yet ({report_file} is missing): finish it first with "
+                          f"kit submit {run_dir}")
+    report = json.loads(report_file.read_text())
+    method = None
+    if report.get("chosen"):
         res = report["methods"][report["chosen"]]
         method = MethodResult(report["chosen"], np.asarray(res["weights"]), res["oof_score"], res["nested_score"],
                               res.get("params"))
-        order, tta = report["members"], report.get("tta", {})
-    elif summary_configs:
-        method, order = None, [summary_configs[0].config]
-        tta = {c.config: c.tta for c in summary_configs}
-    else:
-        raise RunDirError(f"{run_dir} has no blend yet (ensemble/report.json): finish it first with "
-                          f"kit submit {run_dir}")
+    order, tta = report["members"], report.get("tta", {})
     missing = [c for c in order if c not in members]
     if missing:
         raise RunDirError(f"{report_file} blends configurations {missing} that the plan of {run_dir} does not have")
@@ -123,3 +120,129 @@ def mixed_targets(labels, teacher_probs: np.ndarray, alpha: float, temperature: 
     Cross-entropy is linear in its target, so this is alpha x hard loss + (1 - alpha) x soft loss."""
     n_classes = teacher_probs.shape[1]
     return (alpha * one_hot(labels, n_classes) + (1 - alpha) * soften(teacher_probs, temperature)).astype(np.float32)
+
+
+# ---------------------------------------------------------------- a student member's training rows
+
+def round_dir(run_dir, round: int) -> Path:
+    """Where round `round`'s blend is written when a later round learns from it (the last round's is ensemble/)."""
+    return Path(run_dir) / "ensemble" / f"round{round}"
+
+
+class TargetDataset:
+    """Parts (ImageDataset, targets [n, C] float32, row offset) as one training set whose items are
+    (image, target distribution, row + offset). Indexed like ImageDataset (an int or a kit.data.loader.Draw),
+    so that each sample's augmentation is seeded the same way; `indices` are the rows the sampler seeds from."""
+
+    def __init__(self, parts):
+        self.parts = parts
+        self.indices = np.concatenate([ds.indices + offset for ds, _, offset in parts])
+        self._starts = np.cumsum([0] + [len(ds) for ds, _, _ in parts])
+        self.transform = parts[0][0].transform
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def seed_augmentation(self, seed: int) -> None:
+        for ds, _, _ in self.parts:
+            ds.seed_augmentation(seed)
+
+    def __getitem__(self, i):
+        import torch
+        from kit.data.loader import Draw
+        position, seed = (i.position, i.seed) if isinstance(i, Draw) else (int(i), None)
+        p = int(np.searchsorted(self._starts, position, side="right") - 1)
+        ds, targets, offset = self.parts[p]
+        j = position - int(self._starts[p])
+        item = ds[Draw(j, seed)] if seed is not None else ds[j]
+        if not (isinstance(item, tuple) and len(item) == 3 and not hasattr(item, "error")):
+            return item  # a failure carried from a worker (kit.data.loader), raised by the loader as it was
+        image, _, row = item
+        return image, torch.from_numpy(np.ascontiguousarray(targets[j])), row + offset
+
+
+def teacher_of(ctx, member):
+    """(Teacher, kind): the previous round of this run for a pseudo-label round, or the distill.teacher run."""
+    from kit.plan import load_plan
+    if member.round > 0:
+        from kit.plan import RunPlan
+        prev = [m for m in ctx.plan.members if m.round == member.round - 1]
+        sub = RunPlan(ctx.plan.recipe, ctx.plan.recipe_hash, tuple(prev), ctx.plan.folds, ctx.plan.environment,
+                      ctx.plan.data)
+        return load_teacher(ctx.run_dir, sub, round_dir(ctx.run_dir, member.round - 1)), "pseudo"
+    teacher_dir = Path(member.recipe.distill.teacher)
+    return load_teacher(teacher_dir, load_plan(teacher_dir / "plan.json")), "distill"
+
+
+def student_dataset(ctx, member, transform, device, log=None):
+    """The training set of a pseudo-label round's or a distilled member: its labelled training rows, plus test
+    images with targets from the teacher's fold-`member.fold` blend. Writes members/<name>/targets.json."""
+    from kit.data import ImageDataset
+    from kit.rundir import member_dir, write_json_atomic
+    teacher, kind = teacher_of(ctx, member)
+    train, test = ctx.sources.train, ctx.sources.test
+    n_classes = len(train.classes)
+    train_rows = np.flatnonzero(ctx.folds != member.fold)
+    info = {"kind": kind, "teacher": str(teacher.run_dir), "fold": member.fold}
+    if kind == "distill":
+        d = member.recipe.distill
+        probs, info["train_teachers"] = teacher_train_probs(ctx, teacher, member.fold, train_rows, device)
+        labelled = mixed_targets(train.labels[train_rows], probs, d.alpha, d.temperature)
+    else:
+        labelled = one_hot(train.labels[train_rows], n_classes)
+    parts = [(ImageDataset(train, train_rows, transform), labelled, 0)]
+    if test is not None and (kind == "pseudo" or member.recipe.distill.test_images):
+        pred, info["test_teachers"] = fold_blend(teacher, member.fold, "test")
+        pred = pred.reorder(test.ids)
+        if kind == "pseudo":
+            p = member.recipe.pseudo
+            rows, targets = select_pseudo(pred, threshold=p.threshold, top_fraction=p.top_fraction, soft=p.soft,
+                                          temperature=p.temperature)
+        else:
+            rows, targets = np.arange(len(test)), soften(pred.probs, member.recipe.distill.temperature)
+        parts.append((ImageDataset(test, rows, transform), targets, len(train)))
+        info["test_images"] = int(len(rows))
+    write_json_atomic(member_dir(ctx.run_dir, member.name) / "targets.json", info)
+    if log:
+        log(f"  {kind} targets from {teacher.run_dir}: {info.get('test_images', 0)} test images join "
+            f"{len(train_rows)} labelled ones")
+    return TargetDataset(parts)
+
+
+def teacher_train_probs(ctx, teacher: Teacher, fold: int, rows, device) -> tuple[np.ndarray, list[str]]:
+    """The teacher's fold-`fold` blend on labelled rows `rows` of ctx.sources.train (plain views: TTA none).
+    Those models trained on these rows and never on fold `fold`, which validates the student."""
+    from kit.ensemble import apply_method
+    from kit.members import load_member_model, prepare_run, predict_rows
+    from kit.run import load_run_recipe
+    tctx = prepare_run(load_run_recipe(teacher.run_dir))
+    if list(tctx.sources.train.ids) != list(ctx.sources.train.ids):
+        raise RunDirError(f"teacher {teacher.run_dir} was trained on other labelled images than this run; a "
+                          f"student must use the teacher's data")
+    by_name = {m.name: m for m in tctx.plan.members}
+    probs, names = [], []
+    for config in teacher.order:
+        m = by_name[teacher.configs[config][fold]]
+        model, cfg, channels_last = load_member_model(tctx, m, device)
+        probs.append(predict_rows(tctx, m, model, cfg, device, channels_last, ctx.sources.train, rows))
+        names.append(m.name)
+    blended = probs[0] if teacher.method is None else apply_method(probs, teacher.method)
+    return blended, names
+
+
+def distill_recipe(teacher_dir, backbone: str, overrides=(), name: str | None = None):
+    """The recipe of a student of the finished run `teacher_dir`: the teacher's own recipe (same data, folds,
+    augmentation, training schedule) with model.backbone = `backbone` (its weights `auto`), one seed, no
+    backbones grid, distill.teacher set; then `overrides` (--set). `kit distill RUN --into BACKBONE` runs it."""
+    from kit.recipe import EnsembleSpec, ModelSpec, PseudoSpec
+    from kit.run import load_run_recipe
+    teacher_dir = Path(teacher_dir).resolve()
+    t = load_run_recipe(teacher_dir)
+    over = {"name": name or f"{t.name}-distill-{backbone.replace('/', '_')}",
+            "model": ModelSpec(backbone=backbone, weights="auto",
+                               strategy="full" if t.model.strategy in ("auto", "feature_extract") else t.model.strategy,
+                               channels_last=t.model.channels_last).model_dump(),
+            "ensemble": EnsembleSpec(seeds=t.seeds[:1], methods=list(t.ensemble.methods)).model_dump(),
+            "pseudo": PseudoSpec().model_dump(), "distill.teacher": str(teacher_dir)}
+    student = t.with_overrides(over, source=f"kit distill {teacher_dir} --into {backbone}")
+    return student.with_overrides(list(overrides), source="--set") if overrides else student

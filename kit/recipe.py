@@ -242,6 +242,27 @@ class SubmitSpec(Spec):
     path: str = "submission.csv"  # relative to the run directory
 
 
+class PseudoSpec(Spec):
+    # Pseudo-labelling: after the first round of members, the blend's confident test predictions join the
+    # training rows of a new round (same grid, members named ...-r1). The member of fold k learns only from the
+    # fold-k members of the round before (kit.pseudo: no test label comes from a model that trained on fold k).
+    rounds: int = Field(0, ge=0, le=5)  # rounds after the first (0: off)
+    threshold: Optional[float] = Field(0.9, gt=0, le=1)  # keep test images whose blended top probability >= this
+    top_fraction: Optional[float] = Field(None, gt=0, le=1)  # instead: the most confident fraction of each class
+    soft: bool = True  # targets: the blend's probabilities (soft) or its argmax (hard)
+    temperature: float = Field(1.0, gt=0, le=20)  # soft targets p^(1/T), renormalised
+
+
+class DistillSpec(Spec):
+    # Distillation (`kit distill RUN --into BACKBONE` writes such a recipe): each member learns from the finished
+    # run `teacher`'s blend, per fold as pseudo-labels do: its training images' targets mix the one-hot label
+    # (weight alpha) with the teacher's softened probabilities; with test_images, the test images join too.
+    teacher: Optional[str] = None  # run directory of the teacher (a finished run with the same data and folds)
+    temperature: float = Field(2.0, gt=0, le=20)
+    alpha: float = Field(0.5, ge=0, le=1)  # weight of the hard label in a labelled image's target
+    test_images: bool = True  # also train on the test images with the teacher's soft blend
+
+
 class SearchParam(Spec):
     type: Literal["float", "int", "categorical"]
     low: Optional[float] = None
@@ -275,6 +296,8 @@ class Recipe(Spec):
     ensemble: EnsembleSpec = EnsembleSpec()
     submit: SubmitSpec = SubmitSpec()
     search: SearchSpec = SearchSpec()
+    pseudo: PseudoSpec = PseudoSpec()
+    distill: DistillSpec = DistillSpec()
 
     @field_validator("name")
     @classmethod

@@ -52,13 +52,14 @@ def _ensemble_base(ctx, s) -> dict:
                 strategy="+".join(sorted({m.recipe.model.strategy for m in ctx.plan.members})), tta_mode=s.tta)
 
 
-def record_ensemble(ctx, s) -> None:
+def record_ensemble(ctx, s, suffix: str = "") -> None:
+    """One row per blending method; `suffix` (':round0') names the blend of an earlier pseudo-label round."""
     from kit.leaderboard import Entry
     if not s.methods:
         return
     base = dict(_ensemble_base(ctx, s), wall_time_s=s.wall_time_s)
     env = environment_choices(ctx)
-    _record(ctx, [Entry(kind="ensemble", name=f"ensemble:{name}", score=res.nested_score, blend_method=name,
+    _record(ctx, [Entry(kind="ensemble", name=f"ensemble:{name}{suffix}", score=res.nested_score, blend_method=name,
                         scores={"oof": res.oof_score, "nested": res.nested_score},
                         extra={"members": [c.config for c in s.configs], "weights": res.weights.tolist(),
                                "ensemble_size": int(np.count_nonzero(res.weights > 1e-6)),

@@ -64,6 +64,8 @@ def train(recipe: Recipe, members: str | None = None, *, resume: bool = True, pr
         log(f"{len(ctx.bad_images)} bad images left out (data.bad_images: skip): {ctx.run_dir / 'bad_images.csv'}")
     records = []
     for m in select_members(everyone, members):
+        if m.round > 0 and not (pseudo_round_dir(ctx.run_dir, m.round - 1) / "report.json").exists():
+            blend_round(ctx, m.round - 1, log)  # the teacher of round m.round: round m.round - 1's blend
         done = member_done(ctx.run_dir, m)
         if done is not None:
             log(f"member {m.index} {m.name}: finished before, skipped")
@@ -94,15 +96,17 @@ def _fmt_scores(rec: dict, metric: str) -> str:
     return ", ".join(f"{mode} {s[metric]:.4f}" for mode, s in rec["scores"].items()) + f" val {metric}"
 
 
-def collect(ctx: RunContext, *, need_test: bool = True) -> tuple[list[ConfigResult], list[str]]:
+def collect(ctx: RunContext, *, need_test: bool = True, round: int | None = None
+            ) -> tuple[list[ConfigResult], list[str]]:
     """Each finished configuration's out-of-fold and test predictions at its chosen TTA mode (kit.members.choose_tta
-    over the pooled out-of-fold rows of every mode its members predicted), and the members not finished."""
+    over the pooled out-of-fold rows of every mode its members predicted), and the members not finished, of one
+    pseudo-label round (default: the last)."""
     done = {m.name: member_done(ctx.run_dir, m) for m in ctx.plan.members}
     pending = [n for n, d in done.items() if d is None]
     metric = ctx.recipe.train.metric
     need_test = need_test and ctx.sources.test is not None
     configs = []
-    for config, ms in ctx.plan.configs().items():
+    for config, ms in ctx.plan.configs(round).items():
         if not all(done[m.name] for m in ms):
             continue
         oofs = {mode: config_predictions(ctx.run_dir, ms, mode, need_test=False)[0]
@@ -118,11 +122,13 @@ def collect(ctx: RunContext, *, need_test: bool = True) -> tuple[list[ConfigResu
     return configs, pending
 
 
-def blend(ctx: RunContext, configs: list[ConfigResult]) -> tuple[dict, str | None]:
+def blend(ctx: RunContext, configs: list[ConfigResult], out: Path | None = None) -> tuple[dict, str | None]:
     """Score every blending method (the best single member among them) on out-of-fold predictions with a nested
-    estimate, save the blends; the chosen one by ensemble.choose (auto: best nested score)."""
+    estimate, save the blends in `out` (default runs/<name>/ensemble); the chosen one by ensemble.choose (auto:
+    best nested score)."""
     from kit import ensemble as E
     r = ctx.recipe
+    out = out or ctx.run_dir / "ensemble"
     if len(configs) < 2:
         return {}, None
     ids = configs[0].oof.ids
@@ -137,7 +143,6 @@ def blend(ctx: RunContext, configs: list[ConfigResult]) -> tuple[dict, str | Non
     folds = np.array([fold_of[i] for i in ids]) if r.data.split == "kfold" else None
     methods = E.evaluate_methods(oofs, r.train.metric, folds=folds, methods=r.ensemble.methods, seed=r.data.seed)
     chosen = E.choose_method(methods, r.train.metric) if r.ensemble.choose == "auto" else r.ensemble.choose
-    out = ctx.run_dir / "ensemble"
     for name, res in methods.items():
         save_predictions(Predictions(ids, E.apply_method([o.probs for o in oofs], res), oofs[0].classes,
                                      oofs[0].labels), out / f"oof_{name}.npz")
@@ -151,6 +156,37 @@ def blend(ctx: RunContext, configs: list[ConfigResult]) -> tuple[dict, str | Non
         "methods": {k: {"weights": v.weights, "oof_score": v.oof_score, "nested_score": v.nested_score,
                         **({"params": v.params} if v.params else {})} for k, v in methods.items()}})
     return methods, chosen
+
+
+def pseudo_round_dir(run_dir, round: int) -> Path:
+    from kit.pseudo import round_dir
+    return round_dir(run_dir, round)
+
+
+def blend_round(ctx: RunContext, round: int, log=print) -> dict:
+    """Blend pseudo-label round `round` (every member finished) into ensemble/round<r>/: the teacher of the next
+    round, recorded on the leaderboard as ensemble:<method>:round<r>, so that the gain per round is visible."""
+    from kit.record import record_ensemble
+    pending = [m.name for m in ctx.plan.members if m.round == round and member_done(ctx.run_dir, m) is None]
+    if pending:
+        raise RunDirError(f"round {round + 1} of pseudo-labels learns from round {round}, whose members "
+                          f"{', '.join(pending[:3])} are not finished; train them first: kit train {ctx.run_dir}")
+    configs, _ = collect(ctx, round=round)
+    out = pseudo_round_dir(ctx.run_dir, round)
+    methods, chosen = blend(ctx, configs, out)
+    best = best_config(configs, ctx.recipe.train.metric)
+    report = {"round": round, "chosen": chosen, "members": [c.config for c in configs] if chosen else [best.config],
+              "tta": {c.config: c.tta for c in configs}, "best_member": best.config,
+              "best_member_score": best.tta_scores[best.tta],
+              "methods": {k: {"weights": v.weights, "oof_score": v.oof_score, "nested_score": v.nested_score,
+                              **({"params": v.params} if v.params else {})} for k, v in methods.items()}}
+    write_json_atomic(out / "report.json", report)
+    summary = Summary(ctx.run_dir, ctx.recipe.train.metric, configs, methods, chosen, None, 0.0, [])
+    record_ensemble(ctx, summary, suffix=f":round{round}")
+    score = methods[chosen].nested_score if chosen else report["best_member_score"]
+    log(f"round {round}: {chosen or 'best member ' + best.config} {ctx.recipe.train.metric} {score:.4f} "
+        f"(nested); the next round learns from it")
+    return report
 
 
 def final_test_predictions(ctx: RunContext, configs: list[ConfigResult], chosen: str | None) -> Predictions | None:
@@ -230,12 +266,24 @@ def summary_dict(s: Summary) -> dict:
          "best_member": best.config if best else None,
          "best_member_score": best.tta_scores[best.tta] if best else None,
          "methods": {k: {"oof": v.oof_score, "nested": v.nested_score} for k, v in s.methods.items()},
-         "chosen": s.chosen, "test_scores": s.test_scores, "bad_images": s.bad_images}
+         "chosen": s.chosen, "test_scores": s.test_scores, "bad_images": s.bad_images,
+         "rounds": _round_scores(s.run_dir)}
     if s.chosen and best:
         d["gain_oof"] = s.methods[s.chosen].oof_score - d["best_member_score"]
         d["gain_nested"] = s.methods[s.chosen].nested_score - d["best_member_score"]
         d["best_member_kept"] = s.chosen == "best"
     return d
+
+
+def _round_scores(run_dir) -> list[dict]:
+    """Earlier pseudo-label rounds' validation scores (their blend's nested score, or the best member's)."""
+    import json
+    out = []
+    for f in sorted(Path(run_dir).glob("ensemble/round*/report.json")):
+        r = json.loads(f.read_text())
+        score = r["methods"][r["chosen"]]["nested_score"] if r.get("chosen") else r["best_member_score"]
+        out.append({"round": r["round"], "chosen": r.get("chosen"), "score": score})
+    return out
 
 
 def validation_score(s: Summary) -> float | None:

@@ -168,8 +168,8 @@ def test_export_refuses_unfinished_members_with_a_command_that_works(exported, t
         export_bundle(run_dir, tmp_path / "b")
     assert not (tmp_path / "b").exists()
     command = str(e.value).rsplit("train them with: ", 1)[1].split()
-    assert command[:2] == ["kit", "train"] and command[-2:] == ["--member", "1"]
-    assert main(command[1:]) == 0  # the hint, as a user would run it
+    assert command[:2] == ["kit", "train"] and command[-3:] == ["--member", "1", "--resume"]
+    assert main(command[1:]) == 0  # the hint, as a user would run it: member 1 was interrupted (last.pt is left)
     capsys.readouterr()
     assert export_bundle(run_dir, tmp_path / "b").is_dir()
 

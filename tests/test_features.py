@@ -316,6 +316,29 @@ def test_svm_head_file_is_skops_and_loads_back_exactly(tmp_path):
     np.testing.assert_array_equal(again.predict_proba(x.astype(np.float32)), pipe.predict_proba(x.astype(np.float32)))
 
 
+@pytest.mark.parametrize("head", ["linear", "logreg", "svm"])
+def test_a_feature_constant_on_the_training_rows_cannot_swamp_new_images(head, tmp_path):
+    """Pooled features that never fire on the training images (std ~0) but do on a new one: standardising by
+    their std made z ~ 1e5 and such images' predictions arbitrary; embedding_scale floors the scale."""
+    rng = np.random.default_rng(0)
+    y = np.arange(120) % 3
+    x = (rng.normal(size=(120, 6)) + 2.5 * np.eye(3, 6)[y]).astype(np.float32)
+    x[:90, 5] = rng.normal(size=90) * 1e-5  # a unit that (nearly) never fires on the 90 training images
+    x[90:, 5] = 0.3  # ... and fires on every new one
+    mean, scale = F.embedding_scale(x[:90])
+    assert np.abs((x[90:] - mean) / scale).max() < 10
+    if head == "linear":
+        torch.manual_seed(0)
+        h = F.create_head(ModelSpec(head="linear"), 6, 3)
+        F.fit_torch_head(h, x[:75], y[:75], x[75:90], y[75:90], TrainSpec(epochs=30, batch_size=16, lr=1e-2,
+                         warmup_epochs=0), tmp_path / "head")
+        probs = F.head_proba(h, torch.from_numpy(x[90:]))
+    else:
+        probs = F.sklearn_proba(F.fit_sklearn_head(head, 1.0, x[:90], y[:90]), x[90:], 3)
+    from kit import metrics as M
+    assert M.score("accuracy", y[90:], probs) >= 0.8 and M.score("log_loss", y[90:], probs) < 0.6
+
+
 # ---------------------------------------------------------------- members
 
 MODES = ["none", "hflip"]

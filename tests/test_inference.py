@@ -272,7 +272,7 @@ def test_kit_predict_run_tta_still_predicts_the_runs_own_splits(trained, tmp_pat
 def test_an_unfinished_run_is_refused_naming_the_command(trained, tmp_path):
     run_dir = _copy_run(trained, tmp_path)
     (run_dir / "members" / "test_resnet-s1-f0" / "done.json").unlink()
-    with pytest.raises(RunDirError, match=rf"1 of 2 members .* not finished.*kit train {re.escape(str(run_dir))} --member 1"):
+    with pytest.raises(RunDirError, match=rf"1 of 2 members .* not finished.*kit train {re.escape(str(run_dir))} --member 1 --resume"):
         load(run_dir)
     with pytest.raises(RunDirError, match="neither a run directory"):
         load(tmp_path)

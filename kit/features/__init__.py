@@ -21,7 +21,7 @@ from kit.features._cache import (CACHE_FORMAT, TRANSFORM_KEYS, VIEWS, ZOOM, Cach
                                  cached_embeddings, describe_weights, embedding_key, feature_views,
                                  image_set_digest, kit_cache_dir, pooled_features, read_entry, view_batch)
 from kit.features._heads import (C_GRID, CALIBRATION_FRACTION, HEAD_FILE, LEGACY_HEAD_FILE, MISSING_LOGIT,
-                                 SKLEARN_TRUSTED, SklearnHead, calibration_split, choose_c, create_head,
+                                 SKLEARN_TRUSTED, SklearnHead, calibration_split, choose_c, create_head, embedding_scale,
                                  embedding_loader, fit_sklearn_head, fit_temperature, fit_torch_head, fitted_c,
                                  head_proba, install_head, load_sklearn_head, logreg_as_linear,
                                  restore_member_model, save_sklearn_head, sklearn_proba)
@@ -32,7 +32,8 @@ __all__ = [
     "describe_weights", "embedding_key", "feature_views", "image_set_digest", "kit_cache_dir", "pooled_features",
     "read_entry", "view_batch",
     "C_GRID", "CALIBRATION_FRACTION", "HEAD_FILE", "LEGACY_HEAD_FILE", "MISSING_LOGIT", "SKLEARN_TRUSTED",
-    "SklearnHead", "calibration_split", "choose_c", "create_head", "embedding_loader", "fit_sklearn_head",
+    "SklearnHead", "calibration_split", "choose_c", "create_head", "embedding_loader", "embedding_scale",
+    "fit_sklearn_head",
     "fit_temperature", "fit_torch_head", "fitted_c", "head_proba", "install_head", "load_sklearn_head",
     "logreg_as_linear", "restore_member_model", "save_sklearn_head", "sklearn_proba",
     "fit_feature_member",

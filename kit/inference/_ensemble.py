@@ -200,8 +200,9 @@ class Ensemble:
     def _model(self, member: MemberPlan, device):
         key = (member.name, str(device))
         if key not in self._models:
+            made_with = self.versions if self.kind == "bundle" else None
             self._models[key] = build_member_model(member, len(self.classes), self.weights_files[member.name],
-                                                   device, self.versions)
+                                                   device, made_with)
         return self._models[key]
 
 
@@ -241,7 +242,8 @@ def build_member_model(member: MemberPlan, num_classes: int, weights_file: Path,
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        made = f" (it was made with timm {versions['timm']}, this is timm {_version('timm')})" if versions else ""
+        from timm import __version__ as timm_version
+        made = f" (it was made with timm {versions['timm']}, this is timm {timm_version})" if versions else ""
         raise RunDirError(f"{weights_file} does not fit {member.recipe.model.backbone} as this timm builds it{made}: "
                           f"{str(e).splitlines()[0][:200]}; install the timm version it was made with") from None
     return to_device(model, device, member.channels_last)
@@ -255,15 +257,11 @@ def read_weights(path: Path) -> dict:
     return _load_tensors(path)["model"]
 
 
-def _version(package: str) -> str:
-    import importlib.metadata
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "?"
-
-
 def versions() -> dict:
+    """The versions a bundle is made with: kit, and the torch and timm builds that define the models."""
+    import safetensors
+    import timm
+    import torch
     import kit
-    return {"kit": kit.__version__, "torch": _version("torch"), "timm": _version("timm"),
-            "safetensors": _version("safetensors")}
+    return {"kit": kit.__version__, "torch": torch.__version__, "timm": timm.__version__,
+            "safetensors": safetensors.__version__}

@@ -57,7 +57,7 @@ def load_run(run_dir) -> Ensemble:
     if pending:
         raise RunDirError(f"{len(pending)} of {len(members)} members of {run_dir} are not finished "
                           f"({', '.join(m.name for m in pending[:3])}{', ...' * (len(pending) > 3)}); train them "
-                          f"with: kit train {run_dir} --member {','.join(str(m.index) for m in pending)}")
+                          f"with: kit train {run_dir} --member {','.join(str(m.index) for m in pending)} --resume")
     by_config: dict = {}
     for m in members:
         by_config.setdefault(m.config, []).append(m)
