@@ -144,10 +144,13 @@ def timed(fn, *args) -> tuple[list[dict], float]:
 
 
 def summary(runs: list[tuple[list[dict], float]]) -> dict:
-    """Best and median training images/s over the epochs after the first of every run; mean wall of a run."""
+    """Best and median training images/s over the epochs after the first of every run; mean wall of a run and
+    its part outside the epochs (training + validation)."""
     ips = [r["train_images_per_s"] for rows, _ in runs for r in rows[1:]] or \
           [r["train_images_per_s"] for rows, _ in runs for r in rows]
-    return {"best": max(ips), "median": statistics.median(ips), "wall": statistics.mean(w for _, w in runs)}
+    return {"best": max(ips), "median": statistics.median(ips), "wall": statistics.mean(w for _, w in runs),
+            # model creation, setup and (fit) the checkpoints written after each epoch
+            "outside": statistics.mean(w - sum(r["seconds"] for r in rows) for rows, w in runs)}
 
 
 def prepare(a, root: Path) -> dict:
@@ -185,12 +188,15 @@ def prepare(a, root: Path) -> dict:
     }
 
 
-def choose_workers(d: dict, a) -> tuple[int, dict, float]:
-    from kit.data.loader import measure_workers, pick_workers, training_step, worker_candidates
+def choose_workers(d: dict, a) -> tuple[int, dict, float, int]:
+    """choose_num_workers with the model's training step timed on every candidate (0, 1, 2, ... cores), and what
+    it returns without a step (the plan's call): (chosen, {workers: img/s}, seconds, chosen without a step)."""
+    from kit.data.loader import choose_num_workers, measure_workers, pick_workers, training_step, worker_candidates
     t0 = time.perf_counter()
-    rates = measure_workers(d["train_ds"], a.batch, worker_candidates(), seconds=a.choose_seconds,
+    rates = measure_workers(d["train_ds"], a.batch, worker_candidates(step=True), seconds=a.choose_seconds,
                             step=training_step(new_model(d["classes"]), channels_last=True))
-    return pick_workers(rates), rates, time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    return pick_workers(rates), rates, seconds, choose_num_workers(d["train_ds"], a.batch, seconds=a.choose_seconds)
 
 
 def run_all(a, d: dict, workers: int, out: Path) -> dict:
@@ -230,26 +236,29 @@ def main():
         os.environ.setdefault("KIT_CACHE_DIR", str(tmp / "cache"))
         load0 = os.getloadavg()
         d = prepare(a, tmp / "images")
-        workers, rates, choose_s = choose_workers(d, a)
+        workers, rates, choose_s, stepless = choose_workers(d, a)
         print(f"{MODEL} at {a.size} px from {a.images} generated {a.side} px PNGs ({d['n_train']} train, {a.val} "
               f"val), batch {a.batch}, {a.epochs} epochs x {a.rounds} rounds, {torch.get_num_threads()} threads, "
               f"{os.cpu_count()} cores, torch {torch.__version__}")
         print(f"load average before: {' '.join(f'{x:.2f}' for x in load0)}")
         print(f"decoded cache: built in {d['build']:.2f} s ({d['store_bytes'] / 1e6:.1f} MB), reused in "
               f"{d['reuse']:.3f} s")
-        print("choose_num_workers: " + ", ".join(f"{k} workers {v:.0f} img/s" for k, v in rates.items())
-              + f" -> {workers} ({choose_s:.1f} s)")
+        print("choose_num_workers, training step timed: " + ", ".join(f"{k} workers {v:.0f} img/s" for k, v in
+                                                                     rates.items())
+              + f" -> {workers} ({choose_s:.1f} s); without a step (the plan's call): {stepless}")
         s = run_all(a, d, workers, tmp / "runs")
         ref = s["reference"]
         names = {"reference": "reference: hand loop, memory", "a": "(a) kit.train.fit, memory",
                  "b": f"(b) kit end to end, files via cache, {workers} workers",
                  "baseline": f"baseline: kit, PNGs decoded each epoch, {a.baseline_workers} workers"}
         targets = {"a": 0.97, "b": 0.9}
-        print(f"{'':56s} {'best img/s':>10s} {'median':>8s} {'ratio':>7s} {'median':>7s} {'wall/run':>9s}")
+        print(f"{'':56s} {'best img/s':>10s} {'median':>8s} {'ratio':>7s} {'median':>7s} {'wall/run':>9s} "
+              f"{'outside epochs':>14s}")
         for k, v in s.items():
             ratio = f"{v['best'] / ref['best']:6.3f}x {v['median'] / ref['median']:6.3f}x"
             target = f"  target >= {targets[k]}x" if k in targets else ""
-            print(f"{names[k]:56s} {v['best']:10.1f} {v['median']:8.1f} {ratio} {v['wall']:8.1f}s{target}")
+            print(f"{names[k]:56s} {v['best']:10.1f} {v['median']:8.1f} {ratio} {v['wall']:8.1f}s "
+                  f"{v['outside']:13.2f}s{target}")
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

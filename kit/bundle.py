@@ -74,7 +74,8 @@ def _write_bundle(ens, run_dir: Path, folder: Path) -> None:
             d = folder / "members" / m.name
             d.mkdir(parents=True)
             # clones: safetensors refuses tensors sharing storage, which a state dict may hold (tied weights)
-            state = {k: v.detach().cpu().clone().contiguous() for k, v in read_weights(ens.weights_files[m.name]).items()}
+            saved = read_weights(ens.weights_files[m.name])
+            state = {k: v.detach().cpu().clone().contiguous() for k, v in saved.items()}
             write_bytes_atomic(d / WEIGHTS_FILE, save(state, metadata={"kit_member": m.name}))  # mode as open()'s
             head = ens.weights_files[m.name].parent / HEAD_FILE
             if head.is_file():
@@ -121,14 +122,15 @@ def readme(ens, manifest: dict, name: str) -> str:
              f"Classes ({len(ens.classes)}): {', '.join(ens.classes)}", "",
              f"Blend: {blend}" + (f"; validation {metric} {ens.blend.nested_score:.4f} nested, "
                                   f"{ens.blend.oof_score:.4f} out-of-fold" if ens.blend.method else ""), "",
-             f"| configuration | backbone | fold models | TTA | weight | validation {metric} |", "|---|---|---|---|---|---|"]
+             f"| configuration | backbone | fold models | TTA | weight | validation {metric} |",
+             "|---|---|---|---|---|---|"]
     for c in ens.configs:
         lines.append(f"| {c.name} | {c.members[0].recipe.model.backbone} | {len(c.members)} | {c.tta} | "
                      f"{c.weight:.3f} | {c.score:.4f} |")
     if ens.left_out:
         lines += ["", f"Left out (no weight in the blend): {', '.join(ens.left_out)}"]
     lines += ["", "## Predict", "", "```bash",
-              f"kit predict {name} --images test/ --output submission.csv   # --sample sample_submission.csv checks ids",
+              f"kit predict {name} --images test/ --output submission.csv  # --sample CSV: ids and order checked",
               f"kit predict {name} --csv test.csv --image-dir test/ --members 1 --tta none   # on a time budget",
               "```", "", "```python", "import kit", f"ens = kit.load({name!r})",
               "probs = ens.predict(['a.jpg', 'b.jpg'])   # a DataFrame: a row per image, a column per class",
@@ -143,8 +145,7 @@ def readme(ens, manifest: dict, name: str) -> str:
 def load_bundle(path):
     """The kit.inference.Ensemble of a bundle folder or .zip (extracted to a temporary folder that lives as long
     as the Ensemble). Every file is checked against bundle.json first (UnsafeFileError naming the one that fails)."""
-    from kit.inference import Blend, Config, Ensemble, member_plans
-    from kit.recipe import Recipe
+    from kit.inference import Blend, Config, Ensemble, member_plans, plan_recipe
     path, keep = Path(path), None
     if path.is_file():
         keep = tempfile.TemporaryDirectory(prefix="kit-bundle-")
@@ -160,8 +161,9 @@ def load_bundle(path):
                           tuple(members[n] for n in c["members"]), c.get("temperature")) for c in manifest["configs"]]
         blend = Blend(**manifest["blend"])
         files = {n: folder / "members" / n / WEIGHTS_FILE for c in configs for n in (m.name for m in c.members)}
-        return Ensemble(path, "bundle", Recipe.model_validate(raw["recipe"]), manifest["classes"], configs, blend,
-                        files, manifest["versions"], manifest.get("left_out", ()), keep)
+        recipe = plan_recipe(raw, folder / PLAN_FILE)
+        return Ensemble(path, "bundle", recipe, manifest["classes"], configs, blend, files, manifest["versions"],
+                        raw.get("environment", {}), manifest.get("left_out", ()), keep)
     except (KeyError, TypeError, ValueError) as e:
         raise RunDirError(f"{folder / BUNDLE_FILE} is not a bundle this kit reads ({type(e).__name__}: "
                           f"{str(e)[:200]}); export the run again with this kit") from None

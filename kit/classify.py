@@ -39,24 +39,28 @@ def _class_names(model: torch.nn.Module, model_name: str) -> list[str]:
 
 def classify_images(paths: Sequence[str | Path], model_name: str = "efficientnet_lite0", weights: str = "auto",
                     topk: int = 5) -> list[list[tuple[str, float]]]:
-    """Top-`topk` (ImageNet class name, probability) per image, most probable first."""
+    """Top-`topk` (ImageNet class name, probability) per image, most probable first. The images go through
+    what every kit prediction goes through: the eval transform of the model's own data config and
+    kit.tta.predict_modes (mode none)."""
+    import numpy as np
+    from kit.data import ImageDataset, ImageTable, create_eval_transform, make_loader
+    from kit.models.backbone import model_data_config
+    from kit.tta import predict_modes
     if topk < 1:
         raise RecipeError(f"topk must be >= 1, but got topk={topk}")
-    images = [open_rgb(p) for p in paths]  # decode first: a bad file fails before the model is built
+    images = [np.asarray(open_rgb(p)) for p in paths]  # decode first: a bad file fails before the model is built
     spec = ModelSpec(backbone=model_name, weights=weights, strategy="full")
     model, _ = build_model(spec, None, pretrained_overlay(spec))  # the ImageNet head kept; data config carried
     model = model.eval().to(memory_format=torch.channels_last)
-    transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))
+    cfg = model_data_config(model)
     names = _class_names(model, model_name)
-    results = []
-    with torch.inference_mode():
-        for start in range(0, len(images), _BATCH):
-            batch = torch.stack([transform(im) for im in images[start:start + _BATCH]])
-            probs = model(batch.contiguous(memory_format=torch.channels_last)).float().softmax(dim=-1)
-            values, indices = probs.topk(min(topk, probs.shape[-1]), dim=-1)
-            results += [[(names[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist())]
-                        for vs, ix in zip(values, indices)]
-    return results
+    table = ImageTable(np.array([str(p) for p in paths]), images, None, tuple(names))
+    loader = make_loader(ImageDataset(table, np.arange(len(images)), create_eval_transform(cfg)), _BATCH,
+                         shuffle=False, num_workers=0, seed=0)
+    probs, rows = predict_modes(model, loader, ["none"], input_size=cfg["input_size"], channels_last=True)
+    probs = torch.from_numpy(probs["none"][np.argsort(rows)])
+    values, indices = probs.topk(min(topk, probs.shape[-1]), dim=-1)
+    return [[(names[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist())] for vs, ix in zip(values, indices)]
 
 
 def format_topk(paths: Sequence[str | Path], results: list[list[tuple[str, float]]]) -> list[str]:

@@ -121,8 +121,9 @@ def cmd_predict(args):
     table, _ = prepare_images(paths, ids, ens.classes)  # every bad file named now, before any model runs
     device = ens.device(args.device)
     method = ens.blend.method or "one configuration"
-    console.print(f"{escape(str(ens.source))}: {method} of {', '.join(f'{c.name} ({c.tta})' for c in ens.configs)}; "
-                  f"{sum(len(c.members) for c in ens.configs)} models on {device}", highlight=False)
+    configs = ", ".join(f"{c.name} ({c.tta})" for c in ens.configs)
+    console.print(escape(f"{ens.source}: {method} of {configs}; {sum(len(c.members) for c in ens.configs)} models on "
+                         f"{device}"), highlight=False)
     per_1000 = ens.time_per_1000(batch_size=args.batch_size, device=device)
     console.print(f"estimated {per_1000:.1f} s per 1,000 images (timing pass, decoding not included): about "
                   f"{per_1000 * len(table) / 1000:.0f} s for these {len(table):,}", highlight=False)
@@ -153,8 +154,13 @@ def _image_progress():
 
 
 def _repredict(args):
+    from pathlib import Path
+    from kit.bundle import BUNDLE_FILE
     from kit.errors import RecipeError
     from kit.run import predict
+    if (Path(args.run) / BUNDLE_FILE).is_file() or args.run.endswith(".zip"):
+        raise RecipeError(f"{args.run} is a bundle: it predicts new images; pass --images DIR or --csv FILE "
+                          f"--image-dir DIR")
     given = [f for f, v in (("--members", args.members), ("--batch-size", args.batch_size), ("--device", args.device),
                             ("--sample", args.sample), ("--image-dir", args.image_dir)) if v is not None]
     if given:

@@ -9,9 +9,10 @@ Each Ray task gets one planned member by its index and reopens the run itself (k
 run's saved recipe, which re-reads plan.json), so nothing of the plan is pickled and every decision made at planning
 stays made. The run directory and the recipe's relative paths (data.root) must mean the same on every node: shared
 storage mounted at the same path, and the task works in the driver's current directory. Only the driver writes the
-leaderboard, and it logs the tasks' lines as they come (through a ray.util.queue.Queue: Ray's own forwarding of
-stdout folds lines that differ only in numbers, such as the epoch lines of two members). A task whose worker dies is retried once (Ray's max_retries for system failures); a member that still
-fails is reported by name after the others have finished and been recorded.
+leaderboard. The driver logs the tasks' lines as they come, through a ray.util.queue.Queue (Ray's own forwarding of
+stdout folds lines that differ only in numbers, such as the epoch lines of two members). A task whose worker dies
+is retried once (Ray's max_retries, for system failures only); a member that still fails is reported by name after
+the others have finished and been recorded.
 """
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ def _train_local(ctx, members, resume: bool, progress_factory, log) -> list[dict
     from kit.run import _epoch_logger, _fmt_scores
     records, n = [], len(ctx.plan.members)
     for m in members:
+        _teach_round(ctx, m.round, log)
         done = member_done(ctx.run_dir, m)
         if done is not None:
             log(f"member {m.index} {m.name}: finished before, skipped")
@@ -79,6 +81,13 @@ def _train_local(ctx, members, resume: bool, progress_factory, log) -> list[dict
         record_member(ctx, rec)
         records.append(rec)
     return records
+
+
+def _teach_round(ctx, round: int, log) -> None:
+    """Pseudo-label round `round` > 0 learns from round - 1's blend: made here, in the driver, once."""
+    from kit.run import blend_round, pseudo_round_dir
+    if round > 0 and not (pseudo_round_dir(ctx.run_dir, round - 1) / "report.json").exists():
+        blend_round(ctx, round - 1, log)
 
 
 # ---------------------------------------------------------------- Ray
@@ -109,7 +118,9 @@ def connect_ray(address: str | None = None, num_cpus: int | None = None) -> bool
 
 
 def _init_loopback(ray, num_cpus: int | None) -> None:
-    import ray._private.ray_constants as constants  # the driver read the variable when it imported Ray
+    """ray.init resolves 127.0.0.1 to the outward address on Linux; the variable (read by every process Ray starts,
+    and by this one when it imported Ray: hence the constant too) keeps each of its servers on loopback."""
+    import ray._private.ray_constants as constants
     old_env, old_flag = os.environ.get(_LOOPBACK_ENV), getattr(constants, "ENABLE_RAY_CLUSTER", True)
     os.environ[_LOOPBACK_ENV], constants.ENABLE_RAY_CLUSTER = "0", False
     try:
@@ -123,8 +134,9 @@ def _init_loopback(ray, num_cpus: int | None) -> None:
     ip = ray.util.get_node_ip_address()
     if ip != "127.0.0.1":
         ray.shutdown()
-        raise RunDirError(f"the local Ray instance took the address {ip}, not 127.0.0.1 (this Ray version ignores "
-                          f"{_LOOPBACK_ENV}=0); start a cluster yourself (ray start --head) and pass --address")
+        raise RecipeError(f"--executor ray: the local Ray instance took the address {ip}, not 127.0.0.1 (this Ray "
+                          f"version ignores {_LOOPBACK_ENV}=0), and was stopped; start a cluster yourself "
+                          f"(ray start --head) and pass its --address")
 
 
 def _task_options(ray, member, cpus: float, runtime_env: dict) -> dict:
@@ -138,11 +150,27 @@ def _task_options(ray, member, cpus: float, runtime_env: dict) -> dict:
 
 
 def _train_ray(ray, ctx, members, resume: bool, cpus: float, runtime_env: dict, log) -> list[dict]:
+    """The members of one pseudo-label round at once, round after round (each learns from the one before)."""
     from ray.util.queue import Queue
     task = ray.remote(member_task)
     lines = Queue(actor_options={"num_cpus": 0})  # the tasks' log lines, logged here as they come
-    run_dir, cwd, n = str(Path(ctx.run_dir).resolve()), os.getcwd(), len(ctx.plan.members)
-    records, refs = {}, {}
+    args = (str(Path(ctx.run_dir).resolve()), os.getcwd(), resume, lines)
+    records = {}
+    try:
+        for rnd in sorted({m.round for m in members}):
+            _teach_round(ctx, rnd, log)
+            refs = _submit(ray, task, ctx, [m for m in members if m.round == rnd], args, records, cpus,
+                           runtime_env, log)
+            records.update(_collect(ray, ctx, refs, lines, log))  # raises for failed members: no later round
+    finally:
+        lines.shutdown()
+    return [records[i] for i in sorted(records)]
+
+
+def _submit(ray, task, ctx, members, args, records: dict, cpus: float, runtime_env: dict, log) -> dict:
+    """Send each unfinished member to Ray ({ObjectRef: member}); finished ones go into `records` as they are."""
+    run_dir, cwd, resume, lines = args
+    refs, n = {}, len(ctx.plan.members)
     for m in members:
         done = member_done(ctx.run_dir, m)
         if done is not None:
@@ -152,18 +180,14 @@ def _train_ray(ray, ctx, members, resume: bool, cpus: float, runtime_env: dict, 
         opts = _task_options(ray, m, cpus, runtime_env)
         refs[task.options(**opts).remote(run_dir, m.index, cwd, resume, lines)] = m
         log(f"member {m.index}/{n - 1} {m.name}: sent to Ray ({'1 GPU' if opts['num_gpus'] else f'{cpus:g} CPU'})")
-    try:
-        records.update(_collect(ray, ctx, refs, lines, log))
-    finally:
-        lines.shutdown()
-    return [records[i] for i in sorted(records)]
+    return refs
 
 
 def _collect(ray, ctx, refs: dict, lines, log) -> dict:
     """Log the tasks' lines and record each member as its task returns; then raise for those that failed."""
     from kit.record import record_member
     from kit.run import _fmt_scores
-    records, failed, bugs = {}, {}, []
+    records, failed, bugs = {}, [], []  # failed: (member, why)
     try:
         while refs:
             ready, _ = ray.wait(list(refs), num_returns=1, timeout=LOG_POLL_S)
@@ -174,9 +198,10 @@ def _collect(ray, ctx, refs: dict, lines, log) -> dict:
             try:
                 rec = ray.get(ready[0])
             except ray.exceptions.RayError as e:
-                failed[m], bug = _failure(ray, e)
+                why, bug = _failure(ray, e)
+                failed.append((m, why))
                 bugs += [e] if bug else []
-                log(f"member {m.name}: failed on Ray: {failed[m]}")
+                log(f"member {m.name}: failed on Ray: {why}")
                 continue
             if rec is None:
                 log(f"member {m.name}: being trained by another process; skipped")
@@ -210,12 +235,13 @@ def _failure(ray, e) -> tuple[str, bool]:
     return f"{type(e).__name__} after one retry: {first[:300]}", False
 
 
-def _raise_failures(ctx, failed: dict, bugs: list) -> None:
+def _raise_failures(ctx, failed: list, bugs: list) -> None:
     if bugs:
         raise bugs[0]  # the remote traceback is in its message
     if failed:
-        ids = ",".join(str(m.index) for m in sorted(failed, key=lambda m: m.index))
-        why = "; ".join(f"{m.name}: {reason}" for m, reason in failed.items())
+        failed = sorted(failed, key=lambda f: f[0].index)
+        ids = ",".join(str(m.index) for m, _ in failed)
+        why = "; ".join(f"{m.name}: {reason}" for m, reason in failed)
         raise RunDirError(f"{len(failed)} member(s) failed on Ray ({why}); the other members' results are kept: "
                           f"train these again with: kit train {ctx.run_dir} --member {ids} --executor ray")
 
@@ -232,7 +258,7 @@ def member_task(run_dir: str, index: int, cwd: str, resume: bool, lines=None) ->
                               f"current directory at the same paths on every node (shared storage)")
     os.chdir(cwd)  # relative paths of the recipe (data.root, weight files) mean what they meant to the driver
     ctx = KM.prepare_run(load_run_recipe(run_dir))
-    member = ctx.plan.members[index]
+    member = next(m for m in ctx.plan.members if m.index == index)
 
     def log(msg: str) -> None:
         if lines is not None:

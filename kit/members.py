@@ -192,14 +192,14 @@ def _train_member(ctx, member: MemberPlan, out: Path, resume, on_epoch_end, prog
     import torch
     from kit.models.backbone import build_model, to_device
     from kit.runtime import describe_device, resolve_device, seed_everything
-    from kit.train import fit
+    from kit.train import fit, load_checkpoint
 
     r, t0 = member.recipe, time.time()
     device = device or resolve_device(r.train.device)
     apply_environment(ctx.plan, device)
     seed_everything(r.train.seed)  # the new head's weights, dropout and data order follow the member's seed
     table = ctx.sources.train
-    model, weights_source = build_model(r.model, len(table.classes), member.pretrained_cfg)
+    model, weights_source = build_model(r.model, len(table.classes), member.pretrained_cfg, seed=r.train.seed)
     model = to_device(model, device, member.channels_last)
     train_loader, val_loader, val_rows = _loaders(ctx, member, device, log)
     if r.model.strategy == "feature_extract":  # a shallow head on cached embeddings (kit.features)
@@ -210,7 +210,7 @@ def _train_member(ctx, member: MemberPlan, out: Path, resume, on_epoch_end, prog
         history = fit(model, train_loader, val_loader, table.labels, r.model, r.train, out,
                       num_classes=len(table.classes), device=device, channels_last=member.channels_last,
                       resume=resume, on_epoch_end=on_epoch_end, progress_factory=progress_factory)
-        model.load_state_dict(_load_tensors(out / "best.pt", device)["model"])
+        model.load_state_dict(load_checkpoint(out / "best.pt")["model"])
     scores = predict_member(ctx, member, model, member.data_config, device, member.channels_last)
     record = {"member": member.name, "index": member.index, "config": member.config, "seed": member.seed,
               "fold": member.fold, "backbone": r.model.backbone, "strategy": r.model.strategy,
@@ -220,19 +220,6 @@ def _train_member(ctx, member: MemberPlan, out: Path, resume, on_epoch_end, prog
               "environment": {"channels_last": member.channels_last, "threads": torch.get_num_threads()}}
     write_json_atomic(out / "done.json", record)
     return record
-
-
-def _load_tensors(path: Path, device="cpu") -> dict:
-    """A checkpoint of tensors only (weights_only): a file that would run code is refused, naming it."""
-    import pickle
-    import torch
-    from kit.errors import UnsafeFileError
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
-        raise UnsafeFileError(f"{path} is not a checkpoint of tensors kit can load safely "
-                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); it was refused without "
-                              f"running anything in it: delete it to retrain that member") from None
 
 
 def predict_member(ctx: RunContext, member: MemberPlan, model, cfg, device, channels_last, modes=None) -> dict:
@@ -326,10 +313,11 @@ def load_member_model(ctx: RunContext, member: MemberPlan, device):
     ours): (model, data config, channels_last)."""
     from kit.features import restore_member_model
     from kit.models.backbone import build_model, to_device
+    from kit.train import load_checkpoint
     model, _ = build_model(member.recipe.model, len(ctx.sources.train.classes), member.pretrained_cfg,
                            load_weights=False)
     model = restore_member_model(model, member.recipe.model, member_dir(ctx.run_dir, member.name))
-    model.load_state_dict(_load_tensors(member_dir(ctx.run_dir, member.name) / "best.pt")["model"])
+    model.load_state_dict(load_checkpoint(member_dir(ctx.run_dir, member.name) / "best.pt")["model"])
     return to_device(model, device, member.channels_last), member.data_config, member.channels_last
 
 

@@ -63,20 +63,19 @@ def use_channels_last(setting: bool | None, model: torch.nn.Module, input_size: 
 def _time_formats(model: torch.nn.Module, size: int, device, batch: int = 4, steps: int = 2) -> dict:
     """Seconds per training step (forward + backward) in each memory format, best of `steps` after a warm-up."""
     model = copy.deepcopy(model).train()  # train-mode forwards would move the real model's BatchNorm statistics
-    rng = torch.get_rng_state()  # timing must not shift the member's random stream
-    x = torch.randn(batch, 3, size, size, device=device)
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     times = {}
-    for name, fmt in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)):
-        model.to(memory_format=fmt)
-        xf = x.contiguous(memory_format=fmt)
-        best = float("inf")
-        for i in range(steps + 1):
-            t0 = time.perf_counter()
-            model(xf).float().sum().backward()
-            if i:
-                best = min(best, time.perf_counter() - t0)
-        times[name] = best
-    torch.set_rng_state(rng)
+    with torch.random.fork_rng(devices=[]):  # dropout in the timed forwards must not shift the member's stream
+        for name, fmt in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)):
+            model.to(memory_format=fmt)
+            xf = x.contiguous(memory_format=fmt)
+            best = float("inf")
+            for i in range(steps + 1):
+                t0 = time.perf_counter()
+                model(xf).float().sum().backward()
+                if i:
+                    best = min(best, time.perf_counter() - t0)
+            times[name] = best
     return times
 
 

@@ -139,3 +139,65 @@ def test_a_kit_error_in_a_worker_reaches_the_caller_as_itself(imagefolder_spec, 
     assert "worker process" not in str(e.value) and "Traceback" not in str(e.value)
     with pytest.raises(ImageReadError):  # the persistent workers still serve the next epoch
         list(loader)
+
+
+# ---------------------------------------------------------------- workers, by measurement
+
+def test_choose_num_workers_takes_the_fastest_and_fewer_workers_on_ties():
+    from kit.data.loader import choose_num_workers
+    rates = {0: 100.0, 1: 104.0, 2: 300.0, 4: 310.0}
+    assert choose_num_workers(None, 8, candidates=rates, measure=rates.get) == 2  # 4 is within 5% of 2
+    assert choose_num_workers(None, 8, candidates=[0, 1], measure=rates.get) == 0
+    assert choose_num_workers(None, 8, candidates=[2, 0], measure={0: 90.0, 2: 60.0}.get) == 0
+    with pytest.raises(ValueError, match="worker counts >= 0"):
+        choose_num_workers(None, 8, candidates=[-1, 2], measure=rates.get)
+
+
+def test_a_single_candidate_is_returned_untimed():
+    from kit.data.loader import choose_num_workers
+
+    def never(k):
+        raise AssertionError("timed")
+    assert choose_num_workers(None, 8, candidates=[3], measure=never) == 3
+
+
+def test_worker_candidates_follow_the_cores_training_leaves(monkeypatch):
+    from kit.data.loader import worker_candidates
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert worker_candidates(2, device="cpu") == [0]  # torch's 2 threads use both cores: nothing to time
+    assert worker_candidates(2, device="cpu", step=True) == [0, 1, 2]  # with the step timed, workers may win
+    assert worker_candidates(8, device="cpu") == [1, 2, 4]  # spare cores: a worker overlaps loading
+    assert worker_candidates(8, device="cuda") == [1, 2, 4]  # all cores but the main process's
+    assert worker_candidates(1, device="cuda") == [0]
+
+
+def _tiny_model():
+    import timm
+    torch.manual_seed(0)
+    return timm.create_model("test_resnet", pretrained=False, num_classes=3)
+
+
+def test_training_step_leaves_the_model_as_it_was(imagefolder_spec):
+    from kit.data.loader import training_step
+    model = _tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ds = ImageDataset(load_sources(imagefolder_spec).train, np.arange(4), create_eval_transform(CFG))
+    step = training_step(model, channels_last=True)
+    step(next(iter(make_loader(ds, 4, shuffle=False, num_workers=0, seed=0))))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BatchNorm statistics too
+    assert all(p.grad is None for p in model.parameters()) and model.training
+
+
+def test_choose_num_workers_times_briefly_and_keeps_the_random_state(imagefolder_spec):
+    import time
+    from kit.data.loader import choose_num_workers, measure_workers, training_step
+    ds = ImageDataset(load_sources(imagefolder_spec).train, np.arange(12), create_train_transform(AUGMENT, CFG))
+    step = training_step(_tiny_model())
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    t0 = time.perf_counter()
+    rates = measure_workers(ds, 4, [0, 1], seconds=0.4, step=step)
+    assert time.perf_counter() - t0 < 10  # 0.4 s of timing, plus a worker's start
+    assert sorted(rates) == [0, 1] and all(r > 0 for r in rates.values())
+    assert torch.equal(torch.get_rng_state(), state)  # the member's random stream is not shifted
+    assert choose_num_workers(ds, 4, candidates=[0, 1], seconds=0.2, step=step) in (0, 1)

@@ -1,7 +1,8 @@
 """kit.executor with Ray, on a local Ray instance started here (loopback, 2 CPUs): a 4-member grid (test_resnet at
 32 px, 1 epoch, 2 seeds x 2 folds) through `kit run --executor ray` gives the sequential run's predictions, files
 and leaderboard rows; a member whose worker dies once is retried and finishes; one that dies every time is
-reported by name while the others are kept. Skipped, with the reason, where Ray is missing or cannot start."""
+reported by name while the others are kept; pseudo-label rounds go out one after the other. The Ray tests are
+skipped, with the reason, where Ray is missing or cannot start."""
 from __future__ import annotations
 
 import os
@@ -48,10 +49,15 @@ def grid(kaggle_root, tmp_path, where: str, seeds=(0, 1)) -> dict:
             "ensemble": {"seeds": list(seeds)}}
 
 
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")  # one for the module: the tasks' runtime_env (and workers) stay the same
+
+
 @pytest.fixture
-def here(tmp_path, monkeypatch):
+def here(tmp_path, monkeypatch, cache_dir):
     monkeypatch.chdir(tmp_path)  # nothing lands in the repository
-    monkeypatch.setenv("KIT_CACHE_DIR", str(tmp_path / "cache"))  # nor in ~/.cache; the tasks get it too
+    monkeypatch.setenv("KIT_CACHE_DIR", str(cache_dir))  # nor in ~/.cache; the tasks get it too
     return tmp_path
 
 
@@ -96,9 +102,10 @@ def test_ray_run_matches_the_sequential_run(local_ray, kaggle_root, here, capsys
     assert out.count("finished before, skipped") == 4 and "sent to Ray" not in out
 
 
-def crash_hook(folder, member: str, once: bool) -> tuple[dict, object]:
-    """A runtime_env whose workers die (os._exit(1), as if killed) when they start fitting `member`: the first
-    time only (a marker file remembers), or every time. Python imports sitecustomize from PYTHONPATH at start."""
+def crash_hook(folder, once: str, always: str) -> tuple[dict, object]:
+    """A runtime_env whose workers die (os._exit(1), as if killed) when they start fitting member `once` the first
+    time (a marker file remembers) and member `always` every time. Python imports sitecustomize from PYTHONPATH
+    when a worker starts."""
     folder.mkdir()
     marker = folder / "crashed"
     (folder / "sitecustomize.py").write_text(textwrap.dedent(f"""
@@ -107,8 +114,8 @@ def crash_hook(folder, member: str, once: bool) -> tuple[dict, object]:
         _fit = kit.train.fit
 
         def fit(model, train_loader, val_loader, val_labels, model_spec, spec, out_dir, **kw):
-            marker = pathlib.Path({str(marker)!r})
-            if pathlib.Path(out_dir).name == {member!r} and ({not once} or not marker.exists()):
+            marker, name = pathlib.Path({str(marker)!r}), pathlib.Path(out_dir).name
+            if name == {always!r} or (name == {once!r} and not marker.exists()):
                 marker.touch()
                 os._exit(1)
             return _fit(model, train_loader, val_loader, val_labels, model_spec, spec, out_dir, **kw)
@@ -117,33 +124,38 @@ def crash_hook(folder, member: str, once: bool) -> tuple[dict, object]:
     return {"env_vars": {"PYTHONPATH": f"{folder}{os.pathsep}${{PYTHONPATH}}"}}, marker
 
 
-def test_a_member_whose_worker_dies_once_is_retried_and_finishes(local_ray, kaggle_root, here):
-    ctx = prepare_run(recipe_from_dict(grid(kaggle_root, here, "crash", seeds=(0,))))
-    env, marker = crash_hook(here / "hook", "test_resnet-s0-f1", once=True)
+def test_dead_workers_retried_once_then_reported_by_name(local_ray, kaggle_root, here):
+    # one seed x 2 folds x 2 pseudo-label rounds: round 1 (members 2, 3) learns from round 0's blend
+    raw = dict(grid(kaggle_root, here, "crash", seeds=(0,)), pseudo={"rounds": 1, "threshold": 0.01})
+    ctx = prepare_run(recipe_from_dict(raw))
+    names = [m.name for m in ctx.plan.members]
+    assert names == ["test_resnet-s0-f0", "test_resnet-s0-f1", "test_resnet-s0-r1-f0", "test_resnet-s0-r1-f1"]
+    env, marker = crash_hook(here / "hook", once=names[1], always=names[3])
     lines = []
-    records = train_members(ctx, ctx.plan.members, "ray", runtime_env=env, log=lines.append)
-    assert marker.exists()  # the first attempt did die
-    assert [r["member"] for r in records] == ["test_resnet-s0-f0", "test_resnet-s0-f1"]
-    assert not any("failed" in line for line in lines)
-    assert sum("training on" in line for line in lines if line.startswith("[test_resnet-s0-f1]")) == 2
-    assert {r[1] for r in rows(here / "crash.sqlite")} == {"test_resnet-s0-f0", "test_resnet-s0-f1"}
+    with pytest.raises(RunDirError, match=rf"1 member\(s\) failed on Ray \({names[3]}: WorkerCrashedError after one "
+                                          rf"retry.*the other members' results are kept: train these again with: "
+                                          rf"kit train .*crash/grid --member 3 --executor ray"):
+        train_members(ctx, ctx.plan.members, "ray", runtime_env=env, log=lines.append)
+    # member 1 died once and finished on its retry; member 3 died twice and is named; the others were recorded
+    assert marker.exists()
+    assert sum(line.startswith(f"[{names[1]}] training on ") for line in lines) == 2
+    failed = [line for line in lines if "failed on Ray" in line]
+    assert len(failed) == 1 and failed[0].startswith(f"member {names[3]}: failed on Ray: WorkerCrashedError after")
+    sent = [i for i, line in enumerate(lines) if "sent to Ray" in line]
+    teacher = next(i for i, line in enumerate(lines) if line.startswith("round 0: "))
+    assert sent[1] < teacher < sent[2]  # round 1 went out after round 0 had finished and been blended
+    done = [m.name for m in ctx.plan.members if (ctx.run_dir / "members" / m.name / "done.json").exists()]
+    assert done == names[:3]
+    assert {r[1] for r in rows(here / "crash.sqlite") if r[0] in ("member", "tta")} == set(names[:3])
+    # trained again without crashes: only member 3 runs, and the run finishes as a sequential one would
+    lines.clear()
+    records = train_members(ctx, ctx.plan.members, "ray", log=lines.append)
+    assert [r["member"] for r in records] == names
+    assert [line for line in lines if "sent to Ray" in line] == [f"member 3/3 {names[3]}: sent to Ray (1 CPU)"]
     assert R.finish(ctx).submission.exists()
 
 
-def test_a_member_whose_worker_always_dies_is_reported_and_the_others_kept(local_ray, kaggle_root, here):
-    ctx = prepare_run(recipe_from_dict(grid(kaggle_root, here, "dies", seeds=(0,))))
-    env, _ = crash_hook(here / "hook", "test_resnet-s0-f1", once=False)
-    lines = []
-    with pytest.raises(RunDirError, match=r"1 member\(s\) failed on Ray \(test_resnet-s0-f1: WorkerCrashedError "
-                                          r"after one retry.*kit train .*dies/grid --member 1 --executor ray"):
-        train_members(ctx, ctx.plan.members, "ray", runtime_env=env, log=lines.append)
-    assert any(line.startswith("member test_resnet-s0-f1: failed on Ray") for line in lines)
-    assert (ctx.run_dir / "members" / "test_resnet-s0-f0" / "done.json").exists()
-    assert not (ctx.run_dir / "members" / "test_resnet-s0-f1" / "done.json").exists()
-    assert {r[1] for r in rows(here / "dies.sqlite")} == {"test_resnet-s0-f0"}  # recorded before the error
-
-
-def test_without_ray_the_error_says_how_to_install_it(monkeypatch, kaggle_root, here):
+def test_without_ray_the_error_says_how_to_install_it(monkeypatch, kaggle_root, here, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails as if it were not installed
     ctx = prepare_run(recipe_from_dict(grid(kaggle_root, here, "noray", seeds=(0,))))
     with pytest.raises(RecipeError, match=r"pip install 'kit\[ray\]'"):
@@ -153,3 +165,40 @@ def test_without_ray_the_error_says_how_to_install_it(monkeypatch, kaggle_root, 
     with pytest.raises(RecipeError, match="'slurm' is not an executor; valid: local, ray"):
         train_members(ctx, ctx.plan.members, "slurm")
     assert not (ctx.run_dir / "members").exists()
+    (here / "grid.yaml").write_text(yaml.safe_dump(grid(kaggle_root, here, "cli", seeds=(0,))))
+    assert main(["run", str(here / "grid.yaml"), "--executor", "ray"]) == 2  # one line, no traceback
+    assert main(["train", str(here / "grid.yaml"), "--address", "10.0.0.5:6379"]) == 2
+    assert "pip install 'kit[ray]'" in " ".join(capsys.readouterr().err.split())
+    assert not (here / "cli").exists()  # refused before the run directory was opened
+
+
+class FakeRay:
+    def __init__(self, resources):
+        self.resources = resources
+
+    def cluster_resources(self):
+        return self.resources
+
+
+def test_a_member_gets_one_gpu_where_the_cluster_has_gpus_else_a_cpu_share(kaggle_root, here, monkeypatch):
+    from kit.executor import _task_options
+    monkeypatch.setenv("KIT_TUNE_GRACE_S", "7")
+    raw = grid(kaggle_root, here, "opts", seeds=(0,))
+    member = prepare_run(recipe_from_dict(raw)).plan.members[0]
+    gpu = _task_options(FakeRay({"CPU": 16, "GPU": 2}), member, 1, {"env_vars": {"OMP_NUM_THREADS": "3"}, "pip": []})
+    assert (gpu["num_gpus"], gpu["num_cpus"], gpu["max_retries"], gpu["retry_exceptions"]) == (1, 1, 1, False)
+    assert gpu["runtime_env"]["pip"] == [] and gpu["runtime_env"]["env_vars"]["OMP_NUM_THREADS"] == "3"  # caller's
+    assert gpu["runtime_env"]["env_vars"]["KIT_CACHE_DIR"] == os.environ["KIT_CACHE_DIR"]  # the driver's KIT_*
+    assert gpu["runtime_env"]["env_vars"]["KIT_TUNE_GRACE_S"] == "7"
+    cpu = _task_options(FakeRay({"CPU": 16}), member, 2, {})
+    assert (cpu["num_gpus"], cpu["num_cpus"], cpu["runtime_env"]["env_vars"]["OMP_NUM_THREADS"]) == (0, 2, "2")
+    raw = dict(raw, output_dir=str(here / "on_cpu"), train=dict(raw["train"], device="cpu"))
+    on_cpu = prepare_run(recipe_from_dict(raw)).plan.members[0]
+    assert _task_options(FakeRay({"CPU": 16, "GPU": 2}), on_cpu, 1, {})["num_gpus"] == 0  # told to use the CPU
+
+
+def test_a_task_on_a_node_without_the_shared_run_directory_says_so(here):
+    from kit.executor import member_task
+    with pytest.raises(RunDirError, match=r"has no .*/nowhere/grid: kit's Ray tasks need the run directory and the "
+                                          r"driver's current directory at the same paths on every node"):
+        member_task(str(here / "nowhere" / "grid"), 0, str(here), True)

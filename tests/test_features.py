@@ -135,7 +135,7 @@ def test_interrupted_extraction_is_never_read(cache_dir):
         extract(model, table, cfg, loader=failing_loader())
     assert list(cache_dir.iterdir()) == []  # the temporary folder went too
     # a half-written entry in place (no `complete` marker: copied by hand, killed writer) is not read
-    key = F.embedding_key(BACKBONE, "none", None, cfg, F.image_set_digest(table))
+    key = F.embedding_key(BACKBONE, f"none:{F.model_digest(model)}", None, cfg, F.image_set_digest(table))
     (cache_dir / key).mkdir()
     np.save(cache_dir / key / "embeddings.npy", np.zeros((len(table), model.num_features), np.float32))
     fresh = extract(model, table, cfg)
@@ -330,7 +330,7 @@ def test_a_feature_constant_on_the_training_rows_cannot_swamp_new_images(head, t
     if head == "linear":
         torch.manual_seed(0)
         h = F.create_head(ModelSpec(head="linear"), 6, 3)
-        F.fit_torch_head(h, x[:75], y[:75], x[75:90], y[75:90], TrainSpec(epochs=30, batch_size=16, lr=1e-2,
+        F.fit_torch_head(h, x[:75], y[:75], x[75:90], y[75:90], TrainSpec(epochs=30, batch_size=16, lr=0.1,
                          warmup_epochs=0), tmp_path / "head")
         probs = F.head_proba(h, torch.from_numpy(x[90:]))
     else:
@@ -388,9 +388,10 @@ def test_feature_extract_member(tmp_path, kaggle_spec, head, extra):
     # the installed head predicts images as it scored their cached embeddings
     assert record["scores"]["none"]["accuracy"] == pytest.approx(history["val_accuracy"].max(), abs=1e-6)
     assert record["scores"]["none"]["accuracy"] >= 0.5  # 3 classes, 6 validation images; chance 1/3
-    if head == "logreg":  # another seed (or head, or trial) reuses the embeddings
+    if head == "logreg":  # another seed with weights none is another random backbone: its own embeddings
         train_member(ctx, second)
-        assert json.loads((member_dir(ctx.run_dir, second.name) / "features.json").read_text())["extracted"] == []
+        assert json.loads((member_dir(ctx.run_dir, second.name) / "features.json").read_text())["extracted"] == \
+            ["none"]
     # the saved member loads back into its architecture and predicts as before
     model, cfg, channels_last = load_member_model(ctx, first, torch.device("cpu"))
     scores = predict_member(ctx, first, model, cfg, torch.device("cpu"), channels_last)
@@ -398,3 +399,14 @@ def test_feature_extract_member(tmp_path, kaggle_spec, head, extra):
     np.testing.assert_allclose(load_predictions(pred_path(ctx.run_dir, first.name, "oof", "none")).probs,
                                oof.probs, atol=1e-5)
 
+
+
+def test_random_init_backbones_do_not_share_cached_embeddings(cache_dir):
+    """weights: none names no weights: two random inits of one architecture are different feature extractors."""
+    table = bars_table(per_class=4)
+    a, b = backbone(seed=0), backbone(seed=1)
+    cfg = cfg_of(a)
+    first, second = extract(a, table, cfg), extract(b, table, cfg)
+    assert second.computed == ("none",)  # not a cache hit on the other init's entry
+    assert not np.allclose(first.views["none"], second.views["none"])
+    assert extract(a, table, cfg).computed == ()  # the same init again is a hit

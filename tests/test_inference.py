@@ -272,10 +272,32 @@ def test_kit_predict_run_tta_still_predicts_the_runs_own_splits(trained, tmp_pat
 def test_an_unfinished_run_is_refused_naming_the_command(trained, tmp_path):
     run_dir = _copy_run(trained, tmp_path)
     (run_dir / "members" / "test_resnet-s1-f0" / "done.json").unlink()
-    with pytest.raises(RunDirError, match=rf"1 of 2 members .* not finished.*kit train {re.escape(str(run_dir))} --member 1 --resume"):
+    hint = f"kit train {run_dir} --member 1 --resume"
+    with pytest.raises(RunDirError, match=rf"1 of 2 members .* not finished.*{re.escape(hint)}"):
         load(run_dir)
     with pytest.raises(RunDirError, match="neither a run directory"):
         load(tmp_path)
+
+
+class _Planted:
+    """Unpickled, creates the marker file: proof that it ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_a_pickle_planted_as_a_checkpoint_is_refused_without_running_it(trained, tmp_path):
+    import pickle
+    from kit.errors import UnsafeFileError
+    run_dir = _copy_run(trained, tmp_path)
+    best = run_dir / "members" / "test_resnet-s0-f0" / "best.pt"
+    best.write_bytes(pickle.dumps({"model": _Planted(tmp_path / "ran")}))
+    with pytest.raises(UnsafeFileError, match=re.escape(str(best))):
+        load(run_dir).predict(trained.test)
+    assert not (tmp_path / "ran").exists()
 
 
 def test_summary_describes_the_blend(trained):

@@ -19,7 +19,7 @@ from kit.errors import KitError, RunDirError
 from kit.leaderboard import query
 from kit.members import prepare_run
 from kit.plan import PLAN_FILE, load_plan, plan_to_dict
-from kit.predictions import load_predictions
+from kit.predictions import Predictions, load_predictions
 from kit.recipe import Recipe, recipe_from_dict
 from kit.rundir import pred_path
 
@@ -229,3 +229,32 @@ def test_bad_images_are_all_reported_before_training_or_left_out_and_listed(kagg
     assert all(n in listed for n in ("img_003", "img_007", "img_011")) and summary.bad_images == 3
     assert len(prepare_run(skip).sources.train) == 27
     assert json.loads((skip.run_dir / "summary.json").read_text())["bad_images"] == 3
+
+
+@pytest.mark.parametrize("crop_pct", [1.0, 0.8])
+def test_the_validation_epoch_and_the_members_none_score_agree(kaggle_root, tmp_path, env, crop_pct):
+    """fit validates each epoch through kit.train.evaluate (S x S crops); the member's `none` predictions come
+    from kit.tta.predict_modes (R x R squares, centre view). Both must give the same probabilities."""
+    import pandas as pd
+    recipe = _recipe(kaggle_root, tmp_path, **{"augment.crop_pct": crop_pct, "ensemble": {"seeds": [0]},
+                                               "train.epochs": 2})
+    ctx, records = R.train(recipe, log=quiet)
+    history = pd.read_csv(ctx.run_dir / "members" / records[0]["member"] / "history.csv")
+    best = history.iloc[records[0]["best_epoch"]]
+    none = records[0]["scores"]["none"]
+    assert best["val_accuracy"] == pytest.approx(none["accuracy"], abs=1e-9)
+    assert best["val_log_loss"] == pytest.approx(none["log_loss"], abs=1e-5)
+
+
+def test_summary_says_when_the_best_member_is_kept(capsys, tmp_path):
+    from kit.cli import print_summary
+    from kit.ensemble import MethodResult
+    oof = Predictions(["a", "b"], np.array([[0.9, 0.1], [0.2, 0.8]]), ("x", "y"), np.array([0, 1]))
+    configs = [R.ConfigResult(f"m-s{i}", "m", i, {"none": 0.9 - i / 10}, "none", oof, None) for i in range(2)]
+    methods = {"best": MethodResult("best", np.array([1.0, 0.0]), 0.9, 0.9),
+               "mean": MethodResult("mean", np.array([0.5, 0.5]), 0.85, 0.85),
+               "greedy": MethodResult("greedy", np.array([0.7, 0.3]), 0.95, 0.88)}
+    print_summary(R.Summary(tmp_path, "accuracy", configs, methods, "best", None, 1.0, []))
+    out = capsys.readouterr().out
+    assert "best member kept: no blend beat it on nested folds (best blend greedy" in out
+    assert R.summary_dict(R.Summary(tmp_path, "accuracy", configs, methods, "best", None, 1.0, []))["best_member_kept"]

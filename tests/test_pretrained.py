@@ -258,3 +258,18 @@ def test_file_weights_keep_timm_normalisation(tmp_path):
     model = timm.create_model("efficientnet_lite0", pretrained=False)
     config = pretrained_data_config(model, "efficientnet_lite0", str(tmp_path / "any.pth"))
     assert config["mean"] == timm.data.IMAGENET_DEFAULT_MEAN
+
+
+def test_a_checkpoint_with_python_objects_is_refused_naming_the_file_and_the_fix(tmp_path, resnet_weights):
+    """Training scripts often save their argparse.Namespace beside the weights: weights_only refuses it (it
+    would need the unpickler to build Python objects), and kit says which file and what to do, not a traceback."""
+    import argparse
+    from kit.errors import UnsafeFileError
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"state_dict": resnet_weights, "args": argparse.Namespace(lr=0.1)}, path)
+    with pytest.raises(UnsafeFileError) as info:
+        load_pretrained(timm.create_model("test_resnet", num_classes=7), "test_resnet", str(path))
+    message = str(info.value)
+    assert str(path) in message and "argparse.Namespace" in message
+    assert "torch.save(model.state_dict(), path)" in message and ".safetensors" in message
+    assert "weights_only=False" not in message

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings, strategies as st
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
-
-from kit.recipe import BLEND_METHODS, TTA_MODES, Recipe, RecipeError, Spec, load_recipe, recipe_hash  # noqa: E402
+from kit.recipe import BLEND_METHODS, TTA_MODES, Recipe, RecipeError, Spec, load_recipe, recipe_hash
 
 SECTIONS = {name: f.annotation for name, f in Recipe.model_fields.items()
             if isinstance(f.annotation, type) and issubclass(f.annotation, Spec)}
@@ -141,12 +139,12 @@ override = st.builds(lambda k, v: f"{k}={v}", override_keys, override_values)
 overrides = st.one_of(st.just([]), st.lists(st.one_of(override, override, junk_text), max_size=2))
 
 
-_last_error = [""]  # the message of the last RecipeError (for the reachability test below)
+_last_error = [""]  # the message of the last RecipeError, for the tests that check which key it names
 
 
 def load_cleanly(path, text: str, over):
     """load_recipe, accepting a recipe or a RecipeError that names the file; anything else propagates."""
-    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    path.write_text(text, encoding="utf-8")
     try:
         r = load_recipe(path, over)
     except RecipeError as e:
@@ -165,22 +163,35 @@ def recipe_path(tmp_path_factory):
     return tmp_path_factory.mktemp("hostile") / "r.yaml"
 
 
-# Where the random recipes end: success, or the check whose message names this key (every one must be reached,
-# else the strategies only exercise the first gate).
-OUTCOMES = ("loads", "model.cut_at", "augment.train[", "search.params", "--set", "ensemble.backbones[", "unknown key")
-
-
 def test_malformed_recipes_fail_cleanly(recipe_path):
-    reached = dict.fromkeys(OUTCOMES, 0)
+    outcomes = {"loads": 0, "refused": 0}
 
     @SETTINGS
     @given(raw=recipes(), over=overrides)
     def check(raw, over):
-        r = load_cleanly(recipe_path, _yaml_text(raw), over)
-        for outcome in OUTCOMES:
-            reached[outcome] += (r is not None) if outcome == "loads" else (r is None and outcome in _last_error[0])
+        outcomes["refused" if load_cleanly(recipe_path, _yaml_text(raw), over) is None else "loads"] += 1
     check()
-    assert all(reached.values()), reached
+    assert all(outcomes.values()), outcomes  # not every recipe is refused at the first gate
+
+
+@pytest.mark.parametrize("key", DEEP)
+def test_near_valid_values_fail_cleanly_in_the_deep_checks(recipe_path, key):
+    """A valid recipe with near-valid values at one key whose check goes deep (timm, albumentations, the search
+    space...): each example reaches that check, and some are refused by it, naming the key."""
+    named = []
+    name, k = key.split(".")
+
+    @settings(SETTINGS, max_examples=25)
+    @given(value=PLAUSIBLE[key], cut=st.booleans())
+    def check(value, cut):
+        raw = {"data": {"source": "digits"}, "model": {"backbone": "test_resnet"}}
+        raw.setdefault(name, {})[k] = value
+        if cut and key == "model.cut_at":
+            raw["model"]["strategy"] = "cut_at"
+        if load_cleanly(recipe_path, _yaml_text(raw), []) is None:
+            named.append(f"'{key}" in _last_error[0] or f"{key}[" in _last_error[0])
+    check()
+    assert any(named), f"no example was refused naming {key}"
 
 
 @SETTINGS

@@ -184,7 +184,6 @@ def test_a_skops_head_with_an_untrusted_type_is_refused_naming_it(tmp_path):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import FunctionTransformer
-    x, y = _head_training_inputs()
     evil = make_pipeline(FunctionTransformer(os.system), LogisticRegression())
     path = F.save_sklearn_head(evil, tmp_path / "m" / F.HEAD_FILE)
     with pytest.raises(UnsafeFileError, match=r"head\.skops holds types kit does not load \(posix\.system\)"):

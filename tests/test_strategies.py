@@ -202,7 +202,8 @@ def test_a_bare_head_is_all_head_with_no_stages():
     groups = param_groups(head, s, TrainSpec(lr=LR, weight_decay=0.05))
     assert set(lr_of(groups, head)) == {n for n, _ in head.named_parameters()}
     assert all(g["lr"] == LR for g in groups)
-    decay = {n: g["weight_decay"] for g in groups for n, p in head.named_parameters() if any(p is q for q in g["params"])}
+    decay = {n: g["weight_decay"] for g in groups for n, p in head.named_parameters()
+             if any(p is q for q in g["params"])}
     assert decay == {"0.weight": 0.05, "0.bias": 0.0, "2.weight": 0.05, "2.bias": 0.0}
 
 

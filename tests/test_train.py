@@ -147,7 +147,8 @@ def test_fit_announces_each_epoch_to_the_loader_before_iterating_it(imagefolder_
     seeds = [4 * 100_003 + e for e in range(3)]  # the shuffle generator is still reseeded from (seed, epoch)
     assert calls == [("set_epoch", 0), ("iter", seeds[0]), ("set_epoch", 1), ("iter", seeds[1])]
     calls.clear()
-    train_run(imagefolder_spec, tmp_path / "m", train=train, resume=True, wrap=lambda loader: EpochLoader(loader, calls))
+    train_run(imagefolder_spec, tmp_path / "m", train=train, resume=True,
+              wrap=lambda loader: EpochLoader(loader, calls))
     assert calls == [("set_epoch", 2), ("iter", seeds[2])]  # a resumed run announces the epoch it starts at
 
 

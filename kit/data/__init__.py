@@ -3,14 +3,16 @@
     sources = load_sources(recipe.data)                       # kit.data.sources (paths stay inside their root)
     bad = scan_sources(sources)                               # kit.data.scan: every file decoded once, cached
     sources = apply_bad_images(sources, bad, recipe.data.bad_images, where)   # fail: DataError; skip: rows dropped
+    sources = attach_decoded_cache(sources, decoded_max_side(recipe))         # kit.data.cache: decoded once, on disk
     folds = make_folds(sources.train.labels, recipe.data, sources.train.classes)   # kit.data.folds
     cfg = resolve_data_config(model, recipe.augment)          # kit.data.transforms
     ds = ImageDataset(sources.train, np.flatnonzero(folds != k), create_train_transform(recipe.augment, cfg))
-    loader = make_loader(ds, batch_size, shuffle=True, num_workers=recipe.data.num_workers, seed=seed)
+    workers = choose_num_workers(ds, batch_size)              # data.num_workers: auto, measured once in the plan
+    loader = make_loader(ds, batch_size, shuffle=True, num_workers=workers, seed=seed)
     loader.set_epoch(epoch)                                   # batches depend on (seed, epoch), not on workers
 
-transforms (albumentations, cv2), loader (torch) and scan are imported on first use, so `import kit.data` stays
-light.
+transforms (albumentations, cv2), loader (torch), cache and scan are imported on first use, so `import kit.data`
+stays light.
 """
 from __future__ import annotations
 
@@ -24,12 +26,14 @@ from kit.data.sources import DataSourceError, ImageTable, Sources, load_sources,
 _LAZY = {
     "resolve_data_config": "kit.data.transforms", "create_train_transform": "kit.data.transforms",
     "create_eval_transform": "kit.data.transforms", "eval_resize": "kit.data.transforms",
-    "ImageDataset": "kit.data.loader", "make_loader": "kit.data.loader",
+    "ImageDataset": "kit.data.loader", "make_loader": "kit.data.loader", "choose_num_workers": "kit.data.loader",
+    "attach_decoded_cache": "kit.data.cache", "decoded_max_side": "kit.data.cache",
     "BadImage": "kit.data.scan", "scan_sources": "kit.data.scan", "apply_bad_images": "kit.data.scan",
 }
 
 if TYPE_CHECKING:
-    from kit.data.loader import ImageDataset, make_loader
+    from kit.data.cache import attach_decoded_cache, decoded_max_side
+    from kit.data.loader import ImageDataset, choose_num_workers, make_loader
     from kit.data.scan import BadImage, apply_bad_images, scan_sources
     from kit.data.transforms import create_eval_transform, create_train_transform, eval_resize, resolve_data_config
 
@@ -41,6 +45,7 @@ def __getattr__(name: str):
 
 
 __all__ = ["ALWAYS_TRAIN", "BadImage", "DataSourceError", "FoldError", "ImageDataset", "ImageReadError",
-           "ImageTable", "Sources", "apply_bad_images", "create_eval_transform", "create_train_transform",
-           "eval_resize", "fold_ids", "load_folds", "load_item", "load_sources", "make_folds", "make_loader",
-           "read_image", "resolve_data_config", "save_folds", "scan_sources", "sort_classes", "verify_image"]
+           "ImageTable", "Sources", "apply_bad_images", "attach_decoded_cache", "choose_num_workers",
+           "create_eval_transform", "create_train_transform", "decoded_max_side", "eval_resize", "fold_ids",
+           "load_folds", "load_item", "load_sources", "make_folds", "make_loader", "read_image",
+           "resolve_data_config", "save_folds", "scan_sources", "sort_classes", "verify_image"]

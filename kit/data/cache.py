@@ -4,8 +4,8 @@ flat uint8 store on disk, which training and prediction read instead of decoding
     sources = attach_decoded_cache(sources, max_side=decoded_max_side(recipe))   # after kit.data.scan
     table.image(row)  # HxWx3 uint8, a copy read from the store (or decoded from its file when not stored)
 
-Why: decoding a 28 px PNG costs ~100 us, more than the albumentations pipeline that follows it, and the loader
-did it for every image of every epoch; reading 2.3 kB from the store costs a few microseconds.
+Why: decoding a 28 px PNG costs 85-145 us on this 2-core CPU, about what the whole albumentations pipeline after
+it costs, and the loader did it for every image of every epoch; reading its 2.3 kB from the store costs ~7 us.
 
 An entry, cache_dir()/decoded/<key>/ (key: sha256 of CACHE_FORMAT, Pillow's version, max_side and every file's
 absolute path, size and mtime_ns, so a changed file gives a new entry and the old one is never read):
@@ -54,6 +54,8 @@ CACHE_FORMAT = 1  # bump when the layout changes or read_image decodes different
 SIDE_FACTOR = 2  # shorter side kept: 2 x the largest side a planned transform resizes to (see the docstring)
 DISK_RESERVE = 1 << 30  # bytes left free on the cache's disk: a cache must not fill it for the run's own files
 CHUNK = 32  # images per task handed to a decoding thread
+CHUNK_BYTES = 32 << 20  # ... and at most 32 MiB of decoded pixels per task (one image at least)
+WINDOW_BYTES = 256 << 20  # decoded pixels waiting to be written, at most (about): the build's memory
 PROGRESS_MIN = 1_000  # images to decode before the default progress bar is shown
 PIXELS, INDEX, META, COMPLETE = "pixels.bin", "index.npy", "meta.json", "complete"
 _STALE_TMP_S = 24 * 3600  # `.tmp-*` folders older than a day are leftovers of killed builds
@@ -142,7 +144,9 @@ def attach_decoded_cache(sources: Sources, max_side: Optional[int] = None, *, ma
         raise ValueError(f"max_side must be a positive number of pixels or None, got {max_side}")
     files = [_stat(p) for p in paths]
     target = cache_root() / entry_key(files, max_side)
-    store = open_entry(target) or _build(target, paths, max_side, max_bytes, workers, progress)
+    store = open_entry(target)
+    if store is None:
+        store = _build(target, paths, max_side, max_bytes, workers, progress)
     if store is None:
         return sources
     slot = {p: k for k, p in enumerate(paths)}
@@ -214,47 +218,56 @@ def _decode(path: str, max_side: Optional[int]) -> np.ndarray:
     return np.ascontiguousarray(cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA))
 
 
-def _header_bytes(paths: list[str], max_side: Optional[int]) -> int:
-    """Bytes of these images once stored, from their headers (EXIF rotation swaps the sides, not the size)."""
+def _header_sizes(paths: list[str], max_side: Optional[int]) -> list[int]:
+    """Bytes each image takes once stored, from its header (EXIF rotation swaps the sides, not the size); 0
+    for a file whose header cannot be read (read_image names it when it decodes it)."""
     from PIL import Image
-    total = 0
+    sizes = []
     for p in paths:
         try:
             with Image.open(p) as img:
                 h, w = stored_shape(img.height, img.width, max_side)
-        except Exception:  # read_image will name the file when it decodes it
-            continue
-        total += 3 * h * w
-    return total
+        except Exception:
+            h = w = 0
+        sizes.append(3 * h * w)
+    return sizes
+
+
+def _chunks(paths: list[str], sizes: list[int]) -> list[tuple[list[str], int]]:
+    """Consecutive images in tasks of at most CHUNK images and CHUNK_BYTES (one image at least): (paths, bytes)."""
+    out, start, total = [], 0, 0
+    for i, size in enumerate(sizes):
+        if i > start and (i - start == CHUNK or total + size > CHUNK_BYTES):
+            out.append((paths[start:i], total))
+            start, total = i, 0
+        total += size
+    out.append((paths[start:], total))
+    return out
 
 
 def _build(target: Path, paths: list[str], max_side, max_bytes, workers, progress) -> Optional[DecodedStore]:
     """Decode every image into a `.tmp-*` folder beside `target`, rename it into place and open it; None (with a
     warning) when the store does not fit or cannot be written."""
     root, t0 = target.parent, time.perf_counter()
-    chunks = [paths[i:i + CHUNK] for i in range(0, len(paths), CHUNK)]
     threads = workers or os.cpu_count() or 1
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kit-decode")
     tmp = None
     try:
         root.mkdir(parents=True, exist_ok=True)
-        need = sum(pool.map(_header_bytes, chunks, [max_side] * len(chunks)))
-        room = shutil.disk_usage(root).free - DISK_RESERVE
-        if need > min(room, max_bytes if max_bytes is not None else room):
-            limit = f"max_bytes={max_bytes:,}" if max_bytes is not None and max_bytes < room else \
-                f"{max(room, 0) / 1e9:.1f} GB free in {root} (keeping {DISK_RESERVE / 1e9:.1f} GB)"
-            _warn(f"decoded-image cache skipped: {len(paths):,} images need {need / 1e9:.2f} GB, more than {limit}; "
-                  f"images are decoded from their files every epoch (slower); free space or set $KIT_CACHE_DIR "
-                  f"to a larger disk")
+        blocks = [paths[i:i + CHUNK] for i in range(0, len(paths), CHUNK)]
+        sizes = [n for block in pool.map(_header_sizes, blocks, [max_side] * len(blocks)) for n in block]
+        if not _fits(sum(sizes), len(paths), root, max_bytes):
             return None
         _remove_stale_tmp(root)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name[:16]}-", dir=root))
         tmp.chmod(0o755)  # mkdtemp makes it private; a cache may be shared by the users of a machine
-        index, size = _write_pixels(tmp / PIXELS, pool, 2 * threads, chunks, len(paths), max_side, progress)
+        index, size = _write_pixels(tmp / PIXELS, pool, 2 * threads, _chunks(paths, sizes), len(paths), max_side,
+                                    progress)
         np.save(tmp / INDEX, index, allow_pickle=False)
         folder = os.path.commonpath([os.path.dirname(p) for p in (paths[0], paths[-1])])
+        import PIL
         meta = {"format": CACHE_FORMAT, "n": len(paths), "bytes": size, "max_side": max_side, "folder": folder,
-                "seconds": round(time.perf_counter() - t0, 3)}
+                "pillow": PIL.__version__, "seconds": round(time.perf_counter() - t0, 3)}
         (tmp / META).write_text(json.dumps(meta, indent=2))
         (tmp / COMPLETE).write_text("")  # last: an entry without it is never read
         _publish(tmp, target)
@@ -271,37 +284,52 @@ def _build(target: Path, paths: list[str], max_side, max_bytes, workers, progres
     return open_entry(target)
 
 
+def _fits(need: int, n: int, root: Path, max_bytes: Optional[int]) -> bool:
+    room = shutil.disk_usage(root).free - DISK_RESERVE
+    if need <= room and (max_bytes is None or need <= max_bytes):
+        return True
+    limit = f"max_bytes={max_bytes:,}" if max_bytes is not None and max_bytes < room else \
+        f"the {max(room, 0) / 1e9:.1f} GB free in {root} (keeping {DISK_RESERVE / 1e9:.1f} GB)"
+    _warn(f"decoded-image cache skipped: {n:,} images need {need / 1e9:.3g} GB, more than {limit}; images are "
+          f"decoded from their files every epoch (slower); free space or set $KIT_CACHE_DIR to a larger disk")
+    return False
+
+
 def _decode_chunk(paths: list[str], max_side) -> list[np.ndarray]:
     return [_decode(p, max_side) for p in paths]
 
 
 def _write_pixels(path: Path, pool, window: int, chunks, total: int, max_side, progress: Progress):
-    """Decode `chunks` in the pool and append their pixels to `path` in order: (index [N, 3], bytes written).
-    At most `window` chunks are in flight, so decoded images wait in memory only until they are written."""
+    """Decode `chunks` ((paths, bytes) each) in the pool and append their pixels to `path` in order: (index
+    [N, 3], bytes written). At most `window` chunks and about WINDOW_BYTES are in flight: decoded images wait
+    in memory only until they are written."""
     index = np.empty((total, 3), dtype=np.int64)
     report, close = _progress(progress, total)
     pending, todo = deque(), iter(chunks)
-    offset = row = 0
+    offset = row = in_flight = 0
     try:
         with open(path, "wb") as f:
             while True:
-                while len(pending) < window:
+                while len(pending) < window and (in_flight < WINDOW_BYTES or not pending):
                     chunk = next(todo, None)
                     if chunk is None:
                         break
-                    pending.append(pool.submit(_decode_chunk, chunk, max_side))
+                    pending.append((pool.submit(_decode_chunk, chunk[0], max_side), chunk[1]))
+                    in_flight += chunk[1]
                 if not pending:
                     break
-                for image in pending.popleft().result():
+                future, size = pending.popleft()
+                for image in future.result():
                     f.write(image.data)
                     index[row] = (offset, image.shape[0], image.shape[1])
                     offset, row = offset + image.nbytes, row + 1
+                in_flight -= size
                 report(row)
             f.flush()
             os.fsync(f.fileno())
     finally:
-        for fut in pending:
-            fut.cancel()
+        for future, _ in pending:
+            future.cancel()
         close()
     return index, offset
 
@@ -328,7 +356,7 @@ def _remove_stale_tmp(root: Path) -> None:
 
 
 def _warn(message: str) -> None:
-    warnings.warn(message, stacklevel=4)
+    warnings.warn(message, stacklevel=3)
 
 
 def _progress(progress: Progress, total: int):

@@ -10,10 +10,10 @@ function of (loader seed, epoch). A batch is then the same with 0 or 8 workers, 
 or not epochs 0..e-1 ran before it in this process, which is what makes a resumed run exact.
 `set_epoch(e)` fixes the next epoch (kit.train.fit calls it); without it each iteration is the next epoch.
 
-Workers. `choose_num_workers` times the loader with each candidate worker count, while the main process runs
-the caller's training step on each batch (`training_step(model)`), and keeps the fastest: on a 2-core CPU
-whose cores torch's threads already use, workers only take cycles from training, and reading decoded images
-(kit.data.cache) in the main process is fastest; with a GPU, or spare cores, workers win.
+Workers. `choose_num_workers` times the loader with each candidate worker count, the caller's training step
+(`training_step(model)`) run on each batch in the main process, and keeps the fastest. Without a step it
+times only counts the loader alone can rank (worker_candidates): on a CPU whose cores torch's threads use,
+workers take cycles from training, and reading decoded images (kit.data.cache) in the main process wins.
 
 Errors. A KitError raised while a worker reads a sample (an ImageReadError naming the file) reaches the caller
 as the same class with its own one-line message, not torch's "Caught ... in DataLoader worker process 0"
@@ -175,14 +175,8 @@ def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed:
 # ---------------------------------------------------------------- workers, by measurement
 
 WORKER_TIE = 0.05  # more workers must deliver 5% more images/s than fewer to be chosen (each costs memory)
-WARMUP_STEPS = 1  # untimed calls of the step before timing (allocator and kernel warm-up)
 MIN_TIMED = 2  # batches timed per candidate, however short `seconds` is
-
-
-def worker_candidates(cores: Optional[int] = None) -> list[int]:
-    """0, 1, 2, 4, ... up to the cores this process may run on."""
-    cores = cores or _cores()
-    return [0] + [k for k in (1, 2, 4, 8, 16, 32) if k <= cores]
+_TIMED_EPOCH = 100_000  # samples in the timing loader's one epoch: no epoch ends (and prefetch stalls) mid-timing
 
 
 def _cores() -> int:
@@ -192,17 +186,41 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+def worker_candidates(cores: Optional[int] = None, *, device=None, step: bool = False) -> list[int]:
+    """The worker counts worth timing on `cores` (default: those this process may run on) for training on
+    `device` (default: cuda when available, else cpu).
+
+    With a step (the training step is timed too): 0, 1, 2, 4, ... up to the cores. Without one, the counts the
+    loader alone can rank: on a CPU whose cores torch's threads use for training, workers take cycles from
+    training and none can win (on this 2-core machine: 0, untimed); with spare cores, 1, 2, 4, ... up to
+    them (a worker on a spare core overlaps loading with training, which 0 workers never does); on an
+    accelerator, 1, 2, 4, ... up to all cores but the main process's."""
+    cores = cores or _cores()
+    upto = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= cores]
+    if step:
+        return [0] + upto
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available()
+                                                                          else "cpu")
+    spare = cores - (torch.get_num_threads() if device.type == "cpu" else 1)
+    return [k for k in upto if k <= spare] or [0]
+
+
 def choose_num_workers(dataset, batch_size: int, *, candidates=None, seconds: float = 1.0,
-                       step: Optional[Callable] = None, measure: Optional[Callable[[int], float]] = None) -> int:
+                       step: Optional[Callable] = None, device=None,
+                       measure: Optional[Callable[[int], float]] = None) -> int:
     """The worker count whose loader delivers `dataset` fastest, measured: each of `candidates` (default
-    worker_candidates()) is timed for about seconds / len(candidates) (see time_loader), `step(batch)` run on
-    each batch in the main process, so that workers compete for the cores with training as they will.
-    Without a step only the loader is timed, which is right when the model runs on a GPU and overrates workers
-    on a CPU that training keeps busy. `measure(k)` -> images/s replaces the timing (tests, recorded timings).
-    The fewest workers within WORKER_TIE of the fastest are chosen."""
-    candidates = sorted(set(int(k) for k in (worker_candidates() if candidates is None else candidates)))
+    worker_candidates(device=device, step=...)) is timed for about seconds / len(candidates) (time_loader),
+    `step(batch)` (e.g. training_step(model)) run on each batch in the main process, so that workers compete
+    with training for the cores as they will; a single candidate is returned untimed. A step costs
+    len(candidates) x MIN_TIMED of its calls at least: seconds on a CPU at 224 px. `measure(k)` -> images/s
+    replaces the timing (tests, recorded timings). Ties (within WORKER_TIE) go to fewer workers."""
+    if candidates is None:
+        candidates = worker_candidates(device=device, step=step is not None)
+    candidates = sorted({int(k) for k in candidates})
     if not candidates or candidates[0] < 0:
         raise ValueError(f"candidates must be worker counts >= 0, got {candidates}")
+    if len(candidates) == 1:
+        return candidates[0]
     if measure is None:
         rates = measure_workers(dataset, batch_size, candidates, seconds=seconds, step=step)
     else:
@@ -211,7 +229,7 @@ def choose_num_workers(dataset, batch_size: int, *, candidates=None, seconds: fl
 
 
 def pick_workers(rates: dict) -> int:
-    """The fewest workers whose images/s is within WORKER_TIE of every larger count's (rates: {workers: img/s})."""
+    """The fewest workers within WORKER_TIE of the fastest count's images/s (rates: {workers: images/s})."""
     best = None
     for k in sorted(rates):
         if best is None or rates[k] > rates[best] * (1 + WORKER_TIE):
@@ -221,14 +239,14 @@ def pick_workers(rates: dict) -> int:
 
 def measure_workers(dataset, batch_size: int, candidates, *, seconds: float = 1.0,
                     step: Optional[Callable] = None) -> dict:
-    """{workers: images/s} of `dataset`'s loader (with `step` run on each batch) for each candidate. torch's
-    global random state is restored afterwards: the timing does not shift a member's random stream."""
+    """{workers: images/s} of `dataset`'s loader, `step` run on each batch, for each candidate. torch's global
+    random state is restored afterwards: the timing does not shift a member's random stream."""
+    if len(dataset) == 0:
+        raise ValueError("cannot time the loader of an empty dataset")
     rng = torch.get_rng_state()
     try:
-        if step is not None:  # warm up the step once, on a batch made here
-            batch = default_collate([dataset[i] for i in range(min(batch_size, len(dataset)))])
-            for _ in range(WARMUP_STEPS):
-                step(batch)
+        if step is not None:  # its first call allocates and warms up: not timed
+            step(default_collate([dataset[i] for i in range(min(batch_size, len(dataset)))]))
         budget = seconds / max(len(candidates), 1)
         return {k: time_loader(dataset, batch_size, k, budget, step) for k in candidates}
     finally:
@@ -237,9 +255,13 @@ def measure_workers(dataset, batch_size: int, candidates, *, seconds: float = 1.
 
 def time_loader(dataset, batch_size: int, num_workers: int, seconds: float, step: Optional[Callable] = None
                 ) -> float:
-    """Images/s delivered by make_loader(dataset, ..., num_workers) over about `seconds`, after its workers have
-    started and filled their first batches (num_workers + 1 batches are not timed), at least MIN_TIMED batches;
-    epochs follow each other as in training (a small dataset is iterated several times)."""
+    """Images/s that make_loader(dataset, ..., num_workers) delivers (with `step` run on each batch) over about
+    `seconds`, at least MIN_TIMED batches, once its workers have started and filled their first batches
+    (num_workers + 1 batches are not timed). An ImageDataset is repeated to one long epoch first, so that the
+    timing sees no epoch end, whose restart a real epoch of many batches pays once."""
+    if isinstance(dataset, ImageDataset):
+        reps = -(-_TIMED_EPOCH // len(dataset))
+        dataset = ImageDataset(dataset.table, np.tile(dataset.indices, reps), dataset.transform)
     loader = make_loader(dataset, batch_size, shuffle=True, num_workers=num_workers, seed=0)
     untimed, timed, images, t0 = num_workers + 1, 0, 0, 0.0
     try:

@@ -19,22 +19,21 @@ from __future__ import annotations
 
 from kit.features._cache import (CACHE_FORMAT, TRANSFORM_KEYS, VIEWS, ZOOM, CachedEmbeddings, cache_root,
                                  cached_embeddings, describe_weights, embedding_key, feature_views,
-                                 image_set_digest, kit_cache_dir, pooled_features, read_entry, view_batch)
+                                 image_set_digest, kit_cache_dir, model_digest, pooled_features, read_entry, view_batch)
 from kit.features._heads import (C_GRID, CALIBRATION_FRACTION, HEAD_FILE, LEGACY_HEAD_FILE, MISSING_LOGIT,
-                                 SKLEARN_TRUSTED, SklearnHead, calibration_split, choose_c, create_head, embedding_scale,
-                                 embedding_loader, fit_sklearn_head, fit_temperature, fit_torch_head, fitted_c,
-                                 head_proba, install_head, load_sklearn_head, logreg_as_linear,
+                                 SKLEARN_TRUSTED, SklearnHead, calibration_split, choose_c, create_head,
+                                 embedding_loader, embedding_scale, fit_sklearn_head, fit_temperature, fit_torch_head,
+                                 fitted_c, head_proba, install_head, load_sklearn_head, logreg_as_linear,
                                  restore_member_model, save_sklearn_head, sklearn_proba)
 from kit.features._member import fit_feature_member
 
 __all__ = [
     "CACHE_FORMAT", "TRANSFORM_KEYS", "VIEWS", "ZOOM", "CachedEmbeddings", "cache_root", "cached_embeddings",
-    "describe_weights", "embedding_key", "feature_views", "image_set_digest", "kit_cache_dir", "pooled_features",
+    "describe_weights", "embedding_key", "feature_views", "image_set_digest", "kit_cache_dir", "model_digest", "pooled_features",
     "read_entry", "view_batch",
     "C_GRID", "CALIBRATION_FRACTION", "HEAD_FILE", "LEGACY_HEAD_FILE", "MISSING_LOGIT", "SKLEARN_TRUSTED",
     "SklearnHead", "calibration_split", "choose_c", "create_head", "embedding_loader", "embedding_scale",
-    "fit_sklearn_head",
-    "fit_temperature", "fit_torch_head", "fitted_c", "head_proba", "install_head", "load_sklearn_head",
+    "fit_sklearn_head", "fit_temperature", "fit_torch_head", "fitted_c", "head_proba", "install_head", "load_sklearn_head",
     "logreg_as_linear", "restore_member_model", "save_sklearn_head", "sklearn_proba",
     "fit_feature_member",
 ]

@@ -65,6 +65,15 @@ def describe_weights(backbone: str, weights: str) -> str:
     return f"file:{_file_sha256(source)}"
 
 
+def model_digest(model: nn.Module) -> str:
+    """sha256 of a model's parameters and buffers (names, shapes and values)."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}\0".encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def image_set_digest(table) -> str:
     """sha256 of the ids and images of a table: file path, size and mtime, or the bytes of in-memory arrays."""
     h = hashlib.sha256()
@@ -140,6 +149,8 @@ def cached_embeddings(model: nn.Module, table, cfg: dict, *, backbone: str, weig
     root = cache_root()
     precision = str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "float32"
     digest, described = image_set_digest(table), describe_weights(backbone, weights)
+    if described == "none":  # random weights: the embeddings are those of this very init, not of the name
+        described = f"none:{model_digest(model)}"
     keys = {v: embedding_key(backbone, described, cut_at, cfg, digest, v, precision) for v in views}
     found = {v: read_entry(root / k, len(table)) for v, k in keys.items()}
     missing = [v for v in views if found[v] is None]

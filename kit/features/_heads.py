@@ -5,8 +5,9 @@ into a model and restoring a member's saved model.
 Calibration. Every head's probabilities are fitted against log loss on training rows only, never on the
 validation fold: the scikit-learn heads get standardised inputs and C chosen by inner cross-validation on the
 training rows (log loss over model.head_c x C_GRID: model.head_c is the centre of the search, not a fixed
-value), the SVM's scores go through Platt scaling (CalibratedClassifierCV, sigmoid), and a torch head's
-logits are divided by one temperature fitted on training images held out of its training (fit_temperature).
+value), the one-vs-rest SVMs' scores go through Platt scaling (CalibratedClassifierCV, sigmoid), and a torch
+head's logits are divided by one temperature fitted on training images held out of its training
+(fit_temperature). All heads standardise the embeddings the same way (embedding_scale).
 
 Files. Nothing a head saves can run code when read back: torch heads and logistic regression live in best.pt
 as tensors (logreg is exactly one nn.Linear, logreg_as_linear); the SVM pipeline is a skops file (HEAD_FILE),
@@ -45,10 +46,10 @@ def embedding_scale(x) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature (mean, scale) of training embeddings, for z = (x - mean) / scale, the inputs of every head.
     scale = sqrt(std^2 + s^2), s the features' mean std, rather than std: many pooled features are (nearly)
     constant on the training rows (ReLU6 units that never fire: 141 of efficientnet_lite0's 1,280 on digits at
-    96 px) yet not on new images, and dividing by their ~0 std turned a value of 0.24 into z = 240,000 -- logits
-    of thousands, a linear head overconfident (log loss 1.07 at 0.91 accuracy) and an RBF SVM whose kernel is ~0
-    for such images (0.82 accuracy). With the floor s, no z exceeded 13 there; logreg 0.927 -> 0.934 accuracy,
-    SVM 0.84 -> 0.92 (tests/test_features.py and the report's measurements)."""
+    96 px) yet not on new images, and dividing by their ~0 std turned a value of 0.24 into z = 240,000: logits
+    of thousands (a linear head at 0.91 accuracy had a log loss of 1.07) and an RBF kernel of ~0 for such
+    images (SVM at 0.82). With the floor s no validation z exceeds 13 there, and a feature's weight in the
+    RBF distance is at most 1/s^2."""
     x = np.asarray(x, dtype=np.float64)
     mean, std = x.mean(0), x.std(0)
     return mean, np.sqrt(std ** 2 + max(float(std.mean()), 1e-12) ** 2)

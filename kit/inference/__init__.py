@@ -16,8 +16,8 @@ from __future__ import annotations
 from kit.inference._ensemble import (TIMING_IMAGES, WEIGHT_EPS, Blend, Config, Ensemble, build_member_model,
                                      read_weights, versions)
 from kit.inference._images import csv_images, folder_images, prepare_images, write_predictions
-from kit.inference._run import load, load_run, member_plans, read_json
+from kit.inference._run import load, load_run, member_plans, plan_recipe, read_json
 
 __all__ = ["TIMING_IMAGES", "WEIGHT_EPS", "Blend", "Config", "Ensemble", "build_member_model", "csv_images",
-           "folder_images", "load", "load_run", "member_plans", "prepare_images", "read_json", "read_weights",
-           "versions", "write_predictions"]
+           "folder_images", "load", "load_run", "member_plans", "plan_recipe", "prepare_images", "read_json",
+           "read_weights", "versions", "write_predictions"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,7 +20,10 @@ from kit.recipe import TTA_MODES, Recipe
 # Configurations weighing less than this in the chosen blend are left out (not predicted, not exported): their share
 # of any probability is below 1e-6, under what a float32 submission shows. The leaderboard counts ensemble sizes so.
 WEIGHT_EPS = 1e-6
-TIMING_IMAGES = 8  # images in the timing pass before a prediction (after one warm-up image)
+# Images in the timing pass before a prediction (after one warm-up image). On the CPU a pass holds up to 4 x 224^2
+# pixels (kit.tta.CPU_CHUNK_PIXELS): 16 images fill it at 112 px; with 8, the quickstart's 64 px lite0 was timed
+# ~1.5x slower per image than it then predicted 360 test images
+TIMING_IMAGES = 16
 # A rank blend's values move in steps of 1 / (images predicted together): below 100 images, steps of over 1%
 RANK_MIN_IMAGES = 100
 
@@ -48,12 +52,13 @@ class Ensemble:
     return changed copies that share the models already built."""
 
     def __init__(self, source, kind, recipe: Recipe, classes, configs, blend: Blend, weights_files: dict,
-                 versions: dict, left_out=(), keep=None):
+                 versions: dict, environment: dict, left_out=(), keep=None):
         self.source, self.kind, self.recipe = Path(source), kind, recipe
         self.classes = tuple(classes)
         self.configs, self.blend = tuple(configs), blend
         self.weights_files = weights_files  # member name -> its weights file (best.pt or model.safetensors)
         self.versions, self.left_out = dict(versions), tuple(left_out)
+        self.environment = dict(environment)  # the plan's numerics choices (threads, TTA's CPU chunk size)
         self._keep = keep  # a bundle's extracted zip (TemporaryDirectory): removed with the last copy
         self._models: dict = {}
 
@@ -83,7 +88,8 @@ class Ensemble:
 
     def _copy(self, **changes) -> "Ensemble":
         new = Ensemble(self.source, self.kind, self.recipe, self.classes, changes.get("configs", self.configs),
-                       changes.get("blend", self.blend), self.weights_files, self.versions, self.left_out, self._keep)
+                       changes.get("blend", self.blend), self.weights_files, self.versions, self.environment,
+                       self.left_out, self._keep)
         new._models = self._models
         return new
 
@@ -142,7 +148,6 @@ class Ensemble:
             per_config = [E.apply_temperature(p, c.temperature).astype(np.float32) for p, c in
                           zip(per_config, self.configs)]
         if self.blend.method == "rank" and len(table) < RANK_MIN_IMAGES:
-            import warnings
             warnings.warn(f"this run blends by rank, which ranks each class's probabilities among the images "
                           f"predicted together: {len(table)} image(s) here give a coarse blend (one image: uniform "
                           f"probabilities); predict the whole test set in one call, or select(1)", stacklevel=3)
@@ -160,9 +165,11 @@ class Ensemble:
         rng = np.random.default_rng(0)
         images = [rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for _ in range(n + 1)]
         table = ImageTable(np.arange(n + 1).astype(str), images, None, self.classes)
-        self.predict_table(table.subset([0]), batch_size=batch_size, device=device, num_workers=0)
-        t0 = time.perf_counter()
-        self.predict_table(table.subset(np.arange(1, n + 1)), batch_size=batch_size, device=device, num_workers=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a rank blend's warning about few images: these are not predictions
+            self.predict_table(table.subset([0]), batch_size=batch_size, device=device, num_workers=0)
+            t0 = time.perf_counter()
+            self.predict_table(table.subset(np.arange(1, n + 1)), batch_size=batch_size, device=device, num_workers=0)
         return (time.perf_counter() - t0) / n * 1000
 
     def device(self, device=None):
@@ -183,6 +190,7 @@ class Ensemble:
                 bs = batch_size or m.recipe.train.batch_size * 2  # predict_member's batch
                 groups.setdefault((json.dumps(m.data_config, sort_keys=True), _resize(m), bs), []).append((c, m))
         out, done, total = {}, 0, len(table) * len(groups)
+        chunk = self.environment.get("tta_cpu_chunk_pixels")  # as the plan fixed it for predict_member
         for (_, _, bs), pairs in groups.items():
             first = pairs[0][1]
             workers = first.recipe.data.num_workers if num_workers is None else num_workers
@@ -190,7 +198,7 @@ class Ensemble:
                                  num_workers=workers, seed=first.recipe.train.seed)
             for batch in loader:
                 for c, m in pairs:
-                    probs, rows = _predict_batch(self._model(m, device), batch, m, c.tta, device)
+                    probs, rows = _predict_batch(self._model(m, device), batch, m, c.tta, device, chunk)
                     out.setdefault(m.name, np.zeros((len(table), len(self.classes)), np.float32))[rows] = probs
                 done += len(batch[2])
                 if progress is not None:
@@ -220,14 +228,14 @@ def _transform(member: MemberPlan):
     return create_eval_transform(member.data_config, resize=r, crop=r)
 
 
-def _predict_batch(model, batch, member: MemberPlan, mode: str, device):
+def _predict_batch(model, batch, member: MemberPlan, mode: str, device, cpu_chunk_pixels):
     from kit.runtime import resolve_amp
     from kit.tta import predict_modes
     r, cfg = member.recipe, member.data_config
     by_mode, rows = predict_modes(model, [batch], [mode], r.tta.merge, input_size=cfg["input_size"], device=device,
                                   amp_dtype=resolve_amp(r.train.amp, device), channels_last=member.channels_last,
                                   max_batch_views=r.tta.max_batch_views, original_weight=r.tta.original_weight,
-                                  scales=tuple(r.tta.scales))
+                                  scales=tuple(r.tta.scales), cpu_chunk_pixels=cpu_chunk_pixels)
     return by_mode[mode], rows
 
 
@@ -246,15 +254,15 @@ def build_member_model(member: MemberPlan, num_classes: int, weights_file: Path,
         made = f" (it was made with timm {versions['timm']}, this is timm {timm_version})" if versions else ""
         raise RunDirError(f"{weights_file} does not fit {member.recipe.model.backbone} as this timm builds it{made}: "
                           f"{str(e).splitlines()[0][:200]}; install the timm version it was made with") from None
-    return to_device(model, device, member.channels_last)
+    return to_device(model, device, member.channels_last).eval()
 
 
 def read_weights(path: Path) -> dict:
     if path.suffix == ".safetensors":
         from kit.bundle import read_safetensors
         return read_safetensors(path)
-    from kit.members import _load_tensors  # the run's own rule: weights_only, UnsafeFileError naming the file
-    return _load_tensors(path)["model"]
+    from kit.train import load_checkpoint  # the run's own rule: weights_only, UnsafeFileError naming the file
+    return load_checkpoint(path)["model"]
 
 
 def versions() -> dict:

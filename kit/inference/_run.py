@@ -21,6 +21,8 @@ def load(path) -> Ensemble:
         return load_bundle(p)
     if (p / PLAN_FILE).is_file():
         return load_run(p)
+    if (p / "recipe.yaml").is_file():
+        raise RunDirError(f"{p} has no {PLAN_FILE} (a run from an older kit); write it with: kit submit {p}")
     raise RunDirError(f"{p} is neither a run directory (no {PLAN_FILE}) nor a bundle (no {BUNDLE_FILE}); pass "
                       f"runs/<name>, or a folder or .zip made by kit export")
 
@@ -45,13 +47,21 @@ def member_plans(raw: dict, source) -> list[MemberPlan]:
         raise RunDirError(f"{source} is not a plan this kit can read ({type(e).__name__}: {str(e)[:200]})") from None
 
 
+def plan_recipe(raw: dict, source) -> Recipe:
+    """The run's own recipe in a plan.json dict (its data paths, too, need not exist)."""
+    from pydantic import ValidationError
+    try:
+        return Recipe.model_validate(raw["recipe"])
+    except (ValidationError, KeyError, TypeError) as e:
+        raise RunDirError(f"{source} is not a plan this kit can read ({type(e).__name__}: {str(e)[:200]})") from None
+
+
 def load_run(run_dir) -> Ensemble:
     from kit.members import member_done
     from kit.rundir import member_dir
     run_dir = Path(run_dir)
     raw = read_json(run_dir / PLAN_FILE, f"plan it again with: kit submit {run_dir}")
-    members = member_plans(raw, run_dir / PLAN_FILE)
-    recipe = Recipe.model_validate(raw["recipe"])
+    members, recipe = member_plans(raw, run_dir / PLAN_FILE), plan_recipe(raw, run_dir / PLAN_FILE)
     done = {m.name: member_done(run_dir, m) for m in members}
     pending = [m for m in members if done[m.name] is None]
     if pending:
@@ -69,7 +79,8 @@ def load_run(run_dir) -> Ensemble:
         kept = [replace(c, weight=c.weight / total) for c in kept]
     files = {m.name: member_dir(run_dir, m.name) / "best.pt" for m in members}
     left_out = [c.name for c in configs if c.name not in {k.name for k in kept}]
-    return Ensemble(run_dir, "run", recipe, raw["data"]["classes"], kept, blend, files, versions(), left_out)
+    return Ensemble(run_dir, "run", recipe, raw["data"]["classes"], kept, blend, files, versions(),
+                    raw.get("environment", {}), left_out)
 
 
 def _run_choice(run_dir: Path, by_config: dict, done: dict, metric: str):

@@ -65,11 +65,12 @@ def pretrained_overlay(spec: ModelSpec, augment: AugmentSpec | None = None) -> d
 
 
 def build_model(spec: ModelSpec, num_classes: int | None, pretrained_cfg: dict | None = None, *,
-                load_weights: bool = True) -> tuple[nn.Module, str]:
+                load_weights: bool = True, seed: int | None = None) -> tuple[nn.Module, str]:
     """The one way kit makes a model: timm's backbone carrying `pretrained_cfg` (an overlay, see
     pretrained_overlay), its weights (spec.weights; skipped with load_weights=False, e.g. before a checkpoint is
     loaded), cut at spec.cut_at for cut_at, and a new small classifier for num_classes (None: keep the pretrained
-    1000-class head). Returns (model, where the weights came from)."""
+    1000-class head). The new head's initial weights are drawn from a generator seeded `seed` (a member's
+    train.seed), not from torch's global generator. Returns (model, where the weights came from)."""
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     model = timm.create_model(spec.backbone, pretrained=False, drop_rate=spec.drop_rate,
                               drop_path_rate=spec.drop_path_rate, pretrained_cfg_overlay=dict(pretrained_cfg or {}),
@@ -78,7 +79,7 @@ def build_model(spec: ModelSpec, num_classes: int | None, pretrained_cfg: dict |
     if spec.cut_at is not None and spec.strategy in ("cut_at", "feature_extract"):
         model = CutBackbone(model, spec.cut_at, num_classes or 1000, spec.drop_rate)
     if num_classes is not None:
-        init_head(model.get_classifier())
+        init_head(model.get_classifier(), None if seed is None else torch.Generator().manual_seed(int(seed)))
     return model, source
 
 
@@ -92,13 +93,13 @@ def model_data_config(model: nn.Module) -> dict:
             "crop_pct": float(raw.get("crop_pct") or 1.0), "interpolation": str(raw.get("interpolation") or "bilinear")}
 
 
-def init_head(head: nn.Module) -> None:
+def init_head(head: nn.Module, generator: torch.Generator | None = None) -> None:
     """A new classifier starts small (std 0.01, zero bias), as in BiT: timm's default for EfficientNet
     (uniform +-1/sqrt(classes) over 1280 features) starts 10 classes at logits of std ~3 and a loss of ~5,
     whose first gradients damage the pretrained features. Random, not zero: each member's seed still counts."""
     for m in head.modules():
         if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.01)
+            nn.init.trunc_normal_(m.weight, std=0.01, generator=generator)
             nn.init.zeros_(m.bias)
 
 

@@ -78,7 +78,7 @@ def _after_trial(recipe: Recipe, name: str, log, env: dict):
         run_dir = Path(t.user_attrs.get("run_dir", study_dir(recipe, name) / "trials" / f"trial_{t.number:04d}"))
         # Checkpoints: last.pt only resumes an unfinished member; a stopped trial is never resumed (a retry gets
         # a new number), so only complete trials keep best.pt, for kit predict with more TTA modes.
-        for f in run_dir.glob("members/*/*.pt"):
+        for f in run_dir.glob("members/*/**/*.pt"):  # also a feature head's head_training/last.pt
             if f.name == "last.pt" or t.state != TrialState.COMPLETE:
                 f.unlink(missing_ok=True)
         epochs = len(t.intermediate_values)
