@@ -57,42 +57,22 @@ def _executor_args(p):
                                      "Ray instance on 127.0.0.1); the run directory must be shared storage")
 
 
-def _train_on_executor(recipe, args, members=None, resume=True, pf=None):
-    """kit.run.train through kit.executor (the local executor without --address keeps kit.run.train itself)."""
-    from kit.executor import check_executor, train_members
-    from kit.members import prepare_run, select_members
-    check_executor(args.executor, args.address)
-    ctx = prepare_run(recipe)
-    if ctx.bad_images:
-        _log(f"{len(ctx.bad_images)} bad images left out (data.bad_images: skip): {ctx.run_dir / 'bad_images.csv'}")
-    records = train_members(ctx, select_members(ctx.plan.members, members), args.executor, args.address,
-                            resume=resume, progress_factory=pf, log=lambda msg: _log(escape(msg)))  # "[member] ..."
-    return ctx, records
-
-
 def cmd_train(args):
     from kit.run import train
     recipe = _load(args)
     with _progress() as pf:
-        if args.executor == "local" and args.address is None:
-            ctx, records = train(recipe, args.member, resume=args.resume, progress_factory=pf, log=_log)
-        else:
-            ctx, records = _train_on_executor(recipe, args, args.member, resume=args.resume, pf=pf)
+        ctx, records = train(recipe, args.member, resume=args.resume, progress_factory=pf,
+                             log=lambda msg: _log(escape(msg)), executor=args.executor, address=args.address)
     console.print(f"outputs in [bold]{ctx.run_dir}[/] (checkpoints, history.csv, predictions in members/)")
     return 0
 
 
 def cmd_run(args):
-    import time
-    from kit.run import finish, run
+    from kit.run import run
     recipe = _load(args)
     with _progress() as pf:
-        if args.executor == "local" and args.address is None:
-            summary = run(recipe, resume=True, force=args.force, progress_factory=pf, log=_log)
-        else:
-            t0 = time.time()
-            ctx, _ = _train_on_executor(recipe, args, pf=pf)
-            summary = finish(ctx, force=args.force, t0=t0)
+        summary = run(recipe, resume=True, force=args.force, progress_factory=pf, log=lambda msg: _log(escape(msg)),
+                      executor=args.executor, address=args.address)
     print_summary(summary)
     return 0
 

@@ -63,7 +63,7 @@ def check_executor(executor: str, address: str | None) -> None:
 def _train_local(ctx, members, resume: bool, progress_factory, log) -> list[dict]:
     from kit.members import train_member
     from kit.record import record_member
-    from kit.run import _epoch_logger, _fmt_scores
+    from kit.run import epoch_logger, format_scores
     records, n = [], len(ctx.plan.members)
     for m in members:
         _teach_round(ctx, m.round, log)
@@ -74,10 +74,10 @@ def _train_local(ctx, members, resume: bool, progress_factory, log) -> list[dict
             continue
         log(f"member {m.index}/{n - 1} {m.name}: training")
         rec = train_member(ctx, m, resume=resume, progress_factory=progress_factory,
-                           on_epoch_end=_epoch_logger(m.recipe, log), log=log)
+                           on_epoch_end=epoch_logger(m.recipe, log), log=log)
         if rec is None:
             continue  # another process is training it
-        log(f"member {m.name}: {_fmt_scores(rec, ctx.recipe.train.metric)} ({rec['wall_time_s']:.0f} s)")
+        log(f"member {m.name}: {format_scores(rec, ctx.recipe.train.metric)} ({rec['wall_time_s']:.0f} s)")
         record_member(ctx, rec)
         records.append(rec)
     return records
@@ -186,7 +186,7 @@ def _submit(ray, task, ctx, members, args, records: dict, cpus: float, runtime_e
 def _collect(ray, ctx, refs: dict, lines, log) -> dict:
     """Log the tasks' lines and record each member as its task returns; then raise for those that failed."""
     from kit.record import record_member
-    from kit.run import _fmt_scores
+    from kit.run import format_scores
     records, failed, bugs = {}, [], []  # failed: (member, why)
     try:
         while refs:
@@ -206,7 +206,7 @@ def _collect(ray, ctx, refs: dict, lines, log) -> dict:
             if rec is None:
                 log(f"member {m.name}: being trained by another process; skipped")
                 continue
-            log(f"member {m.name}: {_fmt_scores(rec, ctx.recipe.train.metric)} ({rec['wall_time_s']:.0f} s)")
+            log(f"member {m.name}: {format_scores(rec, ctx.recipe.train.metric)} ({rec['wall_time_s']:.0f} s)")
             record_member(ctx, rec)
             records[m.index] = rec
     except KeyboardInterrupt:
@@ -250,7 +250,7 @@ def member_task(run_dir: str, index: int, cwd: str, resume: bool, lines=None) ->
     """The body of one Ray task: reopen the run from its directory, train member `index`, return its record.
     Log lines go to the driver through `lines` (a ray.util.queue.Queue), or to stdout without one."""
     from kit import members as KM
-    from kit.run import _epoch_logger, load_run_recipe
+    from kit.run import epoch_logger, load_run_recipe
     host = socket.gethostname()
     for path in (cwd, run_dir):
         if not Path(path).is_dir():
@@ -269,4 +269,4 @@ def member_task(run_dir: str, index: int, cwd: str, resume: bool, lines=None) ->
                 pass
         print(f"[{member.name}] {msg}", flush=True)
     log(f"training on {host} (pid {os.getpid()})")
-    return KM.train_member(ctx, member, resume=resume, on_epoch_end=_epoch_logger(member.recipe, log), log=log)
+    return KM.train_member(ctx, member, resume=resume, on_epoch_end=epoch_logger(member.recipe, log), log=log)

@@ -222,20 +222,36 @@ def _train_member(ctx, member: MemberPlan, out: Path, resume, on_epoch_end, prog
     return record
 
 
+def tta_transform(member: MemberPlan):
+    """The member's prediction transform: shorter side to R, the whole R x R square (R = kit.tta.tta_resize), from
+    which kit.tta takes its views. Used by predict_member and kit.inference alike."""
+    from kit.data import create_eval_transform
+    from kit.tta import tta_resize
+    cfg = member.data_config
+    r = tta_resize(cfg["input_size"], cfg["crop_pct"], member.recipe.tta.resize)
+    return create_eval_transform(cfg, resize=r, crop=r)
+
+
+def tta_kwargs(member: MemberPlan, environment: dict, device) -> dict:
+    """kit.tta.predict_modes' arguments for this member (all but the modes), as the plan fixed them."""
+    from kit.runtime import resolve_amp
+    r = member.recipe
+    return dict(merge=r.tta.merge, input_size=member.data_config["input_size"], device=device,
+                amp_dtype=resolve_amp(r.train.amp, device), channels_last=member.channels_last,
+                max_batch_views=r.tta.max_batch_views, original_weight=r.tta.original_weight,
+                scales=tuple(r.tta.scales), cpu_chunk_pixels=environment.get("tta_cpu_chunk_pixels"))
+
+
 def predict_member(ctx: RunContext, member: MemberPlan, model, cfg, device, channels_last, modes=None) -> dict:
     """Validation (out-of-fold) and test probabilities for every TTA mode (default: the member's planned
     modes), saved; returns validation scores per mode."""
-    from kit.data import ImageDataset, create_eval_transform, make_loader
-    from kit.runtime import resolve_amp
-    from kit.tta import predict_modes, tta_resize
+    from kit.data import ImageDataset, make_loader
+    from kit.tta import predict_modes
 
     r = member.recipe
-    R = tta_resize(cfg["input_size"], cfg["crop_pct"], r.tta.resize)
-    transform = create_eval_transform(cfg, resize=R, crop=R)
-    kwargs = dict(modes=list(modes or member.tta_modes), merge=r.tta.merge, input_size=cfg["input_size"],
-                  device=device, amp_dtype=resolve_amp(r.train.amp, device), channels_last=channels_last,
-                  max_batch_views=r.tta.max_batch_views, original_weight=r.tta.original_weight,
-                  scales=tuple(r.tta.scales), cpu_chunk_pixels=ctx.plan.environment.get("tta_cpu_chunk_pixels"))
+    transform = tta_transform(member)
+    kwargs = dict(modes=list(modes or member.tta_modes), **tta_kwargs(member, ctx.plan.environment, device))
+    kwargs["channels_last"] = channels_last
     splits = {"oof": (ctx.sources.train, np.flatnonzero(ctx.folds == member.fold))}
     if ctx.sources.test is not None:
         splits["test"] = (ctx.sources.test, np.arange(len(ctx.sources.test)))

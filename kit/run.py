@@ -14,7 +14,7 @@ import numpy as np
 from kit import metrics as M
 from kit.errors import RecipeError, RunDirError
 from kit.members import (MemberPlan, RunContext, available_modes, choose_tta, config_predictions, member_done,
-                         prepare_run, select_members, train_member)
+                         prepare_run, select_members)
 from kit.predictions import Predictions, save_predictions
 from kit.recipe import TTA_MODES, Recipe
 from kit.rundir import write_json_atomic
@@ -55,34 +55,19 @@ def all_members(ctx: RunContext) -> list[MemberPlan]:
 
 
 def train(recipe: Recipe, members: str | None = None, *, resume: bool = True, progress_factory=None,
-          log=print) -> tuple[RunContext, list[dict]]:
-    """Train the selected members of the plan (all by default); finished members are skipped."""
-    from kit.record import record_member
+          log=print, executor: str = "local", address: str | None = None) -> tuple[RunContext, list[dict]]:
+    """Train the selected members of the plan (all by default), here or as Ray tasks (kit.executor); finished
+    members are skipped."""
+    from kit.executor import check_executor, train_members
+    check_executor(executor, address)  # before the run directory is opened
     ctx = prepare_run(recipe)
-    everyone = all_members(ctx)
     if ctx.bad_images:
         log(f"{len(ctx.bad_images)} bad images left out (data.bad_images: skip): {ctx.run_dir / 'bad_images.csv'}")
-    records = []
-    for m in select_members(everyone, members):
-        if m.round > 0 and not (pseudo_round_dir(ctx.run_dir, m.round - 1) / "report.json").exists():
-            blend_round(ctx, m.round - 1, log)  # the teacher of round m.round: round m.round - 1's blend
-        done = member_done(ctx.run_dir, m)
-        if done is not None:
-            log(f"member {m.index} {m.name}: finished before, skipped")
-            records.append(done)
-            continue
-        log(f"member {m.index}/{len(everyone) - 1} {m.name}: training")
-        rec = train_member(ctx, m, resume=resume, progress_factory=progress_factory,
-                           on_epoch_end=_epoch_logger(m.recipe, log), log=log)
-        if rec is None:
-            continue  # another process is training it
-        log(f"member {m.name}: {_fmt_scores(rec, recipe.train.metric)} ({rec['wall_time_s']:.0f} s)")
-        record_member(ctx, rec)
-        records.append(rec)
-    return ctx, records
+    return ctx, train_members(ctx, select_members(all_members(ctx), members), executor, address, resume=resume,
+                              progress_factory=progress_factory, log=log)
 
 
-def _epoch_logger(recipe: Recipe, log):
+def epoch_logger(recipe: Recipe, log):
     metric = recipe.train.metric
 
     def on_epoch_end(epoch: int, row: dict) -> None:
@@ -92,7 +77,7 @@ def _epoch_logger(recipe: Recipe, log):
     return on_epoch_end
 
 
-def _fmt_scores(rec: dict, metric: str) -> str:
+def format_scores(rec: dict, metric: str) -> str:
     return ", ".join(f"{mode} {s[metric]:.4f}" for mode, s in rec["scores"].items()) + f" val {metric}"
 
 
@@ -134,6 +119,7 @@ def blend(ctx: RunContext, configs: list[ConfigResult], out: Path | None = None)
     ids = configs[0].oof.ids
     oofs = [c.oof.reorder(ids) for c in configs]
     tests = [c.test for c in configs] if all(c.test is not None for c in configs) else None
+    temps = None
     if r.ensemble.temperature:
         temps = [E.temperature_scale(o.probs, o.labels) for o in oofs]
         oofs = [Predictions(o.ids, E.apply_temperature(o.probs, t), o.classes, o.labels) for o, t in zip(oofs, temps)]
@@ -152,7 +138,7 @@ def blend(ctx: RunContext, configs: list[ConfigResult], out: Path | None = None)
             save_predictions(Predictions(test_ids, probs, tests[0].classes), out / f"test_{name}.npz")
     write_json_atomic(out / "report.json", {
         "metric": r.train.metric, "chosen": chosen, "members": [c.config for c in configs],
-        "tta": {c.config: c.tta for c in configs},
+        "tta": {c.config: c.tta for c in configs}, "temperatures": temps if r.ensemble.temperature else None,
         "methods": {k: {"weights": v.weights, "oof_score": v.oof_score, "nested_score": v.nested_score,
                         **({"params": v.params} if v.params else {})} for k, v in methods.items()}})
     return methods, chosen
@@ -224,9 +210,11 @@ def submit(ctx: RunContext, pred: Predictions, *, path=None, force: bool = False
     return write_submission(df, path, overwrite=force)
 
 
-def run(recipe: Recipe, *, resume: bool = True, force: bool = False, progress_factory=None, log=print) -> Summary:
+def run(recipe: Recipe, *, resume: bool = True, force: bool = False, progress_factory=None, log=print,
+        executor: str = "local", address: str | None = None) -> Summary:
     t0 = time.time()
-    ctx, _ = train(recipe, resume=resume, progress_factory=progress_factory, log=log)
+    ctx, _ = train(recipe, resume=resume, progress_factory=progress_factory, log=log, executor=executor,
+                   address=address)
     return finish(ctx, force=force, t0=t0)
 
 
@@ -240,7 +228,7 @@ def finish(ctx: RunContext, *, force: bool = False, t0: float | None = None, pat
         ids = ",".join(str(m.index) for m in pending)
         raise RunDirError(f"{len(pending)} of {len(ctx.plan.members)} members are not finished "
                           f"({', '.join(m.name for m in pending[:3])}{', ...' if len(pending) > 3 else ''}); "
-                          f"train them with: kit train {ctx.run_dir} --member {ids}")
+                          f"train them with: kit train {ctx.run_dir} --member {ids} --resume")
     configs, _ = collect(ctx)
     methods, chosen = blend(ctx, configs)
     pred = final_test_predictions(ctx, configs, chosen)

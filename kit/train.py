@@ -22,6 +22,7 @@ from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 
 from kit import metrics as M
+from kit.errors import RunDirError
 from kit.errors import UnsafeFileError
 from kit.models.pretrained import load_tensor_file
 from kit.models.strategies import apply_freeze, param_groups, set_train_mode
@@ -244,8 +245,8 @@ def fit(model: nn.Module, train_loader, val_loader, val_labels: np.ndarray, mode
     last = out_dir / "last.pt"
     if last.exists():
         if not resume:
-            raise FileExistsError(f"{last} exists from an earlier run; resume it with --resume, "
-                                  f"or remove {out_dir} to start over")
+            raise RunDirError(f"{last} exists from an earlier, interrupted run; resume it with --resume, "
+                              f"or remove {out_dir} to start over")
         history, start, patience_left = _resume(last, model, s, device)
         if history.stopped_early:
             start = spec.epochs

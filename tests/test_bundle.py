@@ -97,12 +97,14 @@ def test_a_bundle_predicts_as_the_run_without_unpickling_anything(exported, tmp_
     assert list(ens.summary().index) == exported.configs
 
 
-def test_a_zip_bundle_predicts_alike(exported, tmp_path):
+def test_a_zip_bundle_predicts_alike(exported, tmp_path, capsys):
     path = export_bundle(exported.run_dir, tmp_path / "tiny", as_zip=True)
     assert path.name == "tiny.zip" and path.is_file()
     with zipfile.ZipFile(path) as z:
         assert sorted(z.namelist()) == ["tiny/" + f for f in _files(exported.bundle)]
     _assert_predicts_as_the_run(path, exported, tmp_path)
+    assert main(["predict", str(path), "--tta", "hflip"]) == 2  # a bundle has no splits of its own to predict
+    assert "--images" in " ".join(capsys.readouterr().err.split())
 
 
 def test_a_bundle_needs_neither_the_run_nor_the_training_data(exported, tmp_path):

@@ -293,7 +293,7 @@ def test_a_pickle_planted_as_a_checkpoint_is_refused_without_running_it(trained,
     import pickle
     from kit.errors import UnsafeFileError
     run_dir = _copy_run(trained, tmp_path)
-    best = run_dir / "members" / "test_resnet-s0-f0" / "best.pt"
+    best = run_dir / "members" / load(run_dir).configs[0].members[0].name / "best.pt"  # a member the blend uses
     best.write_bytes(pickle.dumps({"model": _Planted(tmp_path / "ran")}))
     with pytest.raises(UnsafeFileError, match=re.escape(str(best))):
         load(run_dir).predict(trained.test)

@@ -26,7 +26,7 @@ def test_every_recipe_loads_and_plans(path, tmp_path, monkeypatch):
     sources, bad = load_checked_sources(recipe)
     plan = make_plan(recipe, sources)
     assert not bad and len(plan.members) == len(recipe.seeds) * len(recipe.ensemble.backbones or [{}]) * (
-        recipe.data.folds if recipe.data.split == "kfold" else 1)
+        recipe.data.folds if recipe.data.split == "kfold" else 1) * (recipe.pseudo.rounds + 1)
     assert all(m.recipe.model.strategy != "auto" and m.recipe.model.weights != "auto" for m in plan.members)
     assert "total:" in format_plan(plan)[-1]
 

@@ -102,7 +102,7 @@ def test_end_to_end(recipe, fit_calls):
     assert sorted(p.name for p in (ctx.run_dir / "members").iterdir()) == fit_calls
     # kit submit with unfinished members refuses before writing or recording anything, with a hint that works
     with pytest.raises(RunDirError, match=r"3 of 6 members are not finished \(test_resnet-s1-f0.*"
-                                          r"kit train .*kfold --member 3,4,5"):
+                                          r"kit train .*kfold --member 3,4,5 --resume"):
         R.finish(ctx)
     assert not (ctx.run_dir / "submission.csv").exists() and not (ctx.run_dir / "ensemble").exists()
     assert not (ctx.run_dir / "summary.json").exists()
@@ -205,7 +205,7 @@ def test_interrupted_member_resumes_only_when_asked(recipe, fit_calls):
     done = ctx.run_dir / "members" / "test_resnet-s0-f0" / "done.json"
     first = json.loads(done.read_text())
     done.unlink()  # as if the process died after the last epoch's checkpoint
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(RunDirError, match="--resume"):
         R.train(recipe, "0", resume=False, log=quiet)
     _, records = R.train(recipe, "0", resume=True, log=quiet)
     assert fit_calls == ["test_resnet-s0-f0"] * 3

@@ -4,6 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kit.errors import RunDirError
+
 from kit.predictions import Predictions
 from kit.submit import SubmissionError, check_submission, make_submission, read_sample, write_submission
 
@@ -122,7 +124,7 @@ def test_existing_file_is_not_overwritten(pred, label_sample, tmp_path):
     df = make_submission(pred, label_sample)
     path = tmp_path / "submission.csv"
     path.write_text("precious\n")
-    with pytest.raises(FileExistsError, match="--force"):
+    with pytest.raises(RunDirError, match="--force"):
         write_submission(df, path)
     assert path.read_text() == "precious\n"
     write_submission(df, path, overwrite=True)

@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+
+from kit.errors import RunDirError
 import torch
 
 from kit.data import (ImageDataset, create_eval_transform, create_train_transform, load_sources, make_folds,
@@ -167,7 +169,7 @@ def test_checkpoints_hold_only_tensors_and_plain_values(imagefolder_spec, tmp_pa
 def test_rerun_without_resume_refuses(imagefolder_spec, tmp_path):
     train = TrainSpec(epochs=1, batch_size=8, warmup_epochs=0)
     train_run(imagefolder_spec, tmp_path / "m", train=train)
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(RunDirError, match="--resume"):
         train_run(imagefolder_spec, tmp_path / "m", train=train)
     # resuming a finished run trains nothing more and returns its history
     calls = []

@@ -9,7 +9,12 @@ by the chosen method and weights (kit.ensemble.apply_method).
 A model is built as kit.members.predict_member builds it (build_model with load_weights=False, then
 kit.features.restore_member_model, then the member's own weights), its images go through the same eval transform
 and kit.tta.predict_modes, so predicting a run's own test images gives back its saved test probabilities and its
-submission (tests/test_inference.py checks that, for run directories and for bundles).
+submission (tests/test_inference.py checks that, for run directories and for bundles). The plan's thread count is
+not imposed (a machine predicts with its own cores), nor is the run's batch composition when views or batch sizes
+differ: float32 sums may then differ in the last bits, never more.
+
+A rank blend ranks each class's probabilities among the images predicted together (as the run ranked its test
+set): predict a test set in one call. Configurations the blend gives no weight (< WEIGHT_EPS) are not predicted.
 """
 from __future__ import annotations
 

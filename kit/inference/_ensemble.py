@@ -223,19 +223,15 @@ def _resize(member: MemberPlan) -> int:
 
 
 def _transform(member: MemberPlan):
-    from kit.data import create_eval_transform
-    r = _resize(member)
-    return create_eval_transform(member.data_config, resize=r, crop=r)
+    from kit.members import tta_transform
+    return tta_transform(member)
 
 
 def _predict_batch(model, batch, member: MemberPlan, mode: str, device, cpu_chunk_pixels):
-    from kit.runtime import resolve_amp
+    from kit.members import tta_kwargs
     from kit.tta import predict_modes
-    r, cfg = member.recipe, member.data_config
-    by_mode, rows = predict_modes(model, [batch], [mode], r.tta.merge, input_size=cfg["input_size"], device=device,
-                                  amp_dtype=resolve_amp(r.train.amp, device), channels_last=member.channels_last,
-                                  max_batch_views=r.tta.max_batch_views, original_weight=r.tta.original_weight,
-                                  scales=tuple(r.tta.scales), cpu_chunk_pixels=cpu_chunk_pixels)
+    kwargs = tta_kwargs(member, {"tta_cpu_chunk_pixels": cpu_chunk_pixels}, device)
+    by_mode, rows = predict_modes(model, [batch], [mode], **kwargs)
     return by_mode[mode], rows
 
 

@@ -9,6 +9,7 @@ import pandas as pd
 
 from kit.errors import DataError, RunDirError
 
+
 def prepare_images(images, ids=None, classes=(), suffix: str = ""):
     """(ImageTable of `images`, whether its ids name the images). `images`: a folder (its image files, ids from
     their names as folder_images gives them), one image or a list of paths, PIL images and HxWx3 uint8 arrays.
