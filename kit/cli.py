@@ -330,7 +330,17 @@ def _higher(metric: str) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kit", description="Transfer learning for image competitions, from one recipe.")
     sub = p.add_subparsers(dest="command", required=True)
+    # subcommands in the order `kit -h` lists them
+    _add_run_commands(sub)
+    _add_predict_commands(sub)
+    _add_model_commands(sub)
+    _add_result_commands(sub)
+    _add_data_commands(sub)
+    return p
 
+
+def _add_run_commands(sub) -> None:
+    """run, plan, distill, train: a recipe's members planned and trained."""
     s = sub.add_parser("run", help="train all members, predict with TTA, blend, write the submission")
     _recipe_args(s)
     s.add_argument("--force", action="store_true", help="replace an existing, different submission file")
@@ -356,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     _executor_args(s)
     s.set_defaults(fn=cmd_train)
 
+
+def _add_predict_commands(sub) -> None:
+    """predict, export, submit: what a finished run makes."""
     s = sub.add_parser("predict", help="predict new images with a finished run or bundle (--images / --csv), or "
                                        "predict a run's own splits with more TTA modes (--tta)")
     s.add_argument("run", help="run directory (runs/<name>), or a bundle folder / .zip from kit export")
@@ -389,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="replace an existing submission file")
     s.set_defaults(fn=cmd_submit)
 
+
+def _add_model_commands(sub) -> None:
+    """tune and advise choose a recipe's settings; classify tries a pretrained model as it is."""
     s = sub.add_parser("tune", help="search the recipe's search.params with Optuna: resumable, many workers")
     _recipe_args(s)
     s.add_argument("--trials", type=int, help="trials this worker runs (default: search.trials)")
@@ -410,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--topk", type=int, default=5)
     s.set_defaults(fn=cmd_classify)
 
+
+def _add_result_commands(sub) -> None:
+    """leaderboard, score: recorded results."""
     s = sub.add_parser("leaderboard", help="ranked table of recorded results; --format csv|md|html exports it")
     s.add_argument("--url", help="SQLAlchemy URL (default $KIT_LEADERBOARD_URL or leaderboard/leaderboard.sqlite)")
     s.add_argument("--by", default="score", choices=["score", "public", "private"])
@@ -435,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-record", action="store_true", help="print only, record nothing")
     s.set_defaults(fn=cmd_score)
 
+
+def _add_data_commands(sub) -> None:
+    """init: a recipe for a dataset folder."""
     s = sub.add_parser("init", help="look at a dataset folder, write a commented recipe for it, show its plan")
     s.add_argument("data_dir", help="ImageFolder tree (train/<class>/*) or Kaggle folder (train.csv, images, "
                                     "sample_submission.csv)")
@@ -444,7 +466,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--id-column", help="train.csv column of the image ids (default: sample_submission's first)")
     s.add_argument("--path-column", help="train.csv column of image paths, relative to a folder of the dataset")
     s.set_defaults(fn=cmd_init)
-    return p
 
 
 def main(argv=None) -> int:

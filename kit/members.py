@@ -141,8 +141,9 @@ def learns_from_teacher(member: MemberPlan) -> bool:
 def _loaders(ctx: RunContext, member: MemberPlan, device=None, log=None):
     from kit.data import ImageDataset, create_eval_transform, create_train_transform, make_loader
     r, cfg = member.recipe, member.data_config
-    train_rows = np.flatnonzero(ctx.folds != member.fold)
-    val_rows = np.flatnonzero(ctx.folds == member.fold)
+    refit = member.refit_of is not None  # every labelled image trains, none validates
+    train_rows = np.arange(len(ctx.folds)) if refit else np.flatnonzero(ctx.folds != member.fold)
+    val_rows = np.array([], dtype=np.int64) if refit else np.flatnonzero(ctx.folds == member.fold)
     table = ctx.sources.train
     transform = create_train_transform(r.augment, cfg)
     if learns_from_teacher(member):  # labelled rows + test images, with target distributions from the teacher
@@ -150,6 +151,9 @@ def _loaders(ctx: RunContext, member: MemberPlan, device=None, log=None):
         dataset = student_dataset(ctx, member, transform, device, log)
     else:
         dataset = ImageDataset(table, train_rows, transform)
+    if refit:
+        return make_loader(dataset, r.train.batch_size, shuffle=True, num_workers=r.data.num_workers,
+                           seed=r.train.seed, drop_last=len(dataset) % r.train.batch_size == 1), None, val_rows
     mixing = r.train.mixup > 0 or r.train.cutmix > 0  # timm's Mixup pairs the batch: needs an even size
     train = make_loader(dataset, r.train.batch_size, shuffle=True, num_workers=r.data.num_workers, seed=r.train.seed,
                         drop_last=mixing or len(dataset) % r.train.batch_size == 1)
@@ -207,7 +211,7 @@ def _train_member(ctx, member: MemberPlan, out: Path, resume, on_epoch_end, prog
         model, history = fit_feature_member(ctx, member, model, member.data_config, out, device=device,
                                             channels_last=member.channels_last, on_epoch_end=on_epoch_end)
     else:
-        history = fit(model, train_loader, val_loader, table.labels, r.model, r.train, out,
+        history = fit(model, train_loader, val_loader, table.labels, r.model, _train_spec(ctx, member), out,
                       num_classes=len(table.classes), device=device, channels_last=member.channels_last,
                       resume=resume, on_epoch_end=on_epoch_end, progress_factory=progress_factory)
         model.load_state_dict(load_checkpoint(out / "best.pt")["model"])
@@ -217,9 +221,23 @@ def _train_member(ctx, member: MemberPlan, out: Path, resume, on_epoch_end, prog
               "weights": weights_source, "best_epoch": history.best_epoch, "metric": r.train.metric,
               "scores": scores, "epochs": len(history.epochs), "wall_time_s": time.time() - t0,
               "device": describe_device(device), "n_val": int(len(val_rows)),
-              "environment": {"channels_last": member.channels_last, "threads": torch.get_num_threads()}}
+              "environment": {"channels_last": member.channels_last, "threads": torch.get_num_threads()},
+              "refit_of": member.refit_of}
     write_json_atomic(out / "done.json", record)
     return record
+
+
+def _train_spec(ctx: RunContext, member: MemberPlan):
+    """The member's train spec; a refit trains for as many epochs as the member it repeats kept (best epoch + 1),
+    a number the plan states as that rule and the validated member's done.json settles."""
+    if member.refit_of is None:
+        return member.recipe.train
+    done = read_json(member_dir(ctx.run_dir, member.refit_of) / "done.json") \
+        if (member_dir(ctx.run_dir, member.refit_of) / "done.json").exists() else None
+    if done is None:
+        raise RunDirError(f"member {member.name} refits {member.refit_of} on every labelled image for its chosen "
+                          f"number of epochs: train {member.refit_of} first (kit train {ctx.run_dir})")
+    return member.recipe.train.model_copy(update={"epochs": int(done["best_epoch"]) + 1, "early_stopping": None})
 
 
 def tta_transform(member: MemberPlan):
@@ -252,7 +270,8 @@ def predict_member(ctx: RunContext, member: MemberPlan, model, cfg, device, chan
     transform = tta_transform(member)
     kwargs = dict(modes=list(modes or member.tta_modes), **tta_kwargs(member, ctx.plan.environment, device))
     kwargs["channels_last"] = channels_last
-    splits = {"oof": (ctx.sources.train, np.flatnonzero(ctx.folds == member.fold))}
+    splits = {} if member.refit_of is not None else \
+        {"oof": (ctx.sources.train, np.flatnonzero(ctx.folds == member.fold))}
     if ctx.sources.test is not None:
         splits["test"] = (ctx.sources.test, np.arange(len(ctx.sources.test)))
     scores = {}
@@ -303,17 +322,19 @@ def available_modes(run_dir, members: list[MemberPlan], done: dict) -> list[str]
                                     pred_path(run_dir, x.name, "oof", m).exists() for x in members)]
 
 
-def config_predictions(run_dir, members: list[MemberPlan], tta: str, *, need_test: bool = True
-                       ) -> tuple[Predictions, Predictions | None]:
+def config_predictions(run_dir, members: list[MemberPlan], tta: str, *, need_test: bool = True,
+                       refit: MemberPlan | None = None) -> tuple[Predictions, Predictions | None]:
     """Out-of-fold predictions of one configuration (its fold models' validation rows put together: each
-    labelled image once) and its test predictions (the fold models' probabilities averaged)."""
+    labelled image once) and its test predictions (the fold models' probabilities averaged, or those of the
+    member `refit` on every labelled image when data.refit made one)."""
     oofs = [load_predictions(pred_path(run_dir, m.name, "oof", tta)) for m in members]
     oof = Predictions(np.concatenate([p.ids for p in oofs]), np.concatenate([p.probs for p in oofs]),
                       oofs[0].classes, np.concatenate([p.labels for p in oofs]))
     if not need_test:
         return oof, None
-    test_files = [pred_path(run_dir, m.name, "test", tta) for m in members]
-    missing = [(m, f) for m, f in zip(members, test_files) if not f.exists()]
+    test_members = [refit] if refit is not None else members
+    test_files = [pred_path(run_dir, m.name, "test", tta) for m in test_members]
+    missing = [(m, f) for m, f in zip(test_members, test_files) if not f.exists()]
     if missing:
         m, f = missing[0]
         raise RunDirError(f"member {m.name} has no test predictions for TTA mode {tta} ({f} is missing); "

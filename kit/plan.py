@@ -48,6 +48,8 @@ class MemberPlan:
     frozen_stages: list = field(default_factory=list)  # stages frozen at each epoch (gradual unfreezing)
     n_stages: int = 0
     round: int = 0  # pseudo-label round (kit.pseudo): round r > 0 learns from round r - 1's blend
+    refit_of: str | None = None  # data.refit: the validated member whose epochs, TTA and blend weight this one
+    # takes, retrained on every labelled image; its test predictions replace that member's (never validated)
 
 
 @dataclass(frozen=True)
@@ -73,9 +75,13 @@ class RunPlan:
         round = self.rounds[-1] if round is None else round
         out: dict[str, list[MemberPlan]] = {}
         for m in self.members:
-            if m.round == round:
+            if m.round == round and m.refit_of is None:
                 out.setdefault(m.config, []).append(m)
         return out
+
+    def refit_of(self, config: str) -> MemberPlan | None:
+        """The member refitted on all labelled images for this configuration (data.refit), if any."""
+        return next((m for m in self.members if m.refit_of is not None and m.config == config), None)
 
 
 # ---------------------------------------------------------------- making a plan
@@ -155,6 +161,9 @@ def _check_teacher(recipe: Recipe, r: Recipe, sources) -> None:
     if learns and r.model.strategy == "feature_extract":
         raise RecipeError(f"recipe key '{what}' of {recipe.name}: model.strategy feature_extract trains a head on "
                           f"cached embeddings of the labelled images only; use finetune, full or cut_at")
+    if recipe.data.refit and r.model.strategy == "feature_extract":
+        raise RecipeError(f"recipe key 'data.refit' of {recipe.name}: feature_extract heads are chosen by early "
+                          f"stopping on the holdout and train in seconds; refit applies to fine-tuned members")
     if recipe.pseudo.rounds > 0 and sources.test is None:
         raise DataError(f"recipe key 'pseudo.rounds' of {recipe.name}: pseudo-labels are made on the test images, "
                         f"and data.* gives none (data.test_dir)")
@@ -188,7 +197,12 @@ def make_plan(recipe: Recipe, sources) -> RunPlan:
                     config = f"{names[b]}-s{seed}" + (f"-r{rnd}" if rnd else "")
                     members.append(MemberPlan(len(members), f"{config}-f{fold}", config, b, seed, fold, rs,
                                               tta_modes=modes, weights=r.model.weights, round=rnd, **d))
-    members.sort(key=lambda m: (m.round, m.index))  # a round trains after the one it learns from
+    if recipe.data.refit and recipe.data.split == "holdout":  # each validated member again, on every image
+        last = max(m.round for m in members)
+        members += [MemberPlan(**{**m.__dict__, "name": f"{m.config}-refit", "fold": -1, "refit_of": m.name})
+                    for m in members if m.round == last]
+    # a round trains after the one it learns from; a refit after the member it repeats
+    members.sort(key=lambda m: (m.round, m.refit_of is not None, m.index))
     members = [MemberPlan(**{**m.__dict__, "index": i}) for i, m in enumerate(members)]
     from kit.tta import CPU_CHUNK_PIXELS
     env = {"threads": torch.get_num_threads(), "torch": torch.__version__, "device": device.type,

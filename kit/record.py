@@ -40,6 +40,9 @@ def record_member(ctx, rec: dict) -> None:
                 wall_time_s=rec["wall_time_s"], device=rec["device"])
     env = environment_choices(ctx, [member])
     entries = []
+    if rec.get("refit_of"):  # no validation score: it trained on every labelled image; apart from the ranked ones
+        entries.append(Entry(kind="member", name=rec["member"], score=None, tta_mode="none",
+                             extra={"refit_of": rec["refit_of"], "epochs": rec["epochs"], "env": env}, **base))
     for mode, scores in rec["scores"].items():
         entries.append(Entry(kind="member" if mode == "none" else "tta", name=rec["member"], score=scores[metric],
                              scores=scores, tta_mode=mode,

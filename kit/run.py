@@ -71,13 +71,19 @@ def epoch_logger(recipe: Recipe, log):
     metric = recipe.train.metric
 
     def on_epoch_end(epoch: int, row: dict) -> None:
-        log(f"  epoch {epoch + 1}/{recipe.train.epochs}  loss {row['train_loss']:.4f}  "
-            f"val {metric} {row['val_' + metric]:.4f}  log_loss {row['val_log_loss']:.4f}  "
+        if "val_" + metric in row:
+            head = f"epoch {epoch + 1}/{recipe.train.epochs}"
+            val = f"val {metric} {row['val_' + metric]:.4f}  log_loss {row['val_log_loss']:.4f}  "
+        else:  # a refit: its epochs are those its validated twin kept, nothing is validated
+            head, val = f"epoch {epoch + 1} (refit)", ""
+        log(f"  {head}  loss {row['train_loss']:.4f}  {val}"
             f"{row.get('train_images_per_s', 0):.0f} img/s  {row.get('seconds', 0):.0f} s")
     return on_epoch_end
 
 
 def format_scores(rec: dict, metric: str) -> str:
+    if rec.get("refit_of"):
+        return f"refitted on every labelled image for {rec['epochs']} epochs (the epochs {rec['refit_of']} kept)"
     return ", ".join(f"{mode} {s[metric]:.4f}" for mode, s in rec["scores"].items()) + f" val {metric}"
 
 
@@ -102,7 +108,7 @@ def collect(ctx: RunContext, *, need_test: bool = True, round: int | None = None
             raise RunDirError(f"tta.mode {fixed} was not predicted for {config}; run kit predict {ctx.run_dir} "
                               f"--tta {fixed}")
         tta = choose_tta(tta_scores, metric, fixed)
-        oof, test = config_predictions(ctx.run_dir, ms, tta, need_test=need_test)
+        oof, test = config_predictions(ctx.run_dir, ms, tta, need_test=need_test, refit=ctx.plan.refit_of(config))
         configs.append(ConfigResult(config, ms[0].recipe.model.backbone, ms[0].seed, tta_scores, tta, oof, test))
     return configs, pending
 

@@ -235,7 +235,9 @@ def fit(model: nn.Module, train_loader, val_loader, val_labels: np.ndarray, mode
         resume: bool = False, on_epoch_end: Callable[[int, dict], None] | None = None,
         progress_factory=None) -> History:
     """Train, validate every epoch, keep `last.pt` (resumable) and `best.pt` (weights of the best epoch).
-    Batches are (x, y, row): row indexes `val_labels` for the validation loader."""
+    Batches are (x, y, row): row indexes `val_labels` for the validation loader. Without a validation loader (a
+    member refitted on every labelled image for a number of epochs chosen on the holdout), nothing is scored
+    and best.pt holds the last epoch's weights."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     amp_dtype = resolve_amp(spec.amp, device)
@@ -262,12 +264,22 @@ def fit(model: nn.Module, train_loader, val_loader, val_labels: np.ndarray, mode
         t0 = time.perf_counter()
         train_loss, ips = _train_epoch(model, train_loader, s, spec, epoch, device, amp_dtype, channels_last, bar)
         eval_model = s.ema.module if s.ema is not None else model
-        probs, rows = evaluate(eval_model, val_loader, device, amp_dtype, channels_last)
-        scores = M.score_all(val_labels[rows], probs)
+        scores = {}
+        if val_loader is not None:
+            probs, rows = evaluate(eval_model, val_loader, device, amp_dtype, channels_last)
+            scores = M.score_all(val_labels[rows], probs)
         row = {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in scores.items()},
                "lr": max(g["lr"] for g in s.optimizer.param_groups), "frozen_stages": frozen,
                "train_images_per_s": ips, "seconds": time.perf_counter() - t0}
         history.epochs.append(_plain(row))
+        if val_loader is None:  # nothing to choose by: the last epoch is the member
+            history.best_epoch, history.best_score = epoch, float("nan")
+            atomic_save({"model": eval_model.state_dict(), "epoch": epoch, "score": None}, out_dir / "best.pt")
+            atomic_save(_checkpoint_state(model, s, epoch, history, patience_left, device), last)
+            write_csv_atomic(out_dir / "history.csv", history.epochs)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, row)
+            continue
         score = scores[spec.metric]
         if math.isnan(score):
             raise FloatingPointError(f"validation {spec.metric} is NaN at epoch {epoch}; "

@@ -1,0 +1,270 @@
+"""Checks of a recipe beyond one field's type: plain YAML values within bounds, paths that exist, timm models and
+their stages, albumentations transforms, search spaces; and the helpers that name keys and values in messages.
+
+Each check raises a RecipeError naming the recipe key, the file, the rule, the value and the fix.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from kit.errors import RecipeError
+from kit.recipe._recipe import Recipe, backbone_recipe
+from kit.recipe._specs import (BLEND_METHODS, TTA_MODES, AugmentSpec, ModelSpec, SearchParam, TrainSpec, TTASpec)
+
+
+# What a recipe's values may be, anywhere in it: YAML's plain types, bounded. Checked before anything copies or
+# validates the values, so that an alias that contains itself or 10**30 in a transform's parameters fails here.
+MAX_VALUES = 10_000  # values in one recipe (a recipe holds a few dozen; YAML aliases can repeat sections)
+MAX_DEPTH = 32  # levels of nesting (search.params.<key>.choices[i] is 5)
+MAX_TEXT = 4096  # characters in one string or key (PATH_MAX on Linux)
+
+
+def _key(loc) -> str:
+    """('augment', 'train', 0, 'Affine') -> 'augment.train[0].Affine'."""
+    out = ""
+    for p in loc:
+        out += f"[{p}]" if isinstance(p, int) and not isinstance(p, bool) else (f".{p}" if out else str(p))
+    return out
+
+
+def _short_key(loc) -> str:
+    key = _key(loc)
+    return key if len(key) <= 80 else key[:77] + "..."
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_plain(raw, source: str, prefix: tuple = ()) -> None:
+    """Every value is None, bool, a 64-bit int, a finite float, a string or a list/mapping of them; keys are
+    strings. Iterative: a deep or self-referencing structure is refused, not recursed into."""
+    stack, seen = [(raw, prefix)], 0
+    while stack:
+        node, loc = stack.pop()
+        seen += 1
+        where = f"recipe key '{_short_key(loc)}' in {source}" if loc else source
+        if seen > MAX_VALUES:
+            raise RecipeError(f"{source} holds more than {MAX_VALUES:,} values (YAML aliases repeating a section?); "
+                              f"a recipe states a few dozen keys")
+        if len(loc) - len(prefix) > MAX_DEPTH:
+            raise RecipeError(f"{where}: nested more than {MAX_DEPTH} levels deep (a YAML alias inside itself?)")
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if not isinstance(k, str):
+                    raise RecipeError(f"{where}: key {_short(k)} is not a string (YAML reads unquoted numbers, "
+                                      f"true/false, yes/no, on/off and null as values, not names); quote it or fix it")
+                if len(k) > MAX_TEXT or "\0" in k:
+                    raise RecipeError(f"{where}: key {_short(k)} " + ("holds a NUL byte" if "\0" in k else
+                                      f"is {len(k):,} characters long (at most {MAX_TEXT:,})") + "; fix it")
+                stack.append((v, loc + (k,)))
+        elif isinstance(node, (list, tuple)):
+            stack.extend((v, loc + (i,)) for i, v in enumerate(node))
+        elif isinstance(node, bool) or node is None:
+            continue
+        elif isinstance(node, int) and not -2**63 <= node < 2**63:
+            raise RecipeError(f"{where}: {_short(node)} does not fit in 64 bits; no recipe value needs more")
+        elif isinstance(node, float) and not math.isfinite(node):
+            raise RecipeError(f"{where}: {node} is not a number a run can use; write a finite value")
+        elif isinstance(node, str) and (len(node) > MAX_TEXT or "\0" in node):
+            raise RecipeError(f"{where}: {_short(node)} " + ("holds a NUL byte" if "\0" in node else
+                              f"is {len(node):,} characters long (at most {MAX_TEXT:,})") + "; fix it")
+        elif not isinstance(node, (str, int, float)):
+            raise RecipeError(f"{where}: {_short(node)} (YAML read a {type(node).__name__}) is not a recipe value; "
+                              f"quote it to make it a string")
+
+
+def _unknown_key(loc: tuple, valid: list, source: str) -> str:
+    section = _key(loc[:-1]) or "top level"
+    hint = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+    return (f"unknown key '{_key(loc)}' in {source}"
+            + (f" (did you mean '{_key(loc[:-1] + (hint[0],))}'?)" if hint else "")
+            + f"; keys under '{section}': {', '.join(valid)}")
+
+
+def _is_dir(path) -> bool:
+    try:
+        return Path(path).is_dir()
+    except OSError:  # a name too long for the file system, a folder without permission: not usable either
+        return False
+
+
+def _is_file(path) -> bool:
+    try:
+        return Path(path).is_file()
+    except OSError:
+        return False
+
+
+def _check_semantics(r: Recipe, source: str) -> None:
+    def fail(key, msg):
+        raise RecipeError(f"recipe key '{key}' in {source}: {msg}")
+
+    if r.data.source in ("imagefolder", "kaggle"):
+        if not r.data.root:
+            fail("data.root", f"data.source={r.data.source} needs data.root, the dataset folder")
+        if not _is_dir(r.data.root):
+            fail("data.root", f"folder {r.data.root} does not exist (resolved to {os.path.abspath(r.data.root)}); "
+                              f"fix the path")
+        csv = Path(r.data.root) / r.data.train_csv
+        if r.data.source == "kaggle" and not _is_file(csv):
+            fail("data.train_csv", f"{csv} does not exist; set data.train_csv to the labels CSV")
+    if r.model.weights not in ("auto", "hub", "offline", "none") and not _is_file(r.model.weights):
+        fail("model.weights", f"file {r.model.weights} does not exist; use auto, hub, offline, none or a weights file")
+    if r.model.strategy == "cut_at" and r.model.cut_at is None:
+        fail("model.cut_at", "strategy cut_at needs model.cut_at, the index of the last stage kept (e.g. 2)")
+    if r.train.accum_steps > 1 and r.train.batch_size < 2:
+        fail("train.batch_size", "gradient accumulation needs batch_size >= 2")
+    if r.tta.mode not in ("auto",) + TTA_MODES:
+        fail("tta.mode", f"{r.tta.mode!r} is not a TTA mode; valid: auto, {', '.join(TTA_MODES)}")
+    if r.tta.mode != "auto" and r.tta.mode not in r.tta.modes:
+        fail("tta.mode", f"{r.tta.mode!r} must be one of tta.modes {r.tta.modes} (it is chosen among those computed)")
+    if r.ensemble.choose not in ("auto",) + BLEND_METHODS:
+        fail("ensemble.choose", f"valid: auto, {', '.join(BLEND_METHODS)}")
+    _check_backbone(r.model.backbone, "model.backbone", source)
+    _check_stages(r.model, source)
+    for i, over in enumerate(r.ensemble.backbones):
+        _check_backbone_keys(i, over, source)
+        backbone_recipe(r, i, source)
+    for key, p in r.search.params.items():
+        _check_search_param(r, key, p, source)
+    for i, item in enumerate(r.augment.train):
+        _check_transform(i, item, source, r.augment.input_size or 224)
+
+
+def _check_backbone_keys(i: int, over: dict, source: str) -> None:
+    """ensemble.backbones[i] is {section: {key: value}} over the sections a backbone may vary."""
+    sections = {"model": ModelSpec, "train": TrainSpec, "augment": AugmentSpec, "tta": TTASpec}
+    where = f"ensemble.backbones[{i}]"
+    bad = sorted(set(over) - set(sections))
+    if bad:
+        raise RecipeError(f"recipe key '{where}' in {source}: sections {bad} cannot vary per backbone; "
+                          f"use {', '.join(sections)}")
+    for section, values in over.items():
+        for k in values:
+            if k not in sections[section].model_fields:
+                raise RecipeError(_unknown_key(("ensemble", "backbones", i, section, k),
+                                               list(sections[section].model_fields), source))
+
+
+def _check_backbone(name: str, key: str, source: str) -> None:
+    import timm
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        raise RecipeError(f"recipe key '{key}' in {source}: {name!r} is not a timm model"
+                          + (f"; did you mean {', '.join(close)}?" if close else ".")
+                          + " List them with python -c \"import timm; print(timm.list_models('*pattern*'))\"")
+
+
+@lru_cache(maxsize=64)
+def _stage_layout(spec: ModelSpec) -> tuple[tuple[str, ...], int] | None:
+    """(the modules of timm's feature_info, which cut_at indexes; the number of stages frozen_stages counts) of
+    the model training would build, or None when it cannot be built without memory. Built on the meta device:
+    no weights are allocated (efficientnet_lite0: 0.03 s, vit_huge: 0.2 s)."""
+    import timm
+    import torch
+    from kit.models.backbone import build_model
+    from kit.models.strategies import stage_groups
+    try:
+        with torch.device("meta"):
+            info = getattr(timm.create_model(spec.backbone, pretrained=False), "feature_info", None) or []
+            names = tuple(str(f.get("module", i)) for i, f in enumerate(info))
+            if spec.cut_at is not None and spec.cut_at >= len(names):
+                return names, 0
+            model, _ = build_model(spec, None, load_weights=False)
+            return names, len(stage_groups(model))
+    except Exception:  # e.g. a model that calls .item() while it is built: training builds it and checks again
+        return None
+
+
+def _check_stages(m: ModelSpec, source: str) -> None:
+    """model.cut_at and model.frozen_stages within the backbone's stages (they fail once training starts)."""
+    frozen = m.frozen_stages > 0 and m.strategy in ("finetune", "cut_at")
+    if m.cut_at is None and not frozen:
+        return
+    layout = _stage_layout(m)
+    if layout is None:
+        return
+    names, n_stages = layout
+    if m.cut_at is not None and m.cut_at >= len(names):
+        stages = ", ".join(f"{i}: {n}" for i, n in enumerate(names)) or "none"
+        raise RecipeError(f"recipe key 'model.cut_at' in {source}: {m.cut_at} is out of range for {m.backbone}, "
+                          f"whose stages (timm feature_info) are {stages}; use 0..{len(names) - 1}"
+                          if names else f"recipe key 'model.cut_at' in {source}: {m.backbone} has no stages timm "
+                                        f"can cut at (no feature_info); use another strategy or backbone")
+    if frozen and m.frozen_stages > n_stages:
+        raise RecipeError(f"recipe key 'model.frozen_stages' in {source}: {m.frozen_stages}, but {m.backbone} has "
+                          f"{n_stages} stages (stem + blocks, timm's group_matcher); use 0..{n_stages}")
+
+
+def _check_transform(i: int, item: dict, source: str, size: int = 224) -> None:
+    """augment.train[i] built as training builds it (kit.data.transforms.build_transform, strict), so the two
+    cannot disagree; `size` fills RandomResizedCrop's size as the backbone's input size would."""
+    import inspect
+    import albumentations as A
+    from kit.data.transforms import build_transform
+    (name, params), = item.items()
+    key = f"augment.train[{i}].{name}"
+    def usable(n):  # a transform class, not one of albumentations' base classes (they build, then cannot run)
+        c = getattr(A, n, None)
+        return (isinstance(c, type) and issubclass(c, A.BasicTransform)
+                and (n == "NoOp" or not c.__module__.endswith("transforms_interface")))
+    cls = getattr(A, name, None)
+    if not usable(name):
+        close = difflib.get_close_matches(name, [n for n in dir(A) if n[:1].isupper() and usable(n)], n=3)
+        raise RecipeError(f"recipe key '{key}' in {source}: not an albumentations transform"
+                          + (f"; did you mean {', '.join(close)}?" if close else ""))
+    try:
+        build_transform(i, item, size)
+    except ValueError as e:
+        valid = [p.name for p in inspect.signature(cls.__init__).parameters.values()
+                 if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        unknown = [p for p in (params or {}) if p not in valid and p != "strict"]
+        if unknown:
+            hints = [f"'{u}' (did you mean '{c[0]}'?)" if (c := difflib.get_close_matches(str(u), valid, n=1))
+                     else f"'{u}'" for u in unknown]
+            why = f"unknown parameter {', '.join(hints)}; parameters of {name}: {', '.join(valid)}"
+        else:
+            why = f"invalid parameters {params}: {_transform_error(e)}"
+        raise RecipeError(f"recipe key '{key}' in {source}: {why}") from None
+
+
+def _transform_error(e: ValueError) -> str:
+    """albumentations' pydantic error (kept as build_transform's __context__) in one line, by parameter."""
+    inner = e.__context__
+    while inner is not None and not isinstance(inner, ValidationError) and inner.__context__ is not None:
+        inner = inner.__context__  # albumentations re-raises pydantic's error as a ValueError
+    if isinstance(inner, ValidationError):
+        by_param: dict[str, list[str]] = {}
+        for err in inner.errors():
+            name = f"{err['loc'][0]}" if err["loc"] else "parameters"
+            by_param.setdefault(name, [f"got {_short(err.get('input'))}"]).append(err["msg"])
+        return "; ".join(f"{k}: {' or '.join(dict.fromkeys(v[1:]))} ({v[0]})" for k, v in by_param.items())
+    return " ".join(str(inner or e).split())
+
+
+def _check_search_param(r: Recipe, key: str, p: SearchParam, source: str) -> None:
+    where = f"search.params.{key}"
+    node = r.to_dict()
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise RecipeError(f"recipe key '{where}' in {source}: {key!r} is not a recipe key; "
+                              f"search over existing keys such as train.lr, model.frozen_stages")
+        node = node[part]
+    if p.type in ("float", "int"):
+        if p.low is None or p.high is None:
+            raise RecipeError(f"recipe key '{where}' in {source}: type {p.type} needs low and high")
+        if not p.low <= p.high:
+            raise RecipeError(f"recipe key '{where}' in {source}: low <= high must hold, "
+                              f"but got (low={p.low}, high={p.high})")
+        if p.log and p.low <= 0:
+            raise RecipeError(f"recipe key '{where}' in {source}: log scale needs low > 0, got low={p.low}")
+    elif not p.choices:
+        raise RecipeError(f"recipe key '{where}' in {source}: categorical needs a non-empty list of choices")

@@ -1,0 +1,275 @@
+"""The sections of a recipe as spec classes: every default of a run lives here (and the Recipe itself in
+kit.recipe._recipe). A recipe file states what differs; pydantic refuses unknown keys, wrong types and values out
+of their bounds, section by section.
+"""
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Spec(BaseModel):
+    # NaN and inf are refused: `lr: .inf` passes gt=0, and a float without bounds takes NaN too. (Read from YAML,
+    # _check_plain below refuses them first, anywhere in a recipe, naming the key.)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# scikit-learn's random_state and numpy's legacy seeding take 0 .. 2**32 - 1; torch takes more, so this bound fits all.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+MAX_SIDE = 4096  # px: one 3 x 4096 x 4096 float32 image is 201 MB, a batch of 32 is 6.4 GB
+MAX_DIGITS_SIDE = 512  # px: 1,797 digits held as S x S x 3 uint8 arrays: 1797 * 3 * 512^2 B = 1.4 GB
+N_DIGITS = 1797  # images in scikit-learn's bundled digits
+DEVICES = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,4})?")
+
+
+def _image_side(v: Optional[int], what: str) -> Optional[int]:
+    """`v` px, or a ValueError with the memory it would take when it is over MAX_SIDE."""
+    if v is not None and v > MAX_SIDE:
+        one = 3 * v * v * 4
+        raise ValueError(f"{v} px is over the {MAX_SIDE} px bound: {what} is a 3 x {v} x {v} float32 tensor, "
+                         f"3 * {v}^2 * 4 B = {one / 1e9:,.1f} GB ({32 * one / 1e9:,.1f} GB for a batch of 32); "
+                         f"use at most {MAX_SIDE} (201 MB an image), e.g. 224, 384 or 512")
+    return v
+
+
+class DataSpec(Spec):
+    source: Literal["digits", "imagefolder", "kaggle"] = "digits"
+    root: Optional[str] = None  # folder of an imagefolder / kaggle dataset, relative to the current directory
+    # Kaggle-style folder: root/train.csv (id or path column + label column), root/<image_dir>/, root/<test_dir>/
+    train_csv: str = "train.csv"
+    id_column: str = "id"
+    label_column: str = "label"
+    path_column: Optional[str] = None  # a column with image paths (relative to image_dir); default: id + image_suffix
+    image_dir: str = "train"
+    image_suffix: str = ""  # appended to ids to name files, e.g. ".jpg"
+    test_dir: Optional[str] = "test"  # imagefolder and kaggle: unlabelled test images (optional)
+    sample_submission: Optional[str] = "sample_submission.csv"  # kaggle: fixes test ids, their order and columns
+    # Digits (scikit-learn's bundled 8x8 digits), the quickstart's built-in competition.
+    digits_size: int = Field(32, ge=8)  # pixels each digit is upscaled to (before the backbone's resize), <= 512
+    digits_test_fraction: float = Field(0.2, gt=0, lt=1)  # held back as the unlabelled "test" set
+    # Split of the labelled images into training and validation.
+    split: Literal["holdout", "kfold"] = "holdout"
+    folds: int = Field(5, ge=2)
+    holdout_fraction: float = Field(0.2, gt=0, lt=1)
+    seed: Seed = 0  # seed of the split; members' own seeds are in train.seed / ensemble.seeds
+    # DataLoader worker processes preparing batches beside training; auto: measured once, in the plan (on 2 cores
+    # reading decoded images in the main process can be fastest). Workers never change the numbers (each sample's
+    # augmentation is seeded from the member's seed, the epoch and its row).
+    num_workers: Union[Literal["auto"], Annotated[int, Field(ge=0, le=256)]] = "auto"
+    limit: Optional[int] = Field(None, ge=2)  # use only the first N labelled images (smoke tests)
+    # Images that cannot be decoded (found by a scan of every image before training): fail lists them all and
+    # stops; skip trains without them and lists them in the run directory (bad_images.csv) and the summary.
+    bad_images: Literal["fail", "skip"] = "fail"
+    # holdout only: after the holdout has chosen each member's epochs, TTA mode and blend weight, train it again on
+    # every labelled image for those epochs (members <config>-refit) and predict the test images with that one
+    # (Kaggle practice: 25 % more data for the submission); its validated twin keeps the scores.
+    refit: bool = False
+
+    @field_validator("digits_size")
+    @classmethod
+    def _digits_fit_in_memory(cls, v):
+        if v > MAX_DIGITS_SIDE:
+            raise ValueError(f"{v} px is over the {MAX_DIGITS_SIDE} px bound: the {N_DIGITS:,} digits are held in "
+                             f"memory as S x S x 3 uint8 arrays, {N_DIGITS} * 3 * {v}^2 B = "
+                             f"{N_DIGITS * 3 * v * v / 1e9:,.1f} GB; use at most {MAX_DIGITS_SIDE} (1.4 GB), e.g. 32: "
+                             f"the backbone's resize (augment.input_size) does the rest")
+        return v
+
+
+class AugmentSpec(Spec):
+    # albumentations transforms by class name, applied to training images before resize/normalise.
+    # RandomResizedCrop gets its size from the backbone unless given. Default: crop + horizontal flip.
+    train: list[dict[str, dict]] = Field(
+        default_factory=lambda: [{"RandomResizedCrop": {"scale": [0.6, 1.0]}}, {"HorizontalFlip": {"p": 0.5}}])
+    input_size: Optional[int] = Field(None, ge=8)  # default: the backbone's pretrained config
+    crop_pct: Optional[float] = Field(None, gt=0, le=1)  # eval resize = input_size / crop_pct, then centre crop
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _no_params_is_empty_params(cls, v):
+        # `- HorizontalFlip:` (no parameters) reads as {HorizontalFlip: None} in YAML
+        if not isinstance(v, list):
+            return v
+        return [{k: {} if p is None else p for k, p in item.items()} if isinstance(item, dict) else item for item in v]
+
+    @field_validator("train")
+    @classmethod
+    def _one_transform_per_item(cls, v):
+        for i, item in enumerate(v):
+            if len(item) != 1:
+                raise ValueError(f"item {i} must be one 'TransformName: {{params}}' mapping, got {sorted(item)}")
+        return v
+
+    @field_validator("input_size")
+    @classmethod
+    def _bounded_input(cls, v):
+        return _image_side(v, "each input image")
+
+
+class ModelSpec(Spec):
+    backbone: str = "efficientnet_lite0"  # any timm model name
+    weights: str = "auto"  # auto | hub | offline | none | path/to/file.(pth|safetensors)
+    strategy: Literal["feature_extract", "finetune", "gradual", "full", "cut_at", "auto"] = "finetune"
+    frozen_stages: int = Field(0, ge=0)  # finetune: early stages (timm feature_info) kept frozen
+    backbone_lr_scale: float = Field(0.1, gt=0, le=1)  # finetune/gradual/cut_at: backbone lr = lr * this
+    unfreeze_every: int = Field(1, ge=1)  # gradual: one more stage (from the top) every N epochs
+    layer_decay: Optional[float] = Field(None, gt=0, le=1)  # full: layer-wise lr decay (timm optim factory)
+    cut_at: Optional[int] = Field(None, ge=0)  # cut_at: last stage kept (index into feature_info)
+    head: Literal["linear", "mlp", "logreg", "svm"] = "linear"
+    head_hidden: int = Field(512, ge=1, le=65536)  # mlp head width (1280 x 65536 = 84M weights at most)
+    head_c: float = Field(1.0, gt=0)  # logreg / svm inverse regularisation strength
+    head_views: int = Field(1, ge=1, le=64)  # feature_extract: cached views per training image (1 = no flips)
+    drop_rate: float = Field(0.0, ge=0, lt=1)
+    drop_path_rate: float = Field(0.0, ge=0, lt=1)
+    channels_last: Optional[bool] = None  # None: timed once in the plan (both formats), the faster kept
+
+
+class TrainSpec(Spec):
+    # Upper bounds here only catch typos and overflows (10**12 epochs), not taste.
+    epochs: int = Field(10, ge=1, le=100_000)
+    batch_size: int = Field(32, ge=1, le=65_536)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)  # the head's lr; the backbone's is scaled by model.backbone_lr_scale
+    weight_decay: float = Field(0.05, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    scheduler: Literal["cosine", "onecycle", "none"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    mixup: float = Field(0.0, ge=0)  # mixup alpha (0: off)
+    cutmix: float = Field(0.0, ge=0)  # cutmix alpha (0: off)
+    ema: bool = False
+    ema_decay: float = Field(0.998, gt=0, lt=1)
+    accum_steps: int = Field(1, ge=1, le=4096)
+    grad_clip: Optional[float] = Field(None, gt=0)
+    early_stopping: Optional[int] = Field(None, ge=1)  # patience in epochs on the validation metric
+    metric: Literal["accuracy", "log_loss", "f1_macro"] = "accuracy"
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 on CUDA when supported, off on CPU
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    seed: Seed = 0
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v):
+        if not DEVICES.fullmatch(v):
+            raise ValueError(f"{v!r} is not a device; valid: auto, cpu, cuda, cuda:N (N: the GPU's index, "
+                             f"e.g. cuda:0), mps")
+        return v
+
+
+def _check_known(values: list, valid: tuple, what: str) -> list:
+    bad = [x for x in values if x not in valid]
+    if bad:
+        raise ValueError(f"unknown {what} {bad}; valid: {', '.join(valid)}")
+    return values
+
+
+TTA_MERGES = ("mean", "gmean", "tsharpen")
+TTA_DEFAULT_SCALES = (0.875, 1.0, 1.125)  # multiscale: factors of the input size
+TTA_MODES = ("none", "hflip", "vflip", "flip", "d4", "five_crop", "ten_crop", "ten_crop_vflip", "multiscale")
+
+
+class TTASpec(Spec):
+    modes: list[str] = Field(default_factory=lambda: ["none"])  # every mode computed for every member
+    mode: str = "auto"  # the one ensembles use; auto: best validation score among `modes`
+    merge: Literal[TTA_MERGES] = "mean"
+    resize: Optional[int] = Field(None, ge=8)  # crop modes: resize to this, then crop; default input/crop_pct
+    # multiscale factors of the input size: 0.25 keeps an 8 px input 2 px wide, 4 makes 4096 px 16384 px
+    scales: list[Annotated[float, Field(ge=0.25, le=4)]] = Field(default_factory=lambda: list(TTA_DEFAULT_SCALES))
+    original_weight: Optional[float] = Field(None, ge=0, le=1)  # weight of the un-augmented view
+    max_batch_views: int = Field(256, ge=1, le=65_536)  # images x views in one forward pass (memory budget)
+
+    @field_validator("resize")
+    @classmethod
+    def _bounded_resize(cls, v):
+        return _image_side(v, "each image TTA cuts its views from")
+
+    @field_validator("modes")
+    @classmethod
+    def _known_modes(cls, v):
+        _check_known(v, TTA_MODES, "TTA modes")
+        if not v:
+            raise ValueError("at least one mode is needed, e.g. [none]")
+        return v
+
+
+# Blending methods compared by kit.ensemble.evaluate_methods, simplest first ("best": the best single member,
+# chosen on the fitting folds like any fitted blend, so that "no blend" is always a candidate; "stack": a
+# logistic regression on the members' out-of-fold log-probabilities, fitted and scored with nested folds).
+BLEND_METHODS = ("best", "mean", "gmean", "rank", "weights", "greedy", "stack")
+
+
+class EnsembleSpec(Spec):
+    seeds: Optional[list[Seed]] = None  # member seeds; default: [train.seed]
+    # Each backbone is a set of overrides of the recipe, e.g. {model: {backbone: resnet18}, train: {lr: 3e-4}}.
+    backbones: list[dict[str, dict]] = Field(default_factory=list)
+    methods: list[str] = Field(default_factory=lambda: list(BLEND_METHODS))
+    choose: str = "auto"  # auto: best nested out-of-fold score
+    temperature: bool = False  # temperature-scale each member on its out-of-fold predictions first
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v):
+        # members are named and stored by seed: a repeated seed would be one member counted twice
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("at least one seed is needed, e.g. [0]")
+        dup = sorted({s for s in v if v.count(s) > 1})
+        if dup:
+            raise ValueError(f"seeds must be distinct; {dup} repeat{'s' * (len(dup) == 1)}")
+        return v
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, v):
+        return _check_known(v, BLEND_METHODS, "blending methods")
+
+
+class SubmitSpec(Spec):
+    format: Literal["label", "proba"] = "label"
+    path: str = "submission.csv"  # relative to the run directory
+
+
+class PseudoSpec(Spec):
+    # Pseudo-labelling: after the first round of members, the blend's confident test predictions join the
+    # training rows of a new round (same grid, members named ...-r1). The member of fold k learns only from the
+    # fold-k members of the round before (kit.pseudo: no test label comes from a model that trained on fold k).
+    rounds: int = Field(0, ge=0, le=5)  # rounds after the first (0: off)
+    threshold: Optional[float] = Field(0.9, gt=0, le=1)  # keep test images whose blended top probability >= this
+    top_fraction: Optional[float] = Field(None, gt=0, le=1)  # instead: the most confident fraction of each class
+    soft: bool = True  # targets: the blend's probabilities (soft) or its argmax (hard)
+    temperature: float = Field(1.0, gt=0, le=20)  # soft targets p^(1/T), renormalised
+
+
+class DistillSpec(Spec):
+    # Distillation (`kit distill RUN --into BACKBONE` writes such a recipe): each member learns from the finished
+    # run `teacher`'s blend, per fold as pseudo-labels do: its training images' targets mix the one-hot label
+    # (weight alpha) with the teacher's softened probabilities; with test_images, the test images join too.
+    teacher: Optional[str] = None  # run directory of the teacher (a finished run with the same data and folds)
+    temperature: float = Field(2.0, gt=0, le=20)
+    alpha: float = Field(0.5, ge=0, le=1)  # weight of the hard label in a labelled image's target
+    test_images: bool = True  # also train on the test images with the teacher's soft blend
+
+
+class SearchParam(Spec):
+    type: Literal["float", "int", "categorical"]
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    step: Optional[float] = Field(None, gt=0)
+    choices: Optional[list[Any]] = None
+
+
+class SearchSpec(Spec):
+    params: dict[str, SearchParam] = Field(default_factory=dict)  # recipe key path -> distribution
+    trials: int = Field(20, ge=1, le=100_000)
+    sampler: Literal["tpe", "random", "cmaes", "qmc"] = "tpe"
+    pruner: Literal["median", "hyperband", "successive_halving", "none"] = "median"
+    fold: int = Field(0, ge=0)  # each trial trains this fold (or the holdout)
+    seed: Seed = 0
+    storage: Optional[str] = None  # SQLAlchemy URL; default: sqlite file in the run directory
+    study_name: Optional[str] = None  # default: the recipe name
+    top_k: int = Field(3, ge=1, le=1000)  # best trials kept as ensemble members
+
