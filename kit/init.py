@@ -132,10 +132,14 @@ def split(labels, classes) -> tuple[dict, str]:
                f"the training" + (f"; {folds} folds, as the smallest class has {smallest} images" if
                                   folds != d.folds else ""))
     else:
-        keys = {"split": "holdout"}
+        keys = {"split": "holdout", "refit": True}
         why = (f"{n:,} labelled images: a {d.holdout_fraction:.0%} holdout validates on {n_val:,} ({one}), enough "
-               f"to compare settings; {d.folds}-fold would train {d.folds}x as long (split: kfold if you want that)")
-    make_folds(labels, d.model_copy(update=keys), classes=classes)  # a FoldError now, not after training starts
+               f"to compare settings; {d.folds}-fold would train {d.folds}x as long (split: kfold if you want that). "
+               f"refit: once the holdout has chosen epochs, TTA and blend, each member trains again on all "
+               f"{n:,} images for the test predictions (+1.6 points of test accuracy on the Fashion-MNIST "
+               f"development competition, at 2.25x the training)")
+    split_keys = {k: v for k, v in keys.items() if k in ("split", "folds")}
+    make_folds(labels, d.model_copy(update=split_keys), classes=classes)  # a FoldError now, not after training
     return keys, why
 
 
@@ -167,15 +171,20 @@ def _comment(text: str, indent: int = 2, hang: int = 0) -> list[str]:
     return textwrap.wrap(text, 118, initial_indent=pad, subsequent_indent=pad + " " * hang, break_on_hyphens=False)
 
 
-NO_FLIPS = "the default training augmentation is RandomResizedCrop + HorizontalFlip; without flips:"
-CROP = "RandomResizedCrop: {scale: [0.6, 1.0]}"
+NO_FLIPS = ("the default training augmentation is HorizontalFlip only (measured best for short runs); "
+            "without flips, or with crops for long runs on photos:")
+CROP = "RandomResizedCrop: {scale: [0.7, 1.0], ratio: [0.9, 1.1]}"
 
 
 def _augment_lines(size: Optional[int], why: str) -> list[str]:
     """augment: with its input_size, or comments only: an augment: section with no key in it would be null."""
     if size is None:
         return _comment(f"input size: {why}", 0) + [f"# {NO_FLIPS}", "# augment:", "#   train:", f"#     - {CROP}"]
-    return ["augment:", *_comment(why), _kv("input_size", size), f"  # {NO_FLIPS}", "  # train:", f"  #   - {CROP}"]
+    return ["augment:", *_comment(why), _kv("input_size", size),
+            *_comment("small images fill the frame: evaluate the whole image, no centre crop (the backbone's "
+                      "crop_pct 0.875 cut 6 % off each side; 1.0 was worth +0.4 points of test accuracy on the "
+                      "Fashion-MNIST development competition)"), _kv("crop_pct", 1.0),
+            f"  # {NO_FLIPS}", "  # train:", f"  #   - {CROP}"]
 
 
 def render_recipe(name: str, root: Path, layout: Layout, sources, out="recipe.yaml") -> str:

@@ -121,8 +121,7 @@ def choose_workers(r: Recipe, sources, data_config: dict) -> int:
         return int(r.data.num_workers)
     import numpy as np
     from kit.data import ImageDataset, create_train_transform
-    from kit.data import loader
-    choose_num_workers = getattr(loader, "choose_num_workers", lambda dataset, batch_size: 0)  # TODO(lead): H's
+    from kit.data.loader import choose_num_workers
     n = min(len(sources.train), 4 * r.train.batch_size)
     dataset = ImageDataset(sources.train, np.arange(n), create_train_transform(r.augment, data_config))
     return int(choose_num_workers(dataset, r.train.batch_size))
@@ -314,7 +313,7 @@ def format_plan(plan: RunPlan) -> list[str]:
                   f"  input {dc['input_size']} px, crop_pct {dc['crop_pct']}, mean {dc['mean']}, std {dc['std']}, "
                   f"{dc['interpolation']}; {'channels_last' if m.channels_last else 'contiguous'}",
                   f"  train {mr.train.epochs} epochs x batch {mr.train.batch_size}, {mr.train.optimizer} "
-                  f"{mr.train.scheduler} (warm-up {mr.train.warmup_epochs} epochs), seed {m.seed}",
+                  f"{mr.train.scheduler} (warm-up {mr.train.warmup:g} epochs), seed {m.seed}",
                   "  stages frozen by epoch: " + _runs(m.frozen_stages) + f" (of {m.n_stages})"]
         for g in m.param_groups:
             lines.append(f"    group from {g['first'] or '?'}: {g['params']:,} params, lr {g['lr']:.3g}, "

@@ -80,9 +80,9 @@ def create_schedule(optimizer, spec: TrainSpec, updates_per_epoch: int):
     if spec.scheduler == "onecycle":  # per group: max_lr / 25 -> max_lr -> max_lr / 25e4, all the same shape
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
-            pct_start=min(0.5, max(spec.warmup_epochs / spec.epochs, 0.05)))
+            pct_start=min(0.5, max(spec.warmup / spec.epochs, 0.05)))
     if spec.scheduler == "cosine":
-        warmup = spec.warmup_epochs * updates_per_epoch
+        warmup = spec.warmup * updates_per_epoch
         # a plain function, not a callable object: LambdaLR then keeps it out of its state dict
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, total, warmup))
     return None

@@ -244,3 +244,18 @@ def test_memory_stays_flat_for_a_store_larger_than_the_budget(tmp_path):
     assert store_kb > 2.5 * budget_kb
     assert build_peak_kb < budget_kb, f"building grew peak RSS by {build_peak_kb} kB"
     assert read_growth_kb < budget_kb, f"reading grew private memory by {read_growth_kb} kB"
+
+
+def test_processes_attaching_at_once_decode_each_image_once(imagefolder_spec, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+    s = load_sources(imagefolder_spec)
+    calls = []
+
+    def counted(path):
+        calls.append(path)
+        return read_image(path)
+    monkeypatch.setattr(C, "read_image", counted)
+    with ThreadPoolExecutor(3) as pool:  # the lock is a file lock: threads contend for it as processes do
+        stores = [f.result().train.decoded.store.folder
+                  for f in [pool.submit(attach_decoded_cache, s, progress=False, workers=1) for _ in range(3)]]
+    assert len(set(stores)) == 1 and len(calls) == 36

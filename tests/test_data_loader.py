@@ -201,3 +201,30 @@ def test_choose_num_workers_times_briefly_and_keeps_the_random_state(imagefolder
     assert sorted(rates) == [0, 1] and all(r > 0 for r in rates.values())
     assert torch.equal(torch.get_rng_state(), state)  # the member's random stream is not shifted
     assert choose_num_workers(ds, 4, candidates=[0, 1], seconds=0.2, step=step) in (0, 1)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_are_channels_last_stacks_of_the_samples(imagefolder_spec, workers):
+    table = load_sources(imagefolder_spec).train
+    ds = ImageDataset(table, np.arange(6), create_eval_transform(CFG))
+    x, y, rows = next(iter(make_loader(ds, batch_size=3, shuffle=False, num_workers=workers, seed=0)))
+    # the training loop's .contiguous(memory_format=torch.channels_last) is then free
+    assert x.is_contiguous(memory_format=torch.channels_last) and x.dtype == torch.float32
+    assert torch.equal(x, torch.stack([ds[i][0] for i in range(3)]))
+    assert y.tolist() == table.labels[:3].tolist() and rows.tolist() == [0, 1, 2]
+
+
+def test_a_worker_count_that_cannot_run_is_timed_as_zero(imagefolder_spec, monkeypatch):
+    from kit.data import loader as L
+    ds = ImageDataset(load_sources(imagefolder_spec).train, np.arange(4), create_eval_transform(CFG))
+
+    def timing(dataset, batch_size, num_workers, seconds, step=None):
+        if num_workers:
+            raise RuntimeError("DataLoader worker (pid 123) is killed by signal: Bus error. It is possible that "
+                               "dataloader's workers are out of shared memory.")
+        return 50.0
+    monkeypatch.setattr(L, "time_loader", timing)
+    with pytest.warns(UserWarning, match="2 DataLoader workers failed while timing them"):
+        assert L.measure_workers(ds, 2, [0, 2], seconds=0.1) == {0: 50.0, 2: 0.0}
+    with pytest.warns(UserWarning):
+        assert L.choose_num_workers(ds, 2, candidates=[0, 2], seconds=0.1) == 0

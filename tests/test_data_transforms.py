@@ -41,7 +41,8 @@ def test_train_transform_outputs_square_tensor(train):
 
 
 def test_train_transform_keeps_list_order_and_adds_resize_only_when_needed():
-    tf = create_train_transform(AugmentSpec(), CFG)
+    crop_and_flip = [{"RandomResizedCrop": {"scale": [0.6, 1.0]}}, {"HorizontalFlip": {"p": 0.5}}]
+    tf = create_train_transform(AugmentSpec(train=crop_and_flip), CFG)
     names = [type(t).__name__ for t in tf.transforms]
     assert names == ["RandomResizedCrop", "HorizontalFlip", "Normalize", "ToTensorV2"]
     assert tuple(tf.transforms[0].size) == (32, 32)

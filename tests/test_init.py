@@ -167,7 +167,8 @@ def test_split_kfold_for_small_data_holdout_for_large():
     keys, why = split(np.arange(300) % 3, ("a", "b", "c"))
     assert keys == {"split": "kfold"} and "300 labelled images" in why
     keys, why = split(np.arange(3000) % 3, ("a", "b", "c"))
-    assert keys == {"split": "holdout"} and "600" in why  # 20% of 3,000 validate
+    assert keys == {"split": "holdout", "refit": True} and "600" in why  # 20% of 3,000 validate
+    assert "all 3,000 images" in why  # the holdout members are refitted on every image for the submission
     keys, _ = split(np.array([0, 0, 0, 1, 1, 1, 1, 1]), ("a", "b"))
     assert keys == {"split": "kfold", "folds": 3}  # the smallest class has 3 images
 

@@ -146,7 +146,7 @@ def attach_decoded_cache(sources: Sources, max_side: Optional[int] = None, *, ma
     target = cache_root() / entry_key(files, max_side)
     store = open_entry(target)
     if store is None:
-        store = _build(target, paths, max_side, max_bytes, workers, progress)
+        store = _build_once(target, paths, max_side, max_bytes, workers, progress)
     if store is None:
         return sources
     slot = {p: k for k, p in enumerate(paths)}
@@ -243,6 +243,23 @@ def _chunks(paths: list[str], sizes: list[int]) -> list[tuple[list[str], int]]:
         total += size
     out.append((paths[start:], total))
     return out
+
+
+def _build_once(target: Path, paths, max_side, max_bytes, workers, progress) -> Optional[DecodedStore]:
+    """_build, by one process at a time: the members of a run started together (kit.executor) wait for the
+    first to decode instead of each decoding the same images."""
+    from filelock import FileLock
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(target.parent / f".{target.name[:16]}.lock"))
+        lock.acquire()
+    except OSError:  # an unwritable cache dir: _build says so and skips
+        return _build(target, paths, max_side, max_bytes, workers, progress)
+    try:
+        store = open_entry(target)  # finished by another process while this one waited
+        return store if store is not None else _build(target, paths, max_side, max_bytes, workers, progress)
+    finally:
+        lock.release()
 
 
 def _build(target: Path, paths: list[str], max_side, max_bytes, workers, progress) -> Optional[DecodedStore]:

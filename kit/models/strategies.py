@@ -77,7 +77,7 @@ def param_groups(model: nn.Module, spec: ModelSpec, train: TrainSpec) -> list[di
     module docstring). All backbone parameters are in the optimizer from the start (frozen ones simply get no
     gradient), so that gradual unfreezing needs no new optimizer and its state resumes."""
     skip = set(getattr(model, "no_weight_decay", lambda: set())())
-    if spec.strategy in ("full", "auto") and spec.layer_decay is not None:
+    if spec.strategy == "full" and spec.layer_decay is not None:
         groups = param_groups_layer_decay(model, weight_decay=train.weight_decay, no_weight_decay_list=skip,
                                           layer_decay=spec.layer_decay)
         for g in groups:

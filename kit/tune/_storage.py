@@ -146,8 +146,8 @@ class _TrialSeeded(optuna.samplers.BaseSampler):
 def create_pruner(recipe: Recipe) -> optuna.pruners.BasePruner:
     kind, epochs = recipe.search.pruner, recipe.train.epochs
     if kind == "median":
-        # Not during the lr warmup (train.warmup_epochs, 1 by default): every trial looks alike there.
-        warmup = min(math.ceil(recipe.train.warmup_epochs), epochs - 1)
+        # Not during the lr warm-up (TrainSpec.warmup): every trial looks alike there.
+        warmup = min(math.ceil(recipe.train.warmup), epochs - 1)
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup)
     if kind == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
