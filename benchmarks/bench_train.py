@@ -1,6 +1,6 @@
 """Training speed of kit against a minimal hand-written timm + PyTorch loop, measured in the same run.
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_train.py          # ~4 min on a 2-core CPU
+    OMP_NUM_THREADS=2 python benchmarks/bench_train.py          # ~3 min on a quiet 2-core CPU
 
 What it prints: images/s of training (the first epoch of each run left out as warm-up), of the best epoch and
 from the median batch time; every configuration runs --rounds times, interleaved (load from other processes
@@ -10,11 +10,13 @@ only ever slows an epoch down, and a median batch ignores its bursts):
   (a) kit.train.fit on the same in-memory batches, same model, batch, size, optimizer, schedule and
       channels_last                                                                   target >= 0.97 x reference
   (b) kit end to end from the PNG files: kit's DataLoader reading the decoded cache (kit.data.cache), its
-      default albumentations pipeline (RandomResizedCrop + HorizontalFlip), the worker count that
-      kit.data.loader.choose_num_workers measures, into kit.train.fit                target >= 0.9 x reference
+      default albumentations pipeline (RandomResizedCrop + HorizontalFlip), the worker count
+      kit.data.choose_num_workers gives as the plan calls it, into kit.train.fit       target >= 0.9 x reference
   baseline    kit as it was: decoding every PNG every epoch, 2 workers (--baseline-workers)
-plus the cache's build and reuse times, choose_num_workers' timings and fit's whole wall time (validation and
-checkpoints included) against the reference's (validation included, no checkpoints).
+plus the cache's build and reuse times, the worker count choose_num_workers gives (as the plan calls it) and
+what it measures when the training step is timed too, each data path alone (an epoch with no model), and
+fit's whole wall time (validation and checkpoints included) against the reference's (validation, no
+checkpoints).
 
 The data: --images generated PNGs of --side px (10 classes) in a temporary folder, upscaled to --size px
 inputs; --val of them (a seeded draw) validate. The cache lives in a temporary $KIT_CACHE_DIR unless one is set.
@@ -199,15 +201,34 @@ def prepare(a, root: Path) -> dict:
     }
 
 
-def choose_workers(d: dict, a) -> tuple[int, dict, float, int]:
-    """choose_num_workers with the model's training step timed on every candidate (0, 1, 2, ... cores), and what
-    it returns without a step (the plan's call): (chosen, {workers: img/s}, seconds, chosen without a step)."""
-    from kit.data.loader import choose_num_workers, measure_workers, pick_workers, training_step, worker_candidates
+def step_timed_workers(d: dict, a) -> tuple[dict, float]:
+    """What choose_num_workers measures with the model's training step timed on every count (0, 1, 2, ...
+    cores): ({workers: img/s}, seconds taken). Shown beside the plan's choice, which times no step."""
+    from kit.data.loader import measure_workers, training_step, worker_candidates
     t0 = time.perf_counter()
     rates = measure_workers(d["train_ds"], a.batch, worker_candidates(step=True), seconds=a.choose_seconds,
                             step=training_step(new_model(d["classes"]), channels_last=True))
-    seconds = time.perf_counter() - t0
-    return pick_workers(rates), rates, seconds, choose_num_workers(d["train_ds"], a.batch, seconds=a.choose_seconds)
+    return rates, time.perf_counter() - t0
+
+
+def data_seconds(loader, epochs: int = 3) -> float:
+    """Seconds of the fastest of `epochs` passes over a loader with no model: the data path's own cost."""
+    best = float("inf")
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        for _batch in loader:
+            pass
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def data_only(a, d: dict, workers: int) -> dict:
+    from kit.data import make_loader
+    loaders = {"reference": d["mem_train"],
+               "b": make_loader(d["train_ds"], a.batch, shuffle=True, num_workers=workers, seed=0),
+               "baseline": make_loader(d["uncached_ds"], a.batch, shuffle=True, num_workers=max(a.baseline_workers, 0),
+                                       seed=0)}
+    return {k: data_seconds(v) for k, v in loaders.items()}
 
 
 def run_all(a, d: dict, workers: int, out: Path) -> dict:
@@ -247,16 +268,19 @@ def main():
         os.environ.setdefault("KIT_CACHE_DIR", str(tmp / "cache"))
         load0 = os.getloadavg()
         d = prepare(a, tmp / "images")
-        workers, rates, choose_s, stepless = choose_workers(d, a)
+        from kit.data import choose_num_workers
+        t0 = time.perf_counter()
+        workers = choose_num_workers(d["train_ds"], a.batch, seconds=a.choose_seconds)  # as the plan calls it
+        choose_s = time.perf_counter() - t0
         print(f"{MODEL} at {a.size} px from {a.images} generated {a.side} px PNGs ({d['n_train']} train, {a.val} "
               f"val), batch {a.batch}, {a.epochs} epochs x {a.rounds} rounds, {torch.get_num_threads()} threads, "
               f"{os.cpu_count()} cores, torch {torch.__version__}")
         print(f"load average before: {' '.join(f'{x:.2f}' for x in load0)}")
         print(f"decoded cache: built in {d['build']:.2f} s ({d['store_bytes'] / 1e6:.1f} MB), reused in "
-              f"{d['reuse']:.3f} s")
-        print("choose_num_workers, training step timed: " + ", ".join(f"{k} workers {v:.0f} img/s" for k, v in
-                                                                     rates.items())
-              + f" -> {workers} ({choose_s:.1f} s); without a step (the plan's call): {stepless}")
+              f"{d['reuse']:.3f} s; choose_num_workers (no step, as the plan calls it): {workers} ({choose_s:.2f} s)")
+        data = data_only(a, d, workers)
+        print("data path alone, one epoch (no model, best of 3): " + ", ".join(
+            f"{k} {v:.2f} s" for k, v in data.items()))
         s = run_all(a, d, workers, tmp / "runs")
         ref = s["reference"]
         names = {"reference": "reference: hand loop, memory", "a": "(a) kit.train.fit, memory",
@@ -272,6 +296,9 @@ def main():
             target = f"  target >= {targets[k]}x" if k in targets else ""
             print(f"{names[k]:56s} {v['best']:8.1f} {v['median']:8.1f} {ratio} {v['wall']:8.1f}s "
                   f"{v['outside']:13.2f}s{target}")
+        rates, seconds = step_timed_workers(d, a)
+        print("choose_num_workers' timing with the training step: " + ", ".join(
+            f"{k} workers {v:.0f} img/s" for k, v in rates.items()) + f" ({seconds:.1f} s)")
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
