@@ -46,7 +46,8 @@ def record_member(ctx, rec: dict) -> None:
     for mode, scores in rec["scores"].items():
         entries.append(Entry(kind="member" if mode == "none" else "tta", name=rec["member"], score=scores[metric],
                              scores=scores, tta_mode=mode,
-                             extra={"fold": rec["fold"], "best_epoch": rec["best_epoch"], "env": env}, **base))
+                             extra={"fold": rec["fold"], "best_epoch": rec["best_epoch"], "env": env,
+                                    "round": member.round}, **base))
     _record(ctx, entries)
 
 

@@ -76,6 +76,9 @@ def test_pseudo_round_learns_per_fold_and_never_validates_on_test_images(kaggle_
     assert [r["round"] for r in rounds] == [0]
     names = set(query(recipe.leaderboard, kind="ensemble")["name"])
     assert {"ensemble:mean:round0", "ensemble:mean"} <= names  # each round is on the leaderboard
+    from kit.leaderboard import rank
+    members = rank(query(recipe.leaderboard, kind="member"))
+    assert len(members) == 6 and set(members["n"]) == {2}  # per round and fold, the seeds grouped; rounds apart
 
 
 def test_distilled_student_learns_from_the_teachers_of_its_fold_and_is_a_member(kaggle_root, tmp_path, env, capsys):

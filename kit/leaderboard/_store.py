@@ -32,7 +32,7 @@ DEFAULT_PATH = Path("leaderboard") / "leaderboard.sqlite"  # under the current w
 _JSON_FIELDS = ("recipe", "scores", "versions", "extra")
 # Keys of Entry.extra that are part of a configuration: the fold a member saw, a trial's hyperparameters, the size
 # of an ensemble.
-_EXTRA_CONFIG_KEYS = ("fold", "params", "n_members", "ensemble_size")
+_EXTRA_CONFIG_KEYS = ("fold", "params", "n_members", "ensemble_size", "round")  # round: of pseudo-labels
 
 
 @dataclass(kw_only=True)
