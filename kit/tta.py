@@ -31,7 +31,10 @@ from kit.recipe import TTA_DEFAULT_SCALES as DEFAULT_SCALES, TTA_MERGES as MERGE
 # blocks over 32 MB back to the OS when they are freed, so a pass whose activations pass that size page-faults
 # them in again, every pass (efficientnet_lite0 expands to 96 x 112 x 112 floats = 4.8 MB a row at 224 px).
 # Measured, ten_crop of efficientnet_lite0 on 2 cores, images/s by rows a pass: 1: 7.5, 2: 9.8, 4: 11.2, 8: 8.5,
-# 16: 8.0, 160: 4.6. So chunks on the CPU hold at most 4 x 224 x 224 pixels (16 rows at 112 px).
+# 16: 8.0, 160: 4.6; measured again with benchmarks/bench_tta.py on 2026-12-01 (load average 1.3): 4 rows 12.8,
+# 16 rows 9.5, 160 rows 4.8, ttach sequential 9.3. So chunks on the CPU hold at most 4 x 224 x 224 pixels (16 rows
+# at 112 px). The value a run uses is fixed in its plan (environment.tta_cpu_chunk_pixels): the rows of a pass
+# can change float sums.
 CPU_CHUNK_PIXELS = 4 * 224 * 224
 
 
