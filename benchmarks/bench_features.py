@@ -56,13 +56,12 @@ class PeakRSS(threading.Thread):
 
 
 def setup(backbone: str, weights: str, size: int, channels_last: bool | None = None):
-    from kit.data import resolve_data_config
-    from kit.models.backbone import create_model, data_config_override
+    from kit.models.backbone import build_model, model_data_config, pretrained_overlay
     from kit.recipe import AugmentSpec, ModelSpec
     from kit.runtime import use_channels_last
     spec = ModelSpec(backbone=backbone, weights=weights, strategy="feature_extract")
-    model, source = create_model(spec, 10)
-    cfg = resolve_data_config(model, AugmentSpec(input_size=size, crop_pct=0.9), data_config_override(spec))
+    model, source = build_model(spec, 10, pretrained_overlay(spec, AugmentSpec(input_size=size, crop_pct=0.9)))
+    cfg = model_data_config(model)
     channels_last = use_channels_last(channels_last, model, size, torch.device("cpu"))
     model = model.eval().to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     return spec, model.requires_grad_(False), cfg, channels_last, source

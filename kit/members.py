@@ -20,9 +20,6 @@ from kit.predictions import Predictions, load_predictions, save_predictions
 from kit.recipe import Recipe, recipe_hash
 from kit.rundir import member_dir, pred_path, read_json, write_json_atomic, write_text_atomic
 
-Member = MemberPlan  # a member is its plan
-
-
 @dataclass
 class RunContext:
     plan: RunPlan
@@ -78,9 +75,12 @@ def prepare_run(recipe: Recipe) -> RunContext:
     recipe that fails on its data locks nothing."""
     from kit.data import load_folds, make_folds, save_folds
     import yaml
+    from kit.data import attach_decoded_cache, decoded_max_side
     _check_hash(recipe)
     sources, bad = load_checked_sources(recipe)
     plan = plan_run(recipe, sources)
+    # every image decoded once into a memory-mapped store (kit.data.cache), at most the size the plan needs
+    sources = attach_decoded_cache(sources, max_side=decoded_max_side(plan))
     run_dir = recipe.run_dir
     folds_file = run_dir / "folds.csv"
     if folds_file.exists():

@@ -143,3 +143,33 @@ def member_dir(run_dir, member: str) -> Path:
 
 def pred_path(run_dir, member: str, split: str, tta: str) -> Path:
     return member_dir(run_dir, member) / "preds" / f"{split}_{tta}.npz"
+
+
+STALE_TMP_S = 24 * 3600  # `.tmp-*` folders of a cache older than a day are leftovers of killed writers
+
+
+def publish_dir(tmp: Path, target: Path, is_complete) -> None:
+    """Rename a finished cache entry (a folder) into place. Another process may have finished the same entry
+    first: keep theirs. A folder at `target` that is not complete (is_complete(path) false: an older layout, a
+    half-copied folder) is replaced."""
+    import shutil
+    if target.exists() and not is_complete(target):
+        shutil.rmtree(target, ignore_errors=True)
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        if not is_complete(target):
+            raise
+
+
+def remove_stale_tmp(root: Path, max_age_s: float = STALE_TMP_S) -> None:
+    """Delete the `.tmp-*` folders under `root` older than max_age_s: writers that were killed."""
+    import shutil
+    import time
+    now = time.time()
+    for p in Path(root).glob(".tmp-*"):
+        try:
+            if now - p.stat().st_mtime > max_age_s:
+                shutil.rmtree(p, ignore_errors=True)
+        except OSError:
+            pass

@@ -1,10 +1,10 @@
-"""kit.models.backbone: create_model for every strategy, the new head's small seeded init, cut models."""
+"""kit.models.backbone: build_model for every strategy, the new head's small seeded init, cut models."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from kit.models.backbone import CutBackbone, create_model, head_parameters, init_head
+from kit.models.backbone import CutBackbone, build_model, head_parameters, init_head
 from kit.recipe import ModelSpec
 
 STRATEGIES = ("feature_extract", "finetune", "gradual", "full", "cut_at", "auto")
@@ -20,7 +20,7 @@ def spec(backbone="test_resnet", **kw) -> ModelSpec:
 @pytest.mark.parametrize("backbone", ["test_resnet", "test_efficientnet"])
 def test_create_model_for_every_strategy(backbone, strategy):
     torch.manual_seed(0)
-    model, source = create_model(spec(backbone, strategy=strategy), num_classes=5)
+    model, source = build_model(spec(backbone, strategy=strategy), num_classes=5)
     assert source.startswith("none")
     model.eval()
     with torch.no_grad():
@@ -35,7 +35,7 @@ def test_create_model_for_every_strategy(backbone, strategy):
 @pytest.mark.parametrize("backbone", ["test_resnet", "test_efficientnet", "resnet10t"])
 def test_new_head_starts_small(backbone):
     torch.manual_seed(0)
-    model, _ = create_model(spec(backbone), num_classes=10)
+    model, _ = build_model(spec(backbone), num_classes=10)
     head = model.get_classifier()
     assert head.weight.std().item() == pytest.approx(0.01, rel=0.2)
     assert head.weight.abs().max().item() < 0.06  # no outliers: logits start near 0 whatever the features
@@ -45,7 +45,7 @@ def test_new_head_starts_small(backbone):
 def test_head_init_follows_the_seed():
     def head(seed, **kw):
         torch.manual_seed(seed)
-        return create_model(spec(**kw), num_classes=4)[0].get_classifier().weight.detach().clone()
+        return build_model(spec(**kw), num_classes=4)[0].get_classifier().weight.detach().clone()
     assert torch.equal(head(0), head(0))
     assert not torch.allclose(head(0), head(1))
     assert torch.equal(head(3, strategy="cut_at"), head(3, strategy="cut_at"))
@@ -62,5 +62,5 @@ def test_init_head_handles_an_mlp_head():
 
 
 def test_drop_rate_reaches_the_model():
-    model, _ = create_model(spec(drop_rate=0.3), num_classes=3)
+    model, _ = build_model(spec(drop_rate=0.3), num_classes=3)
     assert model.drop_rate == 0.3

@@ -86,8 +86,7 @@ def test_nothing_downstream_resolves_after_the_plan(kaggle_root, tmp_path, env, 
     monkeypatch.setattr(Recipe, "with_overrides", validation_only)
     for module, name in ((kit.advise, "cached_advice"), (kit.advise, "advise"), (kit.plan, "make_plan"),
                          (kit.plan, "_resolve_backbone"), (kit.models.backbone, "pretrained_overlay"),
-                         (kit.models.backbone, "model_data_config"), (kit.data.transforms, "resolve_data_config"),
-                         (kit.models.backbone, "create_model")):
+                         (kit.models.backbone, "model_data_config"), (kit.data.transforms, "resolve_data_config")):
         monkeypatch.setattr(module, name, _fail(f"{module.__name__}.{name}"))
     summary = R.run(recipe, log=quiet)
     assert summary.submission is not None and len(summary.configs) == 2

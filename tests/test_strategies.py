@@ -7,7 +7,7 @@ import pytest
 import timm
 import torch
 
-from kit.models.backbone import create_model, head_parameters
+from kit.models.backbone import build_model, head_parameters
 from kit.models.strategies import LR_SCALE_KEY, apply_freeze, frozen_count, param_groups, set_train_mode, stage_groups
 from kit.recipe import ModelSpec, TrainSpec
 from kit.train import _setup, cosine_factor
@@ -18,7 +18,7 @@ LR = 0.01
 def make(strategy="finetune", backbone="test_resnet", num_classes=3, **kw):
     torch.manual_seed(0)
     s = ModelSpec(backbone=backbone, weights="none", strategy=strategy, **kw)
-    return create_model(s, num_classes)[0], s
+    return build_model(s, num_classes)[0], s
 
 
 def trainable(model) -> set[str]:

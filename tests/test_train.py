@@ -12,7 +12,7 @@ import torch
 
 from kit.data import (ImageDataset, create_eval_transform, create_train_transform, load_sources, make_folds,
                       make_loader, resolve_data_config)
-from kit.models.backbone import create_model
+from kit.models.backbone import build_model
 from kit.recipe import AugmentSpec, ModelSpec, TrainSpec
 from kit.rundir import atomic_save, write_csv_atomic
 from kit.runtime import seed_everything
@@ -32,7 +32,7 @@ def train_run(data_spec, out_dir, *, model=None, train=None, resume=False, on_ep
     model = model or ModelSpec(backbone="test_resnet", weights="none", strategy="full")
     train = train or TrainSpec(epochs=3, batch_size=8, lr=3e-3, warmup_epochs=0)
     seed_everything(train.seed)
-    net, _ = create_model(model, 3)
+    net, _ = build_model(model, 3)
     sources = load_sources(data_spec)
     labels = sources.train.labels
     folds = make_folds(labels, data_spec)

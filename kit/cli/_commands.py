@@ -196,15 +196,20 @@ def _compare_with_teacher(teacher_dir, summary) -> None:
 
 
 def cmd_plan(args):
+    from kit.plan import plan_run
+    _print_plan(_load(args), plan_run)
+    return 0
+
+
+def _print_plan(recipe, planner) -> None:
+    """The plan's lines (planner: kit.plan.plan_run, which reuses a run directory's plan, or make_plan)."""
     from kit.members import load_checked_sources
-    from kit.plan import format_plan, plan_run
-    recipe = _load(args)
+    from kit.plan import format_plan
     sources, bad = load_checked_sources(recipe)
-    for line in format_plan(plan_run(recipe, sources)):
+    for line in format_plan(planner(recipe, sources)):
         console.print(escape(line), highlight=False)
     if bad:
         console.print(f"{len(bad)} bad images would be left out (data.bad_images: skip)", highlight=False)
-    return 0
 
 
 def cmd_tune(args):
@@ -259,8 +264,7 @@ def cmd_score(args):
 
 def cmd_init(args):
     from kit.init import init_recipe
-    from kit.members import load_checked_sources
-    from kit.plan import format_plan, make_plan
+    from kit.plan import make_plan
     from kit.recipe import load_recipe
     text, _ = init_recipe(args.data_dir, out=args.output, force=args.force, label_column=args.label_column,
                           id_column=args.id_column, path_column=args.path_column)
@@ -269,11 +273,7 @@ def cmd_init(args):
     recipe = load_recipe(args.output)  # the file as written, as kit run will read it
     if recipe.model.strategy == "auto":
         console.print("strategy auto: the advisor measures the images once (cached for kit run)", highlight=False)
-    sources, bad = load_checked_sources(recipe)
-    for line in format_plan(make_plan(recipe, sources)):
-        console.print(escape(line), highlight=False)
-    if bad:
-        console.print(f"{len(bad)} bad images would be left out (data.bad_images: skip)", highlight=False)
+    _print_plan(recipe, make_plan)
     return 0
 
 

@@ -3,7 +3,7 @@
     sources = load_sources(recipe.data)                       # kit.data.sources (paths stay inside their root)
     bad = scan_sources(sources)                               # kit.data.scan: every file decoded once, cached
     sources = apply_bad_images(sources, bad, recipe.data.bad_images, where)   # fail: DataError; skip: rows dropped
-    sources = attach_decoded_cache(sources, decoded_max_side(recipe))         # kit.data.cache: decoded once, on disk
+    sources = attach_decoded_cache(sources, decoded_max_side(plan))           # kit.data.cache: decoded once, on disk
     folds = make_folds(sources.train.labels, recipe.data, sources.train.classes)   # kit.data.folds
     cfg = resolve_data_config(model, recipe.augment)          # kit.data.transforms
     ds = ImageDataset(sources.train, np.flatnonzero(folds != k), create_train_transform(recipe.augment, cfg))

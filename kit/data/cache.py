@@ -1,7 +1,7 @@
 """Decoded images, once per data set: every image file decoded a single time (after the bad-image scan) into a
 flat uint8 store on disk, which training and prediction read instead of decoding the file again every epoch.
 
-    sources = attach_decoded_cache(sources, max_side=decoded_max_side(recipe))   # after kit.data.scan
+    sources = attach_decoded_cache(sources, max_side=decoded_max_side(plan))     # after the scan and the plan
     table.image(row)  # HxWx3 uint8, a copy read from the store (or decoded from its file when not stored)
 
 Why: decoding a 28 px PNG costs 85-145 us on this 2-core CPU, about what the whole albumentations pipeline after
@@ -47,8 +47,10 @@ from typing import Callable, Optional, Union
 import numpy as np
 
 from kit.data.images import read_image
+from kit.data.scan import progress_reporter
 from kit.data.sources import Sources
 from kit.errors import ImageReadError
+from kit.rundir import publish_dir, remove_stale_tmp
 
 CACHE_FORMAT = 1  # bump when the layout changes or read_image decodes differently: older entries are not read
 SIDE_FACTOR = 2  # shorter side kept: 2 x the largest side a planned transform resizes to (see the docstring)
@@ -56,9 +58,7 @@ DISK_RESERVE = 1 << 30  # bytes left free on the cache's disk: a cache must not 
 CHUNK = 32  # images per task handed to a decoding thread
 CHUNK_BYTES = 32 << 20  # ... and at most 32 MiB of decoded pixels per task (one image at least)
 WINDOW_BYTES = 256 << 20  # decoded pixels waiting to be written, at most (about): the build's memory
-PROGRESS_MIN = 1_000  # images to decode before the default progress bar is shown
 PIXELS, INDEX, META, COMPLETE = "pixels.bin", "index.npy", "meta.json", "complete"
-_STALE_TMP_S = 24 * 3600  # `.tmp-*` folders older than a day are leftovers of killed builds
 
 Progress = Union[Callable[[int, int], None], bool, None]
 
@@ -135,7 +135,7 @@ def attach_decoded_cache(sources: Sources, max_side: Optional[int] = None, *, ma
     max_side: shorter side above which images are shrunk (None: stored as decoded). max_bytes: the largest
     store to write (None: the disk's free space less DISK_RESERVE); a larger one is skipped with a warning.
     workers: decoding threads (default: one per core). progress: progress(done, total), None for a bar on a
-    terminal from PROGRESS_MIN images, False for none."""
+    terminal from kit.data.scan.PROGRESS_MIN images, False for none."""
     tables = [t for t in (sources.train, sources.test) if t is not None]
     paths = sorted({os.path.abspath(os.fspath(i)) for t in tables for i in t.items if not isinstance(i, np.ndarray)})
     if not paths:
@@ -179,24 +179,37 @@ def entry_key(files: list, max_side: Optional[int]) -> str:
     return h.hexdigest()
 
 
-def decoded_max_side(recipe) -> Optional[int]:
-    """SIDE_FACTOR x the largest side a transform of the recipe resizes an image to, over its backbones: the
-    train input S, the eval resize R = tta.resize or S / crop_pct, R x the largest multiscale factor. None
-    (no cap) when a backbone has no pretrained config to read its input size from without building it."""
+def decoded_max_side(recipe_or_plan) -> Optional[int]:
+    """SIDE_FACTOR x the largest side a transform resizes an image to: the train input S, the eval resize R =
+    tta.resize or S / crop_pct, R x the largest multiscale factor. From a kit.plan.RunPlan, over its members' data
+    configs (what a run uses: nothing resolved again); from a recipe, over its backbones' pretrained configs, read by
+    name. None (no cap) when a backbone has no pretrained config to read its input size from without building it."""
+    members = getattr(recipe_or_plan, "members", None)
+    if members is not None:
+        pairs = [(m.data_config, m.recipe.tta) for m in members]
+    else:
+        pairs = _recipe_configs(recipe_or_plan)
+        if pairs is None:
+            return None
+    largest = 0.0
+    for cfg, tta in pairs:
+        side = tta.resize or round(cfg["input_size"] / cfg["crop_pct"])
+        scale = max(tta.scales) if "multiscale" in tta.modes else 1.0
+        largest = max(largest, cfg["input_size"], side * max(1.0, scale))
+    return int(np.ceil(SIDE_FACTOR * largest))
+
+
+def _recipe_configs(recipe) -> Optional[list]:
     from kit.data.transforms import resolve_data_config
     from kit.recipe import backbone_recipe
-
-    largest = 0.0
+    pairs = []
     for b in range(len(recipe.ensemble.backbones or [{}])):
         r = backbone_recipe(recipe, b) if recipe.ensemble.backbones else recipe
         try:
-            cfg = resolve_data_config(r.model.backbone, r.augment)
+            pairs.append((resolve_data_config(r.model.backbone, r.augment), r.tta))
         except ValueError:
             return None
-        side = r.tta.resize or round(cfg["input_size"] / cfg["crop_pct"])
-        scale = max(r.tta.scales) if "multiscale" in r.tta.modes else 1.0
-        largest = max(largest, cfg["input_size"], side * max(1.0, scale))
-    return int(np.ceil(SIDE_FACTOR * largest))
+    return pairs
 
 
 # ---------------------------------------------------------------- building
@@ -275,7 +288,7 @@ def _build(target: Path, paths: list[str], max_side, max_bytes, workers, progres
         sizes = [n for block in pool.map(_header_sizes, blocks, [max_side] * len(blocks)) for n in block]
         if not _fits(sum(sizes), len(paths), root, max_bytes):
             return None
-        _remove_stale_tmp(root)
+        remove_stale_tmp(root)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name[:16]}-", dir=root))
         tmp.chmod(0o755)  # mkdtemp makes it private; a cache may be shared by the users of a machine
         index, size = _write_pixels(tmp / PIXELS, pool, 2 * threads, _chunks(paths, sizes), len(paths), max_side,
@@ -287,7 +300,7 @@ def _build(target: Path, paths: list[str], max_side, max_bytes, workers, progres
                 "pillow": PIL.__version__, "seconds": round(time.perf_counter() - t0, 3)}
         (tmp / META).write_text(json.dumps(meta, indent=2))
         (tmp / COMPLETE).write_text("")  # last: an entry without it is never read
-        _publish(tmp, target)
+        publish_dir(tmp, target, lambda t: open_entry(t) is not None)
     except ImageReadError:
         raise
     except OSError as e:  # a full, read-only or missing cache disk costs speed, not the run
@@ -321,7 +334,7 @@ def _write_pixels(path: Path, pool, window: int, chunks, total: int, max_side, p
     [N, 3], bytes written). At most `window` chunks and about WINDOW_BYTES are in flight: decoded images wait
     in memory only until they are written."""
     index = np.empty((total, 3), dtype=np.int64)
-    report, close = _progress(progress, total)
+    report, close = progress_reporter(progress, total, "decoding images once")
     pending, todo = deque(), iter(chunks)
     offset = row = in_flight = 0
     try:
@@ -351,41 +364,5 @@ def _write_pixels(path: Path, pool, window: int, chunks, total: int, max_side, p
     return index, offset
 
 
-def _publish(tmp: Path, target: Path) -> None:
-    """Rename a finished entry into place. Another process may have finished the same entry first: keep theirs."""
-    if target.exists() and open_entry(target) is None:
-        shutil.rmtree(target, ignore_errors=True)  # not a complete entry (an older layout, a half-copied folder)
-    try:
-        os.rename(tmp, target)
-    except OSError:
-        if open_entry(target) is None:
-            raise
-
-
-def _remove_stale_tmp(root: Path) -> None:
-    now = time.time()
-    for p in root.glob(".tmp-*"):
-        try:
-            if now - p.stat().st_mtime > _STALE_TMP_S:
-                shutil.rmtree(p, ignore_errors=True)
-        except OSError:
-            pass
-
-
 def _warn(message: str) -> None:
     warnings.warn(message, stacklevel=3)
-
-
-def _progress(progress: Progress, total: int):
-    if callable(progress):
-        return (lambda done: progress(done, total)), (lambda: None)
-    from rich.console import Console
-    console = Console(stderr=True)
-    if progress is False or total < PROGRESS_MIN or not console.is_terminal:
-        return (lambda done: None), (lambda: None)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
-    bar = Bar(TextColumn("decoding images once"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-              console=console, transient=True)
-    task = bar.add_task("decode", total=total)
-    bar.start()
-    return (lambda done: bar.update(task, completed=done)), bar.stop

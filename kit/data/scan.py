@@ -111,7 +111,7 @@ def scan_sources(sources: Sources, *, workers: Optional[int] = None, progress: P
 def _decode_all(paths: list[str], workers, progress: Progress, out: dict) -> None:
     if not paths:
         return
-    report, close = _progress(progress, len(paths))
+    report, close = progress_reporter(progress, len(paths))
     chunks = [paths[i:i + CHUNK] for i in range(0, len(paths), CHUNK)]
     pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1, thread_name_prefix="kit-scan")
     try:
@@ -127,7 +127,9 @@ def _check_chunk(paths: list[str]) -> list[Optional[str]]:
     return [check_image(p) for p in paths]
 
 
-def _progress(progress: Progress, total: int):
+def progress_reporter(progress: Progress, total: int, label: str = "checking images"):
+    """(report(done), close()) for `progress`: a callable progress(done, total); None: a rich bar on a terminal from
+    PROGRESS_MIN items; False: nothing. Shared by the scan and the decoded-image cache."""
     if callable(progress):
         return (lambda done: progress(done, total)), (lambda: None)
     from rich.console import Console
@@ -135,9 +137,9 @@ def _progress(progress: Progress, total: int):
     if progress is False or total < PROGRESS_MIN or not console.is_terminal:
         return (lambda done: None), (lambda: None)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
-    bar = Bar(TextColumn("checking images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-              console=console, transient=True)
-    task = bar.add_task("scan", total=total)
+    bar = Bar(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
+              transient=True)
+    task = bar.add_task(label, total=total)
     bar.start()
     return (lambda done: bar.update(task, completed=done)), bar.stop
 

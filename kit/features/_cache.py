@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from kit.recipe import RecipeError
+from kit.rundir import publish_dir, remove_stale_tmp
 from kit.runtime import cache_dir
 
 CACHE_FORMAT = 1  # bump when the entry layout or the meaning of a key part changes
@@ -24,7 +25,6 @@ TRANSFORM_KEYS = ("input_size", "crop_pct", "mean", "std", "interpolation")
 # Fixed views of each training image cached as extra rows (model.head_views = how many, from the left).
 VIEWS = ("none", "hflip", "zoom", "zoom_hflip")
 ZOOM = 0.875  # `zoom`: the centre 87.5% of the eval crop, resized back to the input size
-_STALE_TMP_S = 24 * 3600  # `.tmp-*` folders older than a day are leftovers of killed extractions
 
 
 # ---------------------------------------------------------------- cache keys
@@ -171,7 +171,7 @@ def _extract(model, loader, n: int, targets: dict, meta: dict, device, channels_
     """Stream the features of each view into its own `.tmp-*` folder, then rename the folders into place."""
     root = next(iter(targets.values())).parent
     root.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(root)
+    remove_stale_tmp(root)
     tmps = {v: Path(tempfile.mkdtemp(prefix=f".tmp-{p.name[:16]}-", dir=root)) for v, p in targets.items()}
     for tmp in tmps.values():
         tmp.chmod(0o755)  # mkdtemp makes it private; a cache may be shared by the users of a machine
@@ -207,31 +207,10 @@ def _extract(model, loader, n: int, targets: dict, meta: dict, device, channels_
             f.close()
             (tmp / "meta.json").write_text(json.dumps({**meta, "view": view, "seconds": seconds}, indent=2))
             (tmp / "complete").write_text("")  # last: an entry without it is never read
-            _publish(tmp, targets[view])
+            publish_dir(tmp, targets[view], lambda t: read_entry(t) is not None)
     finally:
         model.train(was_training)
         for f in files.values():
             f.close()
         for tmp in tmps.values():
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _publish(tmp: Path, target: Path) -> None:
-    """Rename a finished entry into place. Another process may have finished the same entry first: keep theirs."""
-    if target.exists() and read_entry(target) is None:
-        shutil.rmtree(target, ignore_errors=True)  # not a complete entry (copied by hand, older layout)
-    try:
-        os.rename(tmp, target)
-    except OSError:
-        if read_entry(target) is None:
-            raise
-
-
-def _remove_stale_tmp(root: Path) -> None:
-    now = time.time()
-    for p in root.glob(".tmp-*"):
-        try:
-            if now - p.stat().st_mtime > _STALE_TMP_S:
-                shutil.rmtree(p, ignore_errors=True)
-        except OSError:
-            pass

