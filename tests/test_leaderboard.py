@@ -64,10 +64,10 @@ def test_numpy_values_and_naive_times_are_stored(url):
     assert back.created_at == datetime(2024, 1, 1, 8, 0, tzinfo=timezone.utc)  # naive means UTC
 
 
-def _record_many(url, worker, n, barrier):
+def _record_many(url, worker, n, barrier, recipe_name="r"):
     barrier.wait(timeout=60)
     for i in range(n):
-        record([member(f"w{worker}-{i}", score=i / n, seed=worker)], url)
+        record([member(f"w{worker}-{i}", score=i / n, seed=worker, recipe_name=recipe_name)], url)
 
 
 def test_concurrent_processes_lose_nothing(url):
@@ -328,13 +328,16 @@ def test_postgres_round_trip_and_concurrency():
     assert row["id"] == i and Entry.from_row(row) == e
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(4)
-    procs = [ctx.Process(target=_record_many, args=(url, w, 25, barrier)) for w in range(4)]
-    before = len(query(url))
+    # the server outlives the test (CI reuses it): this run's rows carry their own recipe name, so rows left
+    # by an earlier run neither count nor get replaced
+    procs = [ctx.Process(target=_record_many, args=(url, w, 25, barrier, tag + "-many")) for w in range(4)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(timeout=120)
-    assert [p.exitcode for p in procs] == [0, 0, 0, 0] and len(query(url)) == before + 100
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    df = query(url, recipe=tag + "-many")
+    assert len(df) == 100 and df["id"].is_unique and df["name"].is_unique
 
 
 def test_tta_gain_keeps_members_of_different_recipes_apart(url):
