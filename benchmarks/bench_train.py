@@ -1,7 +1,7 @@
 """Training speed of kit against a minimal hand-written timm + PyTorch loop, measured in the same run.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_train.py          # ~3 min on a quiet 2-core CPU
-    OMP_NUM_THREADS=2 python benchmarks/bench_train.py --mallopt   # glibc's allocator tuned (tune_glibc_malloc)
+    OMP_NUM_THREADS=2 python benchmarks/bench_train.py --mallopt   # glibc's heap tuned, as the kit command does
 
 What it prints: images/s of training (the first epoch of each run left out as warm-up), of the best epoch and
 from the median batch time; every configuration runs --rounds times, interleaved (load from other processes
@@ -37,20 +37,6 @@ import torch
 import torch.nn.functional as F
 
 MODEL = "efficientnet_lite0"
-
-
-def tune_glibc_malloc() -> bool:
-    """What --mallopt does, before anything is allocated: freed blocks up to 32 MiB stay in the heap and the heap
-    is trimmed only above 1 GiB free (glibc mallopt M_MMAP_THRESHOLD, M_TRIM_THRESHOLD). With glibc's dynamic
-    thresholds, kit.train.fit trained ~7% slower than the same loop by hand: its validation and checkpoint
-    between epochs leave the thresholds where each step's activations are mapped, faulted in and unmapped
-    again. Both settings are needed: either alone was slower still (1 thread: 144 and 75 against 183 img/s)."""
-    import ctypes
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # not glibc
-        return False
-    return bool(mallopt(-3, 32 << 20)) and bool(mallopt(-1, 1 << 30))  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
 
 
 def make_images(root: Path, n: int, side: int, classes: int = 10) -> None:
@@ -277,9 +263,11 @@ def main():
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--choose-seconds", type=float, default=1.0, help="choose_num_workers' timing budget")
     p.add_argument("--baseline-workers", type=int, default=2, help="-1: skip the uncached baseline")
-    p.add_argument("--mallopt", action="store_true", help="tune glibc's allocator first (tune_glibc_malloc)")
+    p.add_argument("--mallopt", action="store_true",
+                   help="tune glibc's allocator first (kit.runtime.tune_allocator, as the kit command does)")
     a = p.parse_args()
-    malloc = ("glibc malloc tuned" if tune_glibc_malloc() else "mallopt unavailable") if a.mallopt else \
+    from kit.runtime import tune_allocator
+    malloc = ("glibc malloc tuned" if tune_allocator() else "mallopt unavailable") if a.mallopt else \
         "default malloc"
     with tempfile.TemporaryDirectory(prefix="kit-bench-train-") as tmp:
         tmp = Path(tmp)

@@ -301,7 +301,14 @@ def fit_stack(probs_list, y, c: float = STACK_C) -> dict:
     if len(present) < 2:
         intercept[present] = 0.0
         return {"coef": coef.tolist(), "intercept": intercept.tolist()}
-    lr = LogisticRegression(C=c, max_iter=2000).fit(X, y)
+    import warnings
+    from sklearn.exceptions import ConvergenceWarning
+    with warnings.catch_warnings():
+        # members near-certain on most rows make the log-probabilities almost separable: lbfgs may stop at max_iter
+        # (seen on the Fashion-MNIST development competition, printed as a page of advice in the middle of a run).
+        # The fit it stops at is an early-stopped one; the nested score judges the stacker as it is fitted.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        lr = LogisticRegression(C=c, max_iter=2000).fit(X, y)
     if len(present) == 2:  # binary: P(second) = sigmoid(z) = softmax([0, z])[1]
         coef[present[1]], intercept[present] = lr.coef_[0], [0.0, lr.intercept_[0]]
     else:

@@ -37,3 +37,7 @@ class SubmissionError(KitError, ValueError):
 
 class DiskFullError(KitError, OSError):
     """No space left while writing a file; what was on disk before is unchanged."""
+
+
+class OutOfMemory(KitError, MemoryError):
+    """The accelerator ran out of memory even at one image a pass (kit halves the batch before it gives up)."""

@@ -61,13 +61,17 @@ def check_executor(executor: str, address: str | None) -> None:
 
 
 def _train_local(ctx, members, resume: bool, progress_factory, log) -> list[dict]:
+    from kit import distributed
     from kit.members import train_member
     from kit.record import record_member
     from kit.run import epoch_logger, format_scores
     records, n = [], len(ctx.plan.members)
+    main = distributed.is_main()  # under torchrun: rank 0 logs and records, all ranks train (kit.distributed)
     for m in members:
-        _teach_round(ctx, m.round, log)
-        done = member_done(ctx.run_dir, m)
+        if main:
+            _teach_round(ctx, m.round, log)
+        distributed.barrier()
+        done = distributed.broadcast(member_done(ctx.run_dir, m))
         if done is not None:
             log(f"member {m.index} {m.name}: finished before, skipped")
             records.append(done)
@@ -78,7 +82,8 @@ def _train_local(ctx, members, resume: bool, progress_factory, log) -> list[dict
         if rec is None:
             continue  # another process is training it
         log(f"member {m.name}: {format_scores(rec, ctx.recipe.train.metric)} ({rec['wall_time_s']:.0f} s)")
-        record_member(ctx, rec)
+        if main:
+            record_member(ctx, rec)
         records.append(rec)
     return records
 

@@ -19,7 +19,7 @@ import yaml
 
 from kit.data.layout import Layout, detect_layout, submit_format
 from kit.errors import DataError, RecipeError
-from kit.recipe import DataSpec
+from kit.recipe import DataSpec, TrainSpec
 
 HEADER_SAMPLE = 500  # image headers read for sizes and channels: ~0.1 ms each, 500 in well under a second
 SMALL_DATA = 2_000  # labelled images below which k-fold pays for itself (see _split)
@@ -28,11 +28,22 @@ STRIDE = 32  # px: inputs rounded up to a multiple of the backbone's total strid
 BACKBONE, WEIGHTS = "efficientnet_lite0", "offline"
 SEEDS = [0, 1, 2]
 TTA_MODES = ["none", "hflip", "ten_crop"]
+BUDGET_MINUTES = 30.0  # kit init --budget: the wall time of `kit run` the epochs are chosen to fit
+# kit's training from image files (decoded cache, augmentation, validation) against the bare training step timed
+# here: benchmarks/bench_train.py measured 0.90-0.92x on this 2-core CPU
+LOADER_EFFICIENCY = 0.9
+FIXED_MINUTES = 1.0  # scan, decoded cache, plan, blend and submission of a run of ~10,000 images, measured here
+TIMED_STEPS, WARMUP_STEPS = 5, 2  # training steps (and prediction passes) timed, after warm-up steps
 
 
 def init_recipe(data_dir, *, out=None, force: bool = False, label_column: Optional[str] = None,
-                id_column: Optional[str] = None, path_column: Optional[str] = None):
-    """(recipe text, validated Recipe) for the dataset in `data_dir`; written to `out` unless it is None."""
+                id_column: Optional[str] = None, path_column: Optional[str] = None,
+                budget: Optional[float] = BUDGET_MINUTES):
+    """(recipe text, validated Recipe) for the dataset in `data_dir`; written to `out` unless it is None.
+    budget: minutes of `kit run` on this machine the epochs are chosen to fit (measured, see epochs_for_budget);
+    None: the default epochs, unmeasured."""
+    if budget is not None and not budget > 0:
+        raise RecipeError(f"--budget {budget}: give the minutes kit run may take here (e.g. 30), or leave it out")
     from kit.data import load_sources
     from kit.recipe import recipe_from_dict
     from kit.rundir import write_text_atomic
@@ -47,7 +58,7 @@ def init_recipe(data_dir, *, out=None, force: bool = False, label_column: Option
         raise DataError(f"the labelled images of {root} have one class, {sources.train.classes}; a classifier "
                         f"needs two or more: add the other classes' images (or pass --label-column)")
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", root.resolve().name).strip("._") or "dataset"
-    text = render_recipe(name, root, layout, sources, out or "recipe.yaml")
+    text = render_recipe(name, root, layout, sources, out or "recipe.yaml", budget=budget)
     source = str(out) if out is not None else f"kit init {root}"
     recipe = recipe_from_dict(yaml.safe_load(text), source=source)
     if out is not None:
@@ -187,7 +198,8 @@ def _augment_lines(size: Optional[int], why: str) -> list[str]:
             f"  # {NO_FLIPS}", "  # train:", f"  #   - {CROP}"]
 
 
-def render_recipe(name: str, root: Path, layout: Layout, sources, out="recipe.yaml") -> str:
+def render_recipe(name: str, root: Path, layout: Layout, sources, out="recipe.yaml",
+                  budget: Optional[float] = None) -> str:
     """The commented recipe: only what differs from the defaults (kit/recipe/_specs.py), each choice with its reason."""
     from kit.models.pretrained import offline_data_config
     train = sources.train
@@ -218,6 +230,13 @@ def render_recipe(name: str, root: Path, layout: Layout, sources, out="recipe.ya
     lines += _comment("to switch: backbone: convnext_tiny with weights: hub (downloaded once), or weights: "
                       "path/to/file.safetensors; offline exists for efficientnet_lite0/1/2 only")
     lines += _comment(why) + [_kv("strategy", chosen)]
+    if budget is not None:
+        n_test = len(sources.test) if sources.test is not None else 0
+        epochs, why = epochs_for_budget(budget, measure_speed(size or default_side), work(train.labels, keys), n_test)
+        if epochs != TrainSpec().epochs:
+            lines += ["train:"] + _comment(why) + [_kv("epochs", epochs)]
+        else:  # a train: section holding only comments would be null
+            lines += _comment(f"train.epochs: {why}", 0, hang=2)
     lines += ["ensemble:", _kv("seeds", SEEDS, "three members per configuration, blended")]
     lines += ["tta:"] + _comment("every mode is predicted for every member; tta.mode: auto (a default) keeps the "
                                  "best on validation. Flips change the meaning of some images (digits, text, left and "
@@ -226,3 +245,105 @@ def render_recipe(name: str, root: Path, layout: Layout, sources, out="recipe.ya
     if fmt != "label":
         lines += ["submit:", _kv("format", fmt, fmt_why)]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- epochs for a time budget
+
+def work(labels, split_keys: dict) -> dict:
+    """Images through the model for the recipe kit init writes, per seed: trained per epoch (every fold's
+    training rows, and the refit's), predicted once (distinct TTA views x validation and test rows), validated
+    per epoch."""
+    from kit.tta import n_distinct_views
+    d = DataSpec().model_copy(update=split_keys)
+    n = len(labels)
+    views = n_distinct_views(TTA_MODES)
+    if d.split == "kfold":
+        n_val, members = n, d.folds  # every image validates once over the folds
+        train = d.folds * n - n
+    else:
+        n_val, members = math.ceil(d.holdout_fraction * n), 1
+        train = n - n_val + (n if d.refit else 0)
+    return {"train": train, "validate": n_val, "predict_views": views * n_val, "members": members,
+            "refit": d.split != "kfold" and d.refit, "views": views, "n": n}
+
+
+def epochs_for_budget(budget: float, speed: dict, w: dict, n_test: int = 0) -> tuple[int, str]:
+    """(train.epochs, why): the most epochs, up to the default, whose run fits `budget` minutes at `speed` (images/s
+    measured by measure_speed), for `w` (work()) and the seeds of SEEDS."""
+    seeds = len(SEEDS)
+    fit_ips = speed["train"] * LOADER_EFFICIENCY
+    epoch_s = seeds * (w["train"] / fit_ips + w["validate"] / speed["predict"])
+    test_views = w["views"] * n_test * (w["members"] + (1 if w["refit"] else 0))
+    predict_s = seeds * (w["predict_views"] + test_views) / speed["predict"]
+    spare = budget * 60 - FIXED_MINUTES * 60 - predict_s
+    most = TrainSpec().epochs
+    epochs = max(1, min(most, int(spare // epoch_s)))
+    total = (FIXED_MINUTES * 60 + predict_s + epochs * epoch_s) / 60
+    measured = (f"measured here: {speed['train']:.0f} training and {speed['predict']:.0f} prediction images/s "
+                f"({speed['what']}; training from files at x{LOADER_EFFICIENCY} of that)")
+    per = (f"{seeds} seeds x {w['train']:,} training images an epoch" + (" (holdout + refit)" if w["refit"] else "")
+           + f" = {epoch_s / 60:.1f} min an epoch, + {predict_s / 60:.1f} min predicting with TTA")
+    if spare < epoch_s:
+        why = (f"even 1 epoch takes about {total:.0f} min, over the {budget:g}-minute budget (kit init --budget): "
+               f"{measured}; {per}. Fewer seeds, a smaller augment.input_size or a GPU would fit it")
+    elif epochs == most:
+        why = (f"the default {most} epochs fit the {budget:g}-minute budget (kit init --budget), about {total:.0f} "
+               f"min: {measured}; {per}")
+    else:
+        full = math.ceil((FIXED_MINUTES * 60 + predict_s + most * epoch_s) / 60)
+        why = (f"{epochs} epoch{'s' if epochs > 1 else ''} fit{'' if epochs > 1 else 's'} the {budget:g}-minute budget (kit init --budget), about {total:.0f} min: "
+               f"{measured}; {per}. The default {most} epochs would take about {full} min (kit init --budget {full})")
+    return epochs, why
+
+
+def measure_speed(size: int, batch: Optional[int] = None, device: Optional[str] = None) -> dict:
+    """Training and prediction images/s of BACKBONE at `size` px here (random weights: as fast as pretrained
+    ones), in its faster memory format, at the default batch; cached per (size, batch, device, threads, torch)
+    in $KIT_CACHE_DIR/speed.json."""
+    import json
+    import time
+    import timm
+    import torch
+    from kit.runtime import cache_dir, resolve_device, use_channels_last
+    from kit.rundir import write_json_atomic
+    batch = batch or TrainSpec().batch_size
+    dev = resolve_device(device or "auto")
+    key = f"{BACKBONE}:{size}px:b{batch}:{dev.type}:{torch.get_num_threads()}t:{torch.__version__}"
+    path = cache_dir() / "speed.json"
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    if key not in known:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = timm.create_model(BACKBONE, num_classes=10).to(dev)
+            fmt = torch.channels_last if use_channels_last(None, model, size, dev) else torch.contiguous_format
+            model = model.to(memory_format=fmt)
+            x = torch.randn(batch, 3, size, size, device=dev).contiguous(memory_format=fmt)
+            y = torch.randint(0, 10, (batch,), device=dev)
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+            def train_step():
+                opt.zero_grad(set_to_none=True)
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+
+            def predict_step():
+                with torch.inference_mode():
+                    model(torch.cat([x, x]))
+
+            speeds = {}
+            for name, step, rows in (("train", train_step, batch), ("predict", predict_step, 2 * batch)):
+                model.train(name == "train")
+                for _ in range(WARMUP_STEPS):  # the optimizer's state, the allocator's blocks
+                    step()
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                for _ in range(TIMED_STEPS):
+                    step()
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                speeds[name] = TIMED_STEPS * rows / (time.perf_counter() - t0)
+        known[key] = {**speeds, "what": f"{BACKBONE} at {size} px, batch {batch}, {dev.type}, "
+                                        f"{torch.get_num_threads()} threads"}
+        write_json_atomic(path, known)
+    return known[key]

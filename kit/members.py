@@ -69,10 +69,11 @@ def load_checked_sources(recipe: Recipe):
     return apply_bad_images(sources, bad, recipe.data.bad_images, where=f"the recipe of {recipe.name}"), bad
 
 
-def prepare_run(recipe: Recipe) -> RunContext:
+def prepare_run(recipe: Recipe, *, write: bool = True) -> RunContext:
     """Open the run directory of `recipe`: refuse another recipe's run, load and check the data, make (or reload)
     the plan and the split, and only then write recipe.yaml, recipe.hash, plan.json and folds.csv, so that a
-    recipe that fails on its data locks nothing."""
+    recipe that fails on its data locks nothing. write=False: open a run another process has just written (the
+    ranks of torchrun but the first), writing nothing."""
     from kit.data import load_folds, make_folds, save_folds
     import yaml
     from kit.data import attach_decoded_cache, decoded_max_side
@@ -92,6 +93,8 @@ def prepare_run(recipe: Recipe) -> RunContext:
         folds = _teacher_folds(recipe, sources)
     else:
         folds = make_folds(sources.train.labels, recipe.data, classes=sources.train.classes)
+    if not write:
+        return RunContext(plan, run_dir, sources, np.asarray(folds), bad)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     write_text_atomic(run_dir / "recipe.hash", plan.recipe_hash + "\n")
@@ -139,6 +142,7 @@ def learns_from_teacher(member: MemberPlan) -> bool:
 
 
 def _loaders(ctx: RunContext, member: MemberPlan, device=None, log=None):
+    from kit import distributed
     from kit.data import ImageDataset, create_eval_transform, create_train_transform, make_loader
     r, cfg = member.recipe, member.data_config
     refit = member.refit_of is not None  # every labelled image trains, none validates
@@ -151,14 +155,18 @@ def _loaders(ctx: RunContext, member: MemberPlan, device=None, log=None):
         dataset = student_dataset(ctx, member, transform, device, log)
     else:
         dataset = ImageDataset(table, train_rows, transform)
-    if refit:
-        return make_loader(dataset, r.train.batch_size, shuffle=True, num_workers=r.data.num_workers,
-                           seed=r.train.seed, drop_last=len(dataset) % r.train.batch_size == 1), None, val_rows
+    # under torchrun each process loads its share (kit.distributed): batch k of all ranks is the batch k alone
+    world = distributed.current()
+    shard = (world.rank, world.size) if world else None
+    batch = distributed.shard_batch(r.train.batch_size)
+    n = -(-len(dataset) // world.size) if world else len(dataset)  # this rank's images an epoch
     mixing = r.train.mixup > 0 or r.train.cutmix > 0  # timm's Mixup pairs the batch: needs an even size
-    train = make_loader(dataset, r.train.batch_size, shuffle=True, num_workers=r.data.num_workers, seed=r.train.seed,
-                        drop_last=mixing or len(dataset) % r.train.batch_size == 1)
-    val = make_loader(ImageDataset(table, val_rows, create_eval_transform(cfg)), r.train.batch_size * 2,
-                      shuffle=False, num_workers=r.data.num_workers, seed=r.train.seed)
+    train = make_loader(dataset, batch, shuffle=True, num_workers=r.data.num_workers, seed=r.train.seed,
+                        drop_last=mixing or n % batch == 1, shard=shard)
+    if refit:
+        return train, None, val_rows
+    val = make_loader(ImageDataset(table, val_rows, create_eval_transform(cfg)), batch * 2, shuffle=False,
+                      num_workers=r.data.num_workers, seed=r.train.seed, shard=shard)
     return train, val, val_rows
 
 
@@ -175,31 +183,52 @@ def train_member(ctx: RunContext, member: MemberPlan, *, resume: bool = True, on
     """Train one member (or return its record if it finished before), then predict with every TTA mode.
     Returns None when another process holds the member's lock (it is training it now)."""
     from filelock import FileLock, Timeout
+    from kit import distributed
     out = member_dir(ctx.run_dir, member.name)
-    out.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(out / ".lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        if log:
-            log(f"member {member.name}: being trained by another process (lock {out / '.lock'}); skipped")
+    lock = None
+    if distributed.is_main():  # under torchrun rank 0 holds the lock for all its ranks, and decides for them
+        out.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(out / ".lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            lock = None
+            if log:
+                log(f"member {member.name}: being trained by another process (lock {out / '.lock'}); skipped")
+    if not distributed.broadcast(lock is not None):  # the other ranks take rank 0's answer
         return None
     try:
-        done = member_done(ctx.run_dir, member)
-        return done if done is not None else _train_member(ctx, member, out, resume, on_epoch_end,
-                                                             progress_factory, device, log)
+        done = distributed.broadcast(member_done(ctx.run_dir, member))
+        if done is not None:
+            return done
+        if distributed.current() is not None:
+            _check_distributable(member)
+        return _train_member(ctx, member, out, resume, on_epoch_end, progress_factory, device, log)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
+
+
+def _check_distributable(member: MemberPlan) -> None:
+    if member.recipe.model.strategy == "feature_extract":
+        raise RecipeError(f"member {member.name} extracts features once and trains a head on them: nothing for "
+                          f"several processes to share; train it without torchrun (kit train ... --member "
+                          f"{member.index})")
+    if learns_from_teacher(member):
+        raise RecipeError(f"member {member.name} learns from a teacher's predictions (pseudo-labels or "
+                          f"distillation), which torchrun does not split yet; train it without torchrun (kit train "
+                          f"... --member {member.index})")
 
 
 def _train_member(ctx, member: MemberPlan, out: Path, resume, on_epoch_end, progress_factory, device, log) -> dict:
     import torch
+    from kit import distributed
     from kit.models.backbone import build_model, to_device
-    from kit.runtime import describe_device, resolve_device, seed_everything
+    from kit.runtime import describe_device, seed_everything
     from kit.train import fit, load_checkpoint
 
     r, t0 = member.recipe, time.time()
-    device = device or resolve_device(r.train.device)
+    device = device or distributed.device(r.train.device)
     apply_environment(ctx.plan, device)
     seed_everything(r.train.seed)  # the new head's weights, dropout and data order follow the member's seed
     table = ctx.sources.train
@@ -213,9 +242,12 @@ def _train_member(ctx, member: MemberPlan, out: Path, resume, on_epoch_end, prog
     else:
         history = fit(model, train_loader, val_loader, table.labels, r.model, _train_spec(ctx, member), out,
                       num_classes=len(table.classes), device=device, channels_last=member.channels_last,
-                      resume=resume, on_epoch_end=on_epoch_end, progress_factory=progress_factory)
+                      resume=resume, on_epoch_end=on_epoch_end, progress_factory=progress_factory, log=log)
         model.load_state_dict(load_checkpoint(out / "best.pt")["model"])
-    scores = predict_member(ctx, member, model, member.data_config, device, member.channels_last)
+    if not distributed.is_main():  # rank 0 predicts and writes the record; the others take it from disk
+        distributed.barrier()
+        return read_json(out / "done.json")
+    scores = predict_member(ctx, member, model, member.data_config, device, member.channels_last, log=log)
     record = {"member": member.name, "index": member.index, "config": member.config, "seed": member.seed,
               "fold": member.fold, "backbone": r.model.backbone, "strategy": r.model.strategy,
               "weights": weights_source, "best_epoch": history.best_epoch, "metric": r.train.metric,
@@ -223,7 +255,11 @@ def _train_member(ctx, member: MemberPlan, out: Path, resume, on_epoch_end, prog
               "device": describe_device(device), "n_val": int(len(val_rows)),
               "environment": {"channels_last": member.channels_last, "threads": torch.get_num_threads()},
               "refit_of": member.refit_of}
+    world = distributed.current()
+    if world is not None:
+        record["processes"] = world.size  # torchrun: trained by this many processes together
     write_json_atomic(out / "done.json", record)
+    distributed.barrier()
     return record
 
 
@@ -260,7 +296,8 @@ def tta_kwargs(member: MemberPlan, environment: dict, device) -> dict:
                 scales=tuple(r.tta.scales), cpu_chunk_pixels=environment.get("tta_cpu_chunk_pixels"))
 
 
-def predict_member(ctx: RunContext, member: MemberPlan, model, cfg, device, channels_last, modes=None) -> dict:
+def predict_member(ctx: RunContext, member: MemberPlan, model, cfg, device, channels_last, modes=None,
+                   log=None) -> dict:
     """Validation (out-of-fold) and test probabilities for every TTA mode (default: the member's planned
     modes), saved; returns validation scores per mode."""
     from kit.data import ImageDataset, make_loader
@@ -268,8 +305,11 @@ def predict_member(ctx: RunContext, member: MemberPlan, model, cfg, device, chan
 
     r = member.recipe
     transform = tta_transform(member)
-    kwargs = dict(modes=list(modes or member.tta_modes), **tta_kwargs(member, ctx.plan.environment, device))
+    kwargs = dict(modes=list(modes or member.tta_modes), log=log, **tta_kwargs(member, ctx.plan.environment, device))
     kwargs["channels_last"] = channels_last
+    if r.train.compile:
+        import torch
+        model = torch.compile(model)
     splits = {} if member.refit_of is not None else \
         {"oof": (ctx.sources.train, np.flatnonzero(ctx.folds == member.fold))}
     if ctx.sources.test is not None:

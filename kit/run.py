@@ -58,9 +58,18 @@ def train(recipe: Recipe, members: str | None = None, *, resume: bool = True, pr
           log=print, executor: str = "local", address: str | None = None) -> tuple[RunContext, list[dict]]:
     """Train the selected members of the plan (all by default), here or as Ray tasks (kit.executor); finished
     members are skipped."""
+    from kit import distributed
     from kit.executor import check_executor, train_members
     check_executor(executor, address)  # before the run directory is opened
-    ctx = prepare_run(recipe)
+    if distributed.current() is not None and executor != "local":
+        raise RecipeError(f"--executor {executor} under torchrun: torchrun already spreads one member over its "
+                          f"processes; drop --executor (or run Ray without torchrun)")
+    if distributed.is_main():  # under torchrun rank 0 opens the run first; the others then reload its plan
+        ctx = prepare_run(recipe)
+        distributed.barrier()
+    else:
+        distributed.barrier()
+        ctx = prepare_run(recipe, write=False)
     if ctx.bad_images:
         log(f"{len(ctx.bad_images)} bad images left out (data.bad_images: skip): {ctx.run_dir / 'bad_images.csv'}")
     return ctx, train_members(ctx, select_members(all_members(ctx), members), executor, address, resume=resume,

@@ -15,6 +15,23 @@ from kit.rundir import write_json_atomic
 from kit.errors import RecipeError
 
 
+def tune_allocator() -> bool:
+    """Keep freed blocks up to 32 MiB in glibc's heap, and trim the heap only above 1 GiB free (mallopt
+    M_MMAP_THRESHOLD, M_TRIM_THRESHOLD), before anything big is allocated; False where the C library is not glibc
+    or KIT_MALLOPT=0. The `kit` command calls it first. Why: with glibc's dynamic thresholds, each training step's
+    activations were mapped, faulted in and unmapped again after the validation and checkpoint of an epoch had moved
+    the thresholds: kit.train.fit trained at 0.93-0.95x of the same loop written by hand, 0.955-0.96x with this
+    (benchmarks/bench_train.py --mallopt); either setting alone was slower still."""
+    if os.environ.get("KIT_MALLOPT", "1") == "0":
+        return False
+    import ctypes
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    return bool(mallopt(-3, 32 << 20)) and bool(mallopt(-1, 1 << 30))  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -22,6 +39,33 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RecipeError(f"train.device={name} but CUDA is not available here; use train.device=auto or cpu")
     return device
+
+
+# torch's out-of-memory error (CUDA, MPS, XPU); on the CPU memory runs out as a plain RuntimeError or the OOM killer
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+def free_memory(device: torch.device) -> None:
+    """Give back what the caching allocator holds after an out-of-memory error, before a smaller retry."""
+    import gc
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def halve_after_oom(rows: int, device: torch.device, what: str, log=None, then: str = "") -> int:
+    """The rows of a forward pass after one of `rows` ran out of memory on `device` (half, rounded up), said through
+    `log` (default: a RuntimeWarning); OutOfMemory when a single row did not fit."""
+    import warnings
+    from kit.errors import OutOfMemory
+    if rows <= 1:
+        raise OutOfMemory(f"out of memory on {device} {what} a single image: the model does not fit; use a smaller "
+                          f"backbone or augment.input_size, or train.amp: bf16")
+    free_memory(device)
+    new = (rows + 1) // 2
+    (log or (lambda m: warnings.warn(m, RuntimeWarning, stacklevel=3)))(
+        f"out of memory on {device} {what} {rows} images a pass: {new} a pass from now on{then}")
+    return new
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
@@ -33,6 +77,9 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "bf16" or torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float16
+
+
+TIMED_BATCH = 16  # images a timed step of use_channels_last: closer to a training batch than 4, still quick
 
 
 def use_channels_last(setting: bool | None, model: torch.nn.Module, input_size: int | None = None,
@@ -51,7 +98,8 @@ def use_channels_last(setting: bool | None, model: torch.nn.Module, input_size: 
     if device.type == "cuda" or input_size is None:
         return True
     n_params = sum(p.numel() for p in model.parameters())
-    key = f"{type(model).__name__}:{n_params}:{input_size}px:{torch.get_num_threads()}t:{torch.__version__}"
+    key = (f"{type(model).__name__}:{n_params}:{input_size}px:b{TIMED_BATCH}:{torch.get_num_threads()}t:"
+           f"{torch.__version__}")
     cache = cache_dir() / "channels_last.json"
     known = json.loads(cache.read_text()) if cache.exists() else {}
     if key not in known:
@@ -60,22 +108,26 @@ def use_channels_last(setting: bool | None, model: torch.nn.Module, input_size: 
     return known[key]["channels_last"] < known[key]["contiguous"]
 
 
-def _time_formats(model: torch.nn.Module, size: int, device, batch: int = 4, steps: int = 2) -> dict:
-    """Seconds per training step (forward + backward) in each memory format, best of `steps` after a warm-up."""
+def _time_formats(model: torch.nn.Module, size: int, device, batch: int = TIMED_BATCH, rounds: int = 3) -> dict:
+    """Seconds per training step (forward + backward) in each memory format, the best of `rounds`, the formats
+    interleaved (contiguous, channels_last, contiguous, ...) after a warm-up step of each, so that a load from
+    another process slows both alike. Batch 4 and two steps a format, as this was before, flipped the choice on a
+    loaded machine and cost the quickstart 40 % of its speed (channels_last: 230 images/s, contiguous: 140)."""
     model = copy.deepcopy(model).train()  # train-mode forwards would move the real model's BatchNorm statistics
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
-    times = {}
+    formats = (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last))
+    times = {name: float("inf") for name, _ in formats}
     with torch.random.fork_rng(devices=[]):  # dropout in the timed forwards must not shift the member's stream
-        for name, fmt in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)):
-            model.to(memory_format=fmt)
-            xf = x.contiguous(memory_format=fmt)
-            best = float("inf")
-            for i in range(steps + 1):
+        for i in range(rounds + 1):
+            for name, fmt in formats:
+                model.to(memory_format=fmt)
+                xf = x.contiguous(memory_format=fmt)
                 t0 = time.perf_counter()
                 model(xf).float().sum().backward()
-                if i:
-                    best = min(best, time.perf_counter() - t0)
-            times[name] = best
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                if i:  # round 0 warms both up
+                    times[name] = min(times[name], time.perf_counter() - t0)
     return times
 
 

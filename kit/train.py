@@ -4,7 +4,12 @@ ensembles: a tuner passes `on_epoch_end`, which may raise to stop (a pruned tria
 checkpoint is on disk.
 
 Checkpoints hold tensors and plain numbers, strings, lists and dicts only, so that they load with
-torch.load(weights_only=True): a planted last.pt cannot run code (kit.models.pretrained.load_tensor_file)."""
+torch.load(weights_only=True): a planted last.pt cannot run code (kit.models.pretrained.load_tensor_file).
+
+Out of memory (CUDA): a batch that does not fit is split into micro-batches of half the size, their gradients
+accumulated (the update is the whole batch's), and the smaller size kept for the rest of the run (in last.pt too);
+validation passes shrink the same way. Under torchrun (kit.distributed) the model trains under
+DistributedDataParallel, the validation predictions are gathered, and only rank 0 writes."""
 from __future__ import annotations
 
 import math
@@ -21,14 +26,15 @@ from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 
+from kit import distributed
 from kit import metrics as M
-from kit.errors import RunDirError
+from kit.errors import OutOfMemory, RunDirError
 from kit.errors import UnsafeFileError
 from kit.models.pretrained import load_tensor_file
 from kit.models.strategies import apply_freeze, param_groups, set_train_mode
 from kit.recipe import ModelSpec, TrainSpec
 from kit.rundir import atomic_save, write_csv_atomic
-from kit.runtime import resolve_amp
+from kit.runtime import OUT_OF_MEMORY, halve_after_oom, resolve_amp
 
 
 @dataclass
@@ -37,6 +43,7 @@ class History:
     best_epoch: int = -1
     best_score: float = float("nan")
     stopped_early: bool = False
+    micro_batch: Optional[int] = None  # images a pass after out of memory halved the batch (None: never)
 
 
 @dataclass
@@ -49,6 +56,7 @@ class Setup:
     ema: Optional[ModelEmaV3]
     scaler: Optional[torch.amp.GradScaler]
     updates_per_epoch: int
+    micro_batch: Optional[int] = None  # rows a forward pass after out of memory halved it (None: the whole batch)
 
 
 def create_optimizer(params, spec: TrainSpec) -> torch.optim.Optimizer:
@@ -102,38 +110,58 @@ def _setup(model, model_spec: ModelSpec, spec: TrainSpec, n_batches: int, num_cl
     return Setup(optimizer, scheduler, loss, mixup, ema, scaler, updates)
 
 
+@dataclass
+class PassLimit:
+    """The images a forward pass may hold after out of memory halved it (None: a whole batch); kept by the caller
+    across calls, so that the next epoch's validation does not run out of memory again first."""
+    rows: Optional[int] = None
+
+
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader, device, amp_dtype=None, channels_last=False) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities of one view per image, and the table rows they belong to, in loader order."""
+def evaluate(model: nn.Module, loader, device, amp_dtype=None, channels_last=False, log=None,
+             limit: PassLimit | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities of one view per image, and the table rows they belong to, in loader order. Out of
+    memory halves the images of a pass (kit.runtime.halve_after_oom), in `limit` when given."""
     model.eval()
     probs, rows = [], []
+    limit = limit if limit is not None else PassLimit()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     for x, _, idx in loader:
         x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(x)
-        probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+        a = 0
+        while a < len(x):
+            step = limit.rows or len(x)
+            try:
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    logits = model(x[a:a + step])
+            except OUT_OF_MEMORY:
+                logits = None  # handled outside the except block, so that the failed pass can be freed first
+            if logits is None:
+                limit.rows = halve_after_oom(min(step, len(x) - a), device, "validating", log)
+                continue
+            probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+            a += step
         rows.append(idx.numpy())
     return np.concatenate(probs), np.concatenate(rows)
 
 
-def _train_epoch(model, loader, s: Setup, spec: TrainSpec, epoch: int, device, amp_dtype, channels_last, progress):
+def _train_epoch(model, loader, s: Setup, spec: TrainSpec, epoch: int, device, amp_dtype, channels_last, progress,
+                 log=None, net=None):
+    """One epoch; `net` computes the loss (the model under DistributedDataParallel, kit.distributed), `model`
+    is the module itself."""
+    net = net if net is not None else model
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     total, seen, start = 0.0, 0, time.perf_counter()
     s.optimizer.zero_grad(set_to_none=True)
     n = len(loader)
+    window = []  # the batches of this accumulation window, kept on the device to redo them after out of memory
     for i, (x, y, _) in enumerate(loader):
         x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
         y = y.to(device, non_blocking=True)
         if s.mixup is not None:
             x, y = s.mixup(x, y)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = s.loss(model(x), y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss.item()} at epoch {epoch}, batch {i}; "
-                                     f"lower train.lr (now {spec.lr}) or set train.grad_clip")
-        scaled = loss / spec.accum_steps
-        (s.scaler.scale(scaled) if s.scaler else scaled).backward()
+        window.append((x, y))
+        loss = _backward(net, window, s, spec, epoch, i, amp_dtype, device, log)
         if (i + 1) % spec.accum_steps == 0 or i + 1 == n:
             if s.scaler:
                 s.scaler.unscale_(s.optimizer)
@@ -145,15 +173,61 @@ def _train_epoch(model, loader, s: Setup, spec: TrainSpec, epoch: int, device, a
             else:
                 s.optimizer.step()
             s.optimizer.zero_grad(set_to_none=True)
+            window = []
             if s.scheduler is not None:
                 s.scheduler.step()
             if s.ema is not None:
                 s.ema.update(model, step=epoch * s.updates_per_epoch + (i // spec.accum_steps) + 1)
-        total += loss.item() * len(x)
+        total += loss * len(x)
         seen += len(x)
         if progress is not None:
             progress(i + 1, n, total / seen, seen / (time.perf_counter() - start))
     return total / max(seen, 1), seen / (time.perf_counter() - start)
+
+
+def _backward(model, window, s: Setup, spec: TrainSpec, epoch: int, i: int, amp_dtype, device, log) -> float:
+    """Backward of the newest batch of `window` in micro-batches of s.micro_batch rows (None: the whole batch);
+    returns its mean loss. Out of memory (CUDA) halves the micro-batch and redoes the whole window from zeroed
+    gradients: each micro-batch's loss is weighted by its share of the batch, so the update is the one of the full
+    batch (the effective batch, batch_size x accum_steps, does not change; only BatchNorm sees smaller batches)."""
+    todo = window[-1:]
+    while True:
+        try:
+            for x, y in todo:
+                loss = _backward_batch(model, x, y, s, spec, epoch, i, amp_dtype)
+            return loss
+        except OUT_OF_MEMORY:
+            pass  # handled outside the except block, so that the failed step's tensors can be freed first
+        rows = len(window[-1][0])
+        if distributed.current() is not None:  # the other ranks' gradient reductions would pair with the wrong ones
+            raise OutOfMemory(f"out of memory on {device} training under torchrun, {rows} images a process: set "
+                              f"train.batch_size lower with train.accum_steps higher (their product is the batch "
+                              f"that counts); alone, kit would have halved it itself")
+        s.optimizer.zero_grad(set_to_none=True)
+        s.micro_batch = halve_after_oom(
+            min(s.micro_batch or rows, rows), device, f"training (epoch {epoch}, batch {i}) on", log,
+            then=f", gradients accumulated over them: the effective batch ({spec.batch_size} x accum_steps "
+                 f"{spec.accum_steps}) is unchanged")
+        todo = window
+
+
+def _backward_batch(model, x, y, s: Setup, spec: TrainSpec, epoch: int, i: int, amp_dtype) -> float:
+    n = len(x)
+    step = s.micro_batch or n
+    total = 0.0
+    for a in range(0, n, step):
+        xb, yb = x[a:a + step], y[a:a + step]
+        with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = s.loss(model(xb), yb)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss is {loss.item()} at epoch {epoch}, batch {i}; "
+                                     f"lower train.lr (now {spec.lr}) or set train.grad_clip")
+        part = loss / spec.accum_steps if step >= n else loss * (len(xb) / n) / spec.accum_steps
+        (s.scaler.scale(part) if s.scaler else part).backward()
+        if step >= n:
+            return loss.item()
+        total += loss.item() * len(xb)
+    return total / n
 
 
 def _plain(value):
@@ -233,7 +307,7 @@ def _resume(last: Path, model, s: Setup, device) -> tuple[History, int, int]:
 def fit(model: nn.Module, train_loader, val_loader, val_labels: np.ndarray, model_spec: ModelSpec,
         spec: TrainSpec, out_dir, *, num_classes: int, device: torch.device, channels_last: bool = True,
         resume: bool = False, on_epoch_end: Callable[[int, dict], None] | None = None,
-        progress_factory=None) -> History:
+        progress_factory=None, log: Callable[[str], None] | None = None) -> History:
     """Train, validate every epoch, keep `last.pt` (resumable) and `best.pt` (weights of the best epoch).
     Batches are (x, y, row): row indexes `val_labels` for the validation loader. Without a validation loader (a
     member refitted on every labelled image for a number of epochs chosen on the holdout), nothing is scored
@@ -242,19 +316,25 @@ def fit(model: nn.Module, train_loader, val_loader, val_labels: np.ndarray, mode
     out_dir.mkdir(parents=True, exist_ok=True)
     amp_dtype = resolve_amp(spec.amp, device)
     metric = M.get_metric(spec.metric)
+    main = distributed.is_main()  # under torchrun only rank 0 writes; every rank trains, scores and decides alike
     s = _setup(model, model_spec, spec, len(train_loader), num_classes, device, amp_dtype)
     history, start, patience_left = History(), 0, spec.early_stopping or 0
+    val_limit = PassLimit()
+    # torch.compile once: the compiled module shares the model's parameters (the state dicts stay the model's)
+    compiled = torch.compile(model) if spec.compile else model
     last = out_dir / "last.pt"
     if last.exists():
         if not resume:
             raise RunDirError(f"{last} exists from an earlier, interrupted run; resume it with --resume, "
                               f"or remove {out_dir} to start over")
         history, start, patience_left = _resume(last, model, s, device)
+        s.micro_batch = history.micro_batch  # a batch that ran out of memory before would again
         if history.stopped_early:
             start = spec.epochs
     for epoch in range(start, spec.epochs):
         frozen = apply_freeze(model, model_spec, epoch)
         set_train_mode(model)
+        net = distributed.wrap(compiled, device)  # after the freeze: DDP reduces the parameters needing a gradient
         if hasattr(train_loader, "generator") and train_loader.generator is not None:
             # the shuffle order of an epoch depends on (seed, epoch) alone: resumable
             train_loader.generator.manual_seed(spec.seed * 100_003 + epoch)
@@ -262,40 +342,45 @@ def fit(model: nn.Module, train_loader, val_loader, val_labels: np.ndarray, mode
             train_loader.set_epoch(epoch)
         bar = progress_factory(epoch) if progress_factory else None
         t0 = time.perf_counter()
-        train_loss, ips = _train_epoch(model, train_loader, s, spec, epoch, device, amp_dtype, channels_last, bar)
+        train_loss, ips = _train_epoch(model, train_loader, s, spec, epoch, device, amp_dtype, channels_last, bar,
+                                       log, net)
+        train_loss, ips = distributed.mean(train_loss), distributed.total(ips)
+        history.micro_batch = s.micro_batch
         eval_model = s.ema.module if s.ema is not None else model
         scores = {}
         if val_loader is not None:
-            probs, rows = evaluate(eval_model, val_loader, device, amp_dtype, channels_last)
+            probs, rows = evaluate(compiled if s.ema is None else eval_model, val_loader, device, amp_dtype,
+                                   channels_last, log, val_limit)
+            probs, rows = distributed.gather_rows(probs, rows)
             scores = M.score_all(val_labels[rows], probs)
         row = {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in scores.items()},
                "lr": max(g["lr"] for g in s.optimizer.param_groups), "frozen_stages": frozen,
                "train_images_per_s": ips, "seconds": time.perf_counter() - t0}
         history.epochs.append(_plain(row))
+        best = None
         if val_loader is None:  # nothing to choose by: the last epoch is the member
             history.best_epoch, history.best_score = epoch, float("nan")
-            atomic_save({"model": eval_model.state_dict(), "epoch": epoch, "score": None}, out_dir / "best.pt")
+            best = {"model": eval_model.state_dict(), "epoch": epoch, "score": None}
+        else:
+            score = scores[spec.metric]
+            if math.isnan(score):
+                raise FloatingPointError(f"validation {spec.metric} is NaN at epoch {epoch}; "
+                                         f"lower train.lr (now {spec.lr}) or set train.grad_clip")
+            if history.best_epoch < 0 or M.better(metric.name, score, history.best_score):
+                history.best_epoch, history.best_score = epoch, float(score)
+                patience_left = spec.early_stopping or 0
+                best = {"model": eval_model.state_dict(), "epoch": epoch, "score": float(score)}
+            elif spec.early_stopping:
+                patience_left -= 1
+                history.stopped_early = patience_left <= 0
+        if main:
+            if best is not None:
+                atomic_save(best, out_dir / "best.pt")
             atomic_save(_checkpoint_state(model, s, epoch, history, patience_left, device), last)
             write_csv_atomic(out_dir / "history.csv", history.epochs)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, row)
-            continue
-        score = scores[spec.metric]
-        if math.isnan(score):
-            raise FloatingPointError(f"validation {spec.metric} is NaN at epoch {epoch}; "
-                                     f"lower train.lr (now {spec.lr}) or set train.grad_clip")
-        if history.best_epoch < 0 or M.better(metric.name, score, history.best_score):
-            history.best_epoch, history.best_score = epoch, float(score)
-            patience_left = spec.early_stopping or 0
-            atomic_save({"model": eval_model.state_dict(), "epoch": epoch, "score": float(score)},
-                        out_dir / "best.pt")
-        elif spec.early_stopping:
-            patience_left -= 1
-            history.stopped_early = patience_left <= 0
-        atomic_save(_checkpoint_state(model, s, epoch, history, patience_left, device), last)
-        write_csv_atomic(out_dir / "history.csv", history.epochs)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
         if history.stopped_early:
             break
+    distributed.barrier()  # best.pt is on disk before any rank reads it
     return history

@@ -27,6 +27,7 @@ from ttach import transforms as T
 from ttach.base import ImageOnlyTransform, Merger
 
 from kit.recipe import TTA_DEFAULT_SCALES as DEFAULT_SCALES, TTA_MERGES as MERGES, TTA_MODES
+from kit.runtime import OUT_OF_MEMORY, halve_after_oom
 # On the CPU a forward pass gains nothing from rows beyond what fills the cores, and loses to memory: glibc hands
 # blocks over 32 MB back to the OS when they are freed, so a pass whose activations pass that size page-faults
 # them in again, every pass (efficientnet_lite0 expands to 96 x 112 x 112 floats = 4.8 MB a row at 224 px).
@@ -209,22 +210,24 @@ def _shape_groups(views, images: torch.Tensor) -> dict:
 
 
 def _views_log_probs(model, images, views, groups, max_rows, channels_last, amp_dtype,
-                     cpu_chunk_pixels: int | None = None) -> torch.Tensor:
-    """log-softmax of the model on every view of every image: [U, B, C], float32.
+                     cpu_chunk_pixels: int | None = None, log=None) -> tuple[torch.Tensor, int]:
+    """log-softmax of the model on every view of every image: ([U, B, C] float32, the rows a pass may hold now).
 
     Rows are view-major (view 0 of images 0..B-1, view 1 ...); a chunk of max_rows rows (on the CPU no more than
     CPU_CHUNK_PIXELS) may hold the tail of one view and the head of the next. Each chunk is copied once, into a
-    buffer already in the input memory format.
+    buffer already in the input memory format. Out of memory halves max_rows and redoes that chunk (said through
+    `log`, or a RuntimeWarning); the caller keeps the smaller value for its next batches.
     """
     b = images.shape[0]
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     out = None
     for shape, us in groups.items():
-        total, rows = len(us) * b, max_rows
-        if images.device.type == "cpu":
-            cap = CPU_CHUNK_PIXELS if cpu_chunk_pixels is None else cpu_chunk_pixels
-            rows = min(rows, max(1, cap // (shape[-2] * shape[-1])))
-        for start in range(0, total, rows):
+        total, start = len(us) * b, 0
+        while start < total:
+            rows = max_rows
+            if images.device.type == "cpu":
+                cap = CPU_CHUNK_PIXELS if cpu_chunk_pixels is None else cpu_chunk_pixels
+                rows = min(rows, max(1, cap // (shape[-2] * shape[-1])))
             stop = min(start + rows, total)
             chunk = torch.empty((stop - start, *shape), dtype=images.dtype, device=images.device, memory_format=fmt)
             spans = []
@@ -233,20 +236,28 @@ def _views_log_probs(model, images, views, groups, max_rows, channels_last, amp_
                 row = j * b + b0 - start
                 chunk[row:row + b1 - b0].copy_(views[us[j]].augment_image(images[b0:b1]))
                 spans.append((us[j], b0, b1, row))
-            with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = model(chunk)
+            try:
+                with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    logits = model(chunk)
+            except OUT_OF_MEMORY:
+                logits = None  # handled below, outside the except block, so that the failed pass can be freed
+            if logits is None:
+                del chunk
+                max_rows = halve_after_oom(stop - start, images.device, "predicting views,", log)
+                continue
             logp = torch.log_softmax(logits.float(), dim=-1)
             if out is None:
                 out = logp.new_empty((len(views), b, logp.shape[-1]))
             for u, b0, b1, row in spans:
                 out[u, b0:b1] = logp[row:row + b1 - b0]
-    return out
+            start = stop
+    return out, max_rows
 
 
 def predict_modes(model, loader, modes, merge: str = "mean", *, input_size: int, device="cpu",
                   amp_dtype: torch.dtype | None = None, channels_last: bool = True, max_batch_views: int = 256,
                   original_weight: float | None = None, scales=DEFAULT_SCALES,
-                  cpu_chunk_pixels: int | None = None) -> tuple[dict, np.ndarray]:
+                  cpu_chunk_pixels: int | None = None, log=None) -> tuple[dict, np.ndarray]:
     """({mode: probs float32 [N, C]}, row_index int64 [N]) in loader order, reading the images once.
 
     `loader` yields (images [B, 3, R_h, R_w] with R_h, R_w >= input_size, labels, row_index [B]). The model
@@ -254,6 +265,7 @@ def predict_modes(model, loader, modes, merge: str = "mean", *, input_size: int,
     (and in channels_last, for speed, when the inputs are). amp_dtype: autocast dtype, e.g. torch.bfloat16 on CUDA.
     max_batch_views: rows (images x views) per forward pass; on the CPU also at most `cpu_chunk_pixels` pixels
     (default CPU_CHUNK_PIXELS; a run passes its plan's value, since the rows of a pass can change float sums).
+    Out of memory halves the rows of a pass for the rest of the call, said through `log` (default: a warning).
     """
     modes = list(dict.fromkeys(modes))
     if not modes:
@@ -281,8 +293,8 @@ def predict_modes(model, loader, modes, merge: str = "mean", *, input_size: int,
                                      f"loader must resize them to tta_resize(input_size, crop_pct, tta.resize)")
                 if (h, w) not in groups:
                     groups[(h, w)] = _shape_groups(plan.views, images)
-                logp = _views_log_probs(model, images, plan.views, groups[(h, w)], max_batch_views,
-                                        channels_last, amp_dtype, cpu_chunk_pixels)
+                logp, max_batch_views = _views_log_probs(model, images, plan.views, groups[(h, w)], max_batch_views,
+                                                         channels_last, amp_dtype, cpu_chunk_pixels, log)
                 for mode, view_rows in plan.modes.items():
                     probs[mode].append(merge_views(logp[view_rows], merge, weights[mode]).cpu())
                 index.append(torch.as_tensor(rows).cpu())

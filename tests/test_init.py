@@ -13,7 +13,8 @@ import yaml
 from conftest import KAGGLE_CLASSES, _save, class_image
 from kit.cli import main
 from kit.errors import DataError, RecipeError
-from kit.init import init_recipe, input_size, split, strategy
+import kit.init as kit_init
+from kit.init import epochs_for_budget, init_recipe, input_size, split, strategy, work
 from kit.members import load_checked_sources
 from kit.plan import format_plan, make_plan
 from kit.recipe import load_recipe
@@ -21,10 +22,15 @@ from kit.recipe import load_recipe
 TINY = ["model.backbone=test_resnet", "model.weights=none", "data.num_workers=0"]
 
 
+SPEED = {"train": 200.0, "predict": 1000.0, "what": "a fixed speed for the tests"}
+
+
 @pytest.fixture(autouse=True)
-def env(tmp_path, monkeypatch):
+def env(tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("KIT_CACHE_DIR", str(tmp_path / "cache"))
+    if "real_speed" not in request.keywords:  # the timing of the backbone, measured in its own test
+        monkeypatch.setattr(kit_init, "measure_speed", lambda size, batch=None, device=None: SPEED)
 
 
 def _init(root, tmp_path, **options):
@@ -265,3 +271,44 @@ def test_cli_writes_the_recipe_and_prints_its_plan(kaggle_root, tmp_path, capsys
     assert load_recipe(tmp_path / "leaves.yaml").model.weights == "offline"
     assert main(["init", str(kaggle_root), "-o", "leaves.yaml"]) == 2
     assert "leaves.yaml already exists" in " ".join(capsys.readouterr().err.split())
+
+
+# ---- epochs for a time budget
+
+def test_epochs_fit_the_budget():
+    labels = np.arange(10_000) % 10
+    w = work(labels, {"split": "holdout", "refit": True})
+    assert w["train"] == 8_000 + 10_000 and w["validate"] == 2_000 and w["refit"]
+    speed = {"train": 100.0, "predict": 1000.0, "what": "test"}
+    epoch_s = 3 * (18_000 / (100 * kit_init.LOADER_EFFICIENCY) + 2_000 / 1000)
+    predict_s = 3 * w["views"] * (2_000 + 2 * 2_000) / 1000  # validation + the member's and its refit's test
+    epochs, why = epochs_for_budget(60, speed, w, n_test=2_000)
+    assert epochs == int((3600 - 60 * kit_init.FIXED_MINUTES - predict_s) // epoch_s) and 1 < epochs < 10
+    assert f"{epochs} epochs fit the 60-minute budget" in why and "holdout + refit" in why
+    assert "The default 10 epochs would take about" in why
+    epochs, why = epochs_for_budget(1, speed, w, n_test=2_000)
+    assert epochs == 1 and "over the 1-minute budget" in why
+    epochs, why = epochs_for_budget(10_000, speed, w, n_test=2_000)
+    assert epochs == 10 and why.startswith("the default 10 epochs fit")
+
+
+def test_kfold_work_counts_every_fold():
+    w = work(np.arange(1_000) % 5, {"split": "kfold"})
+    assert w["train"] == 5 * 800 and w["validate"] == 1_000 and not w["refit"] and w["members"] == 5
+
+
+def test_budget_writes_train_epochs_and_zero_leaves_the_default(kaggle_root, tmp_path, capsys):
+    raw, _, _ = _init(kaggle_root, tmp_path, budget=0.05)
+    assert raw["train"]["epochs"] == 1  # a 3-second budget: even one epoch is over it, and says so
+    assert "over the 0.05-minute budget" in (tmp_path / "recipe.yaml").read_text()
+    assert main(["init", str(kaggle_root), "-o", "other.yaml", "--budget", "0"]) == 0
+    assert "train" not in yaml.safe_load((tmp_path / "other.yaml").read_text())
+
+
+@pytest.mark.real_speed
+def test_speed_is_measured_once_and_cached(monkeypatch):
+    first = kit_init.measure_speed(32, batch=4)
+    assert first["train"] > 0 and first["predict"] > 0 and "32 px, batch 4" in first["what"]
+    import timm
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: pytest.fail("measured again"))
+    assert kit_init.measure_speed(32, batch=4) == first

@@ -228,3 +228,14 @@ def test_diverging_loss_raises_a_clear_error(imagefolder_spec, tmp_path):
     with pytest.raises(FloatingPointError, match=r"training loss is -?(nan|inf) at epoch 0, batch \d+; "
                                                  r"lower train\.lr \(now 1000000000000\.0\) or set train\.grad_clip"):
         train_run(imagefolder_spec, tmp_path / "m", train=train)
+
+
+@pytest.mark.slow
+def test_compiled_training_saves_the_plain_model(imagefolder_spec, tmp_path):
+    """train.compile: torch.compile (inductor, a C++ compiler on the CPU: slow to start, hence `slow`); the
+    checkpoints hold the model's own keys, so that a plain model loads them."""
+    history, net = train_run(imagefolder_spec, tmp_path, train=TrainSpec(epochs=1, batch_size=8, lr=3e-3,
+                                                                         warmup_epochs=0, compile=True))
+    best = torch.load(tmp_path / "best.pt", weights_only=True)["model"]
+    assert not [k for k in best if "_orig_mod" in k] and set(best) == set(net.state_dict())
+    assert len(history.epochs) == 1 and math.isfinite(history.epochs[0]["val_log_loss"])

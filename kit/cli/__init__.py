@@ -17,6 +17,8 @@ __all__ = ["build_parser", "console", "err", "main", "print_summary"]
 def main(argv=None) -> int:
     """Any kit.errors.KitError is the user's to fix: one line, exit 2. Anything else is a bug: its traceback."""
     from kit.errors import KitError
+    from kit.runtime import tune_allocator
+    tune_allocator()  # before any tensor: glibc's heap thresholds (kit.runtime.tune_allocator)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

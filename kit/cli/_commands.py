@@ -56,17 +56,38 @@ def _executor_args(p):
 
 
 def cmd_train(args):
+    from kit import distributed
     from kit.run import train
     recipe = _load(args)
-    with _progress() as pf:
-        ctx, records = train(recipe, args.member, resume=args.resume, progress_factory=pf,
-                             log=lambda msg: _log(escape(msg)), executor=args.executor, address=args.address)
-    console.print(f"outputs in [bold]{ctx.run_dir}[/] (checkpoints, history.csv, predictions in members/)")
-    return 0
+    world = distributed.start(recipe.train.device)  # under torchrun: one member over its processes
+    try:
+        if world is not None and not world.main:  # rank 0 speaks for all
+            train(recipe, args.member, resume=args.resume, log=lambda msg: None, executor=args.executor,
+                  address=args.address)
+            return 0
+        with _progress() as pf:
+            ctx, records = train(recipe, args.member, resume=args.resume, progress_factory=pf,
+                                 log=lambda msg: _log(escape(msg)), executor=args.executor, address=args.address)
+        together = f", each member by {world.size} processes together (torchrun)" if world else ""
+        console.print(f"outputs in [bold]{ctx.run_dir}[/] (checkpoints, history.csv, predictions in members/)"
+                      f"{together}")
+        return 0
+    finally:
+        distributed.stop()
+
+
+def _not_under_torchrun(command: str) -> None:
+    from kit import distributed
+    from kit.errors import RecipeError
+    if distributed.launched():
+        raise RecipeError(f"kit {command} under torchrun: torchrun spreads the training of one member; run "
+                          f"`torchrun --nproc-per-node N -m kit train RECIPE --member I` for the members, then "
+                          f"`kit {command}` alone")
 
 
 def cmd_run(args):
     from kit.run import run
+    _not_under_torchrun("run")
     recipe = _load(args)
     with _progress() as pf:
         summary = run(recipe, resume=True, force=args.force, progress_factory=pf, log=lambda msg: _log(escape(msg)),
@@ -267,7 +288,8 @@ def cmd_init(args):
     from kit.plan import make_plan
     from kit.recipe import load_recipe
     text, _ = init_recipe(args.data_dir, out=args.output, force=args.force, label_column=args.label_column,
-                          id_column=args.id_column, path_column=args.path_column)
+                          id_column=args.id_column, path_column=args.path_column,
+                          budget=None if args.budget == 0 else args.budget)
     console.print(escape(text), highlight=False, soft_wrap=True)
     console.print(f"wrote [bold]{escape(args.output)}[/]; its plan (kit plan {escape(args.output)}):", highlight=False)
     recipe = load_recipe(args.output)  # the file as written, as kit run will read it

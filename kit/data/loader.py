@@ -102,14 +102,20 @@ def sample_seed(seed: int, epoch: int, row: int) -> int:
 
 class EpochSampler(Sampler):
     """Positions of `dataset` in an order fixed by (seed, epoch), each as a Draw with its sample's seed when the
-    dataset can be seeded (ImageDataset), else as a plain int."""
+    dataset can be seeded (ImageDataset), else as a plain int.
 
-    def __init__(self, dataset, shuffle: bool, seed: int):
+    shard=(rank, size): the positions rank, rank + size, ... of that order (one process of several, kit.distributed),
+    the order first padded with its own head to a multiple of `size` so that every rank has as many batches: batch k
+    of the ranks together is then batch k of the unsharded loader, with batch_size / size images on each rank."""
+
+    def __init__(self, dataset, shuffle: bool, seed: int, shard: tuple[int, int] | None = None):
         self.dataset, self.shuffle, self.seed = dataset, shuffle, int(seed)
+        self.shard = shard if shard is not None and shard[1] > 1 else None
         self.epoch = 0
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        n = len(self.dataset)
+        return n if self.shard is None else -(-n // self.shard[1])
 
     def __iter__(self):
         n, epoch = len(self.dataset), self.epoch
@@ -117,6 +123,9 @@ class EpochSampler(Sampler):
         if self.shuffle:
             ss = np.random.SeedSequence([_ORDER_TAG, self.seed % (1 << 64), epoch])
             order = np.random.default_rng(ss).permutation(n)
+        if self.shard is not None:
+            rank, size = self.shard
+            order = np.resize(order, len(self) * size)[rank::size]  # np.resize repeats the head to pad
         rows = getattr(self.dataset, "indices", None)
         seeded = hasattr(self.dataset, "seed_augmentation")
         for i in order.tolist():
@@ -168,13 +177,14 @@ class EpochLoader(DataLoader):
 
 
 def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int,
-                drop_last: bool = False) -> EpochLoader:
-    """A DataLoader whose order and augmentations are a function of (`seed`, epoch), whatever the worker count."""
+                drop_last: bool = False, shard: tuple[int, int] | None = None) -> EpochLoader:
+    """A DataLoader whose order and augmentations are a function of (`seed`, epoch), whatever the worker count;
+    `shard` (rank, size): this process's share of them (EpochSampler)."""
     generator = torch.Generator()  # only torch's worker base seeds use it now; the sampler decides the rest
     generator.manual_seed(int(seed))
     workers = num_workers > 0
     return EpochLoader(
-        dataset, batch_size=batch_size, sampler=EpochSampler(dataset, shuffle, seed), num_workers=num_workers,
+        dataset, batch_size=batch_size, sampler=EpochSampler(dataset, shuffle, seed, shard), num_workers=num_workers,
         drop_last=drop_last, collate_fn=_collate, generator=generator,
         persistent_workers=workers,  # workers live for the loader's lifetime, not one epoch
         prefetch_factor=2 if workers else None,  # 2 batches per worker queued ahead of the model

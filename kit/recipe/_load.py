@@ -22,7 +22,7 @@ from kit.recipe._specs import SearchParam, SearchSpec, Spec
 
 
 # Keys that change where or how fast a run goes, not what it computes: left out of the hash.
-UNHASHED_KEYS = (("output_dir",), ("leaderboard",), ("data", "num_workers"), ("search",))
+UNHASHED_KEYS = (("output_dir",), ("leaderboard",), ("data", "num_workers"), ("train", "compile"), ("search",))
 # Keys that tell seeds of one configuration apart: the leaderboard groups entries that differ only in these (and in
 # the unhashed keys, and the device) as one configuration, reported as mean +- std.
 SEED_KEYS = (("train", "seed"), ("ensemble", "seeds"), ("data", "seed"))

@@ -152,6 +152,9 @@ class TrainSpec(Spec):
     early_stopping: Optional[int] = Field(None, ge=1)  # patience in epochs on the validation metric
     metric: Literal["accuracy", "log_loss", "f1_macro"] = "accuracy"
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 on CUDA when supported, off on CPU
+    # torch.compile the model for training and prediction; off: on this 2-core CPU it was slower
+    # (benchmarks/bench_compile.py; measure it on a GPU before turning it on)
+    compile: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     seed: Seed = 0
 

@@ -63,7 +63,9 @@ def _fail_reason(e: BaseException) -> str:
     if isinstance(e, KeyboardInterrupt):
         return "interrupted"
     import torch
-    if isinstance(e, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)):
+    from kit.errors import OutOfMemory
+    from kit.runtime import OUT_OF_MEMORY
+    if isinstance(e, (OUT_OF_MEMORY, OutOfMemory)):
         torch.cuda.empty_cache()  # the next trial starts from an empty cache
         return (f"out of GPU memory ({str(e).splitlines()[0]}); search smaller train.batch_size or "
                 f"augment.input_size, or set train.accum_steps")
