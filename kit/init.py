@@ -161,7 +161,7 @@ def strategy(n: int, n_classes: int) -> tuple[str, str]:
         return "full", (f"{n:,} labelled images is large (kit.advise: from {LARGE_IMAGES:,}, or {LARGE_PER_CLASS:,} "
                         f"a class): enough to train every layer without overfitting, and the advisor would only choose "
                         f"between this and fine-tuning the later stages; strategy: auto measures that at plan time")
-    return "auto", (f"{n:,} labelled images is small: whether to extract features, cut at an early stage or fine-tune "
+    return "auto", (f"{n:,} labelled images is small: whether to extract features or fine-tune everything "
                     f"depends on how close the images are to ImageNet, so the advisor measures it when the run is "
                     f"planned (linear probes on the backbone's embeddings of {min(n, ADVISE_SAMPLE):,} images, cached) "
                     f"and the plan shows its choice; strategy: full skips the measurement and trains everything")

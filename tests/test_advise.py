@@ -25,7 +25,7 @@ def cache_dir(tmp_path, monkeypatch):
 @pytest.mark.parametrize("size,measured,strategy,keys", [
     (SMALL, SIMILAR, "feature_extract", {"model.strategy": "feature_extract"}),
     (LARGE, SIMILAR, "finetune", {"model.strategy": "finetune", "model.frozen_stages": 4}),
-    (SMALL, DIFFERENT, "cut_at", {"model.strategy": "cut_at", "model.cut_at": 2, "model.backbone_lr_scale": 1.0}),
+    (SMALL, DIFFERENT, "full", {"model.strategy": "full"}),  # not the table's cut_at: measured worse
     (LARGE, DIFFERENT, "full", {"model.strategy": "full"}),
 ])
 def test_the_four_cases(size, measured, strategy, keys):
@@ -48,14 +48,15 @@ def test_thresholds():
     assert A.decide(A.LARGE_PER_CLASS * 2, 2, SIMILAR)[0] == "finetune"  # by images per class
     assert A.decide(A.LARGE_IMAGES - 1, 100, SIMILAR)[0] == "feature_extract"
     assert A.decide(n, c, {"probe_lift": A.SIMILAR_LIFT})[0] == "feature_extract"
-    assert A.decide(n, c, {"probe_lift": A.SIMILAR_LIFT - 0.01})[0] == "cut_at"
+    assert A.decide(n, c, {"probe_lift": A.SIMILAR_LIFT - 0.01})[0] == "full"
     # a good late probe is not enough when the early stage does as well: digits (0.90 vs 0.90)
     strategy, _, why = A.decide(n, c, {"probe_lift": 0.90, "probe_lift_early": 0.90})
-    assert strategy == "cut_at" and any("early-stage probe does as well" in w for w in why)
+    assert strategy == "full" and any("early-stage probe does as well" in w for w in why)
+    assert any("0.566 on digits against 0.854" in w for w in why)
     assert A.decide(n, c, {"probe_lift": 0.99, "probe_lift_early": 0.99})[0] == "feature_extract"  # easy for all
     # without a probe, the ImageNet head's confidence decides
     assert A.decide(n, c, {"imagenet_max_prob": A.SIMILAR_MAX_PROB})[0] == "feature_extract"
-    assert A.decide(n, c, {"imagenet_max_prob": 0.1})[0] == "cut_at"
+    assert A.decide(n, c, {"imagenet_max_prob": 0.1})[0] == "full"
     with pytest.raises(ValueError, match="probe_lift or imagenet_max_prob"):
         A.decide(n, c, {})
 
