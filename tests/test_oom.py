@@ -8,17 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from kit.data import (ImageDataset, create_eval_transform, create_train_transform, load_sources, make_folds,
-                      make_loader, resolve_data_config)
 from kit.errors import KitError, OutOfMemory
-from kit.models.backbone import build_model
-from kit.recipe import AugmentSpec, ModelSpec, TrainSpec
-from kit.runtime import OUT_OF_MEMORY, seed_everything
+from kit.recipe import ModelSpec, TrainSpec
+from kit.runtime import OUT_OF_MEMORY
+from test_train import fit_setup
 from kit.train import evaluate, fit
 from kit.tta import predict_modes
 
 CPU = torch.device("cpu")
-AUGMENT = AugmentSpec(input_size=32)
 # LayerNorm, no BatchNorm: a batch in two halves gives the gradient of the whole batch
 MODEL = ModelSpec(backbone="test_convnext", weights="none", strategy="full")
 
@@ -37,17 +34,7 @@ def limit_rows(net, rows: int, calls: list):
 
 
 def setup(spec, train):
-    seed_everything(train.seed)
-    net, _ = build_model(MODEL, 3)
-    sources = load_sources(spec)
-    folds = make_folds(sources.train.labels, spec)
-    cfg = resolve_data_config(net, AUGMENT)
-    tr, va = np.flatnonzero(folds != 0), np.flatnonzero(folds == 0)
-    train_loader = make_loader(ImageDataset(sources.train, tr, create_train_transform(AUGMENT, cfg)), train.batch_size,
-                               shuffle=True, num_workers=0, seed=train.seed, drop_last=True)
-    val_loader = make_loader(ImageDataset(sources.train, va, create_eval_transform(cfg)), 16, shuffle=False,
-                             num_workers=0, seed=train.seed)
-    return net, train_loader, val_loader, sources.train.labels
+    return fit_setup(spec, MODEL, train)
 
 
 def train(spec, out, rows=None, train_spec=None, log=None):

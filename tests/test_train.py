@@ -26,22 +26,27 @@ class Interrupt(Exception):
     pass
 
 
-def train_run(data_spec, out_dir, *, model=None, train=None, resume=False, on_epoch_end=None, wrap=None):
-    """Build everything from seeds, as kit.members does, and fit; returns (history, model). `wrap` may replace
-    the training loader by a wrapper of it."""
-    model = model or ModelSpec(backbone="test_resnet", weights="none", strategy="full")
-    train = train or TrainSpec(epochs=3, batch_size=8, lr=3e-3, warmup_epochs=0)
+def fit_setup(data_spec, model: ModelSpec, train: TrainSpec):
+    """What kit.members builds for a member, from seeds: (net, train loader, validation loader, labels)."""
     seed_everything(train.seed)
     net, _ = build_model(model, 3)
     sources = load_sources(data_spec)
-    labels = sources.train.labels
-    folds = make_folds(labels, data_spec)
+    folds = make_folds(sources.train.labels, data_spec)
     cfg = resolve_data_config(net, AUGMENT)
     tr, va = np.flatnonzero(folds != 0), np.flatnonzero(folds == 0)
     train_loader = make_loader(ImageDataset(sources.train, tr, create_train_transform(AUGMENT, cfg)), train.batch_size,
                                shuffle=True, num_workers=0, seed=train.seed, drop_last=True)
     val_loader = make_loader(ImageDataset(sources.train, va, create_eval_transform(cfg)), 16, shuffle=False,
                              num_workers=0, seed=train.seed)
+    return net, train_loader, val_loader, sources.train.labels
+
+
+def train_run(data_spec, out_dir, *, model=None, train=None, resume=False, on_epoch_end=None, wrap=None):
+    """Build everything from seeds, as kit.members does, and fit; returns (history, model). `wrap` may replace
+    the training loader by a wrapper of it."""
+    model = model or ModelSpec(backbone="test_resnet", weights="none", strategy="full")
+    train = train or TrainSpec(epochs=3, batch_size=8, lr=3e-3, warmup_epochs=0)
+    net, train_loader, val_loader, labels = fit_setup(data_spec, model, train)
     if wrap is not None:
         train_loader = wrap(train_loader)
     history = fit(net, train_loader, val_loader, labels, model, train, out_dir, num_classes=3, device=CPU,
