@@ -67,8 +67,10 @@ def torchrun(path, *args, wait=True):
 def here(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("KIT_CACHE_DIR", str(tmp_path / "cache"))
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each torchrun process: the same float sums
-    return tmp_path
+    yield tmp_path
+    torch.set_num_threads(threads)
 
 
 def descendants(pid: int) -> list[int]:
