@@ -87,28 +87,31 @@ def hand_loop(root: Path, epochs: int, size: int = 64, batch: int = 64, lr: floa
     return float(np.mean(np.array(pred) == sol["label"].to_numpy()))
 
 
-def kit_recipe(root: Path, epochs: int | None, overrides: list[str], out_dir: Path, budget: float | None = None):
-    """kit init's recipe for `root`; epochs None: the whole default recipe (3 seeds, the epochs kit init chose for
-    `budget` minutes), else one seed at `epochs` with the hand loop's batch, lr and label smoothing."""
+def kit_recipe(root: Path, epochs: int, overrides: list[str], out_dir: Path):
+    """kit init's recipe for `root` (its default epochs, untimed), with one seed at `epochs` and the hand loop's
+    batch, lr and label smoothing."""
     from kit.init import init_recipe
     from kit.recipe import load_recipe
     path = out_dir / "recipe.yaml"
-    init_recipe(root, out=path, force=True, budget=budget if epochs is None else None)
-    where = [f"output_dir={out_dir / 'runs'}", f"leaderboard={out_dir / 'lb.sqlite'}"]
-    fixed = [] if epochs is None else [f"train.epochs={epochs}", "ensemble.seeds=[0]", "train.batch_size=64",
-                                       "train.lr=1e-3", "train.label_smoothing=0.1"]
-    return load_recipe(path, where + fixed + list(overrides))
+    init_recipe(root, out=path, force=True, budget=None)
+    fixed = [f"train.epochs={epochs}", "ensemble.seeds=[0]", "train.batch_size=64", "train.lr=1e-3",
+             "train.label_smoothing=0.1", f"output_dir={out_dir / 'runs'}", f"leaderboard={out_dir / 'lb.sqlite'}"]
+    return load_recipe(path, fixed + list(overrides))
 
 
-def kit_run(root: Path, epochs: int | None, overrides: list[str], out_dir: Path,
-            budget: float | None = None) -> tuple[float, dict]:
+def kit_run(root: Path, epochs: int, overrides: list[str], out_dir: Path) -> tuple[float, dict]:
     """kit init's recipe, run; returns (accuracy on all test images, the summary dict)."""
     from kit.run import run, summary_dict
-    recipe = kit_recipe(root, epochs, overrides, out_dir, budget)
+    recipe = kit_recipe(root, epochs, overrides, out_dir)
     summary = run(recipe, log=lambda m: None)
-    sub = pd.read_csv(summary.submission, dtype=str)
+    return accuracy(root, summary.submission), summary_dict(summary)
+
+
+def accuracy(root: Path, submission) -> float:
+    """A submission's accuracy on all the test answers beside `root`."""
+    sub = pd.read_csv(submission, dtype=str)
     sol = _solution(root).set_index("image_id").loc[sub["image_id"]]
-    return float(np.mean(sub["label"].to_numpy() == sol["label"].to_numpy())), summary_dict(summary)
+    return float(np.mean(sub["label"].to_numpy() == sol["label"].to_numpy()))
 
 
 def default_recipe(root: Path, budget: float, overrides: list[str]) -> None:
@@ -128,15 +131,13 @@ def default_recipe(root: Path, budget: float, overrides: list[str]) -> None:
         minutes = (time.perf_counter() - t0) / 60
         recipe = (tmp / "recipe.yaml").read_text()
         (run,) = (tmp / "runs").iterdir()
-        sub = pd.read_csv(run / "submission.csv", dtype=str)
-        sol = _solution(root).set_index("image_id").loc[sub["image_id"]]
-        acc = float(np.mean(sub["label"].to_numpy() == sol["label"].to_numpy()))
+        acc, n_test = accuracy(root, run / "submission.csv"), len(pd.read_csv(run / "submission.csv"))
         report = json.loads((run / "ensemble" / "report.json").read_text()) \
             if (run / "ensemble" / "report.json").exists() else {}
     print(f"\n{root}: kit init --budget {budget:g}, then kit run, as they are (overrides: {overrides or 'none'}); "
           f"{torch.get_num_threads()} threads, load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after")
     print("\n".join(f"  | {line}" for line in recipe.splitlines() if "epochs" in line))
-    print(f"  kit test accuracy {acc:.4f} (all {len(sub):,} test images)  {minutes:.1f} min (budget {budget:g})"
+    print(f"  kit test accuracy {acc:.4f} (all {n_test:,} test images)  {minutes:.1f} min (budget {budget:g})"
           + (f"  blend {report.get('chosen')}" if report else ""))
 
 

@@ -264,7 +264,7 @@ def work(labels, split_keys: dict) -> dict:
         n_val, members = math.ceil(d.holdout_fraction * n), 1
         train = n - n_val + (n if d.refit else 0)
     return {"train": train, "validate": n_val, "predict_views": views * n_val, "members": members,
-            "refit": d.split != "kfold" and d.refit, "views": views, "n": n}
+            "refit": d.split != "kfold" and d.refit, "views": views}
 
 
 def epochs_for_budget(budget: float, speed: dict, w: dict, n_test: int = 0) -> tuple[int, str]:

@@ -144,6 +144,7 @@ def learns_from_teacher(member: MemberPlan) -> bool:
 def _loaders(ctx: RunContext, member: MemberPlan, device=None, log=None):
     from kit import distributed
     from kit.data import ImageDataset, create_eval_transform, create_train_transform, make_loader
+    from kit.data.loader import shard_length
     r, cfg = member.recipe, member.data_config
     refit = member.refit_of is not None  # every labelled image trains, none validates
     train_rows = np.arange(len(ctx.folds)) if refit else np.flatnonzero(ctx.folds != member.fold)
@@ -159,7 +160,7 @@ def _loaders(ctx: RunContext, member: MemberPlan, device=None, log=None):
     world = distributed.current()
     shard = (world.rank, world.size) if world else None
     batch = distributed.shard_batch(r.train.batch_size)
-    n = -(-len(dataset) // world.size) if world else len(dataset)  # this rank's images an epoch
+    n = shard_length(len(dataset), shard)  # this rank's images an epoch
     mixing = r.train.mixup > 0 or r.train.cutmix > 0  # timm's Mixup pairs the batch: needs an even size
     train = make_loader(dataset, batch, shuffle=True, num_workers=r.data.num_workers, seed=r.train.seed,
                         drop_last=mixing or n % batch == 1, shard=shard)

@@ -305,6 +305,12 @@ def test_budget_writes_train_epochs_and_zero_leaves_the_default(kaggle_root, tmp
     assert "train" not in yaml.safe_load((tmp_path / "other.yaml").read_text())
 
 
+def test_help_states_the_default_budget(capsys):
+    with pytest.raises(SystemExit):
+        main(["init", "--help"])
+    assert f"(default {kit_init.BUDGET_MINUTES:g};" in " ".join(capsys.readouterr().out.split())
+
+
 @pytest.mark.real_speed
 def test_speed_is_measured_once_and_cached(monkeypatch):
     first = kit_init.measure_speed(32, batch=4)

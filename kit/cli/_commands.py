@@ -284,12 +284,12 @@ def cmd_score(args):
 
 
 def cmd_init(args):
-    from kit.init import init_recipe
+    from kit.init import BUDGET_MINUTES, init_recipe
     from kit.plan import make_plan
     from kit.recipe import load_recipe
     text, _ = init_recipe(args.data_dir, out=args.output, force=args.force, label_column=args.label_column,
                           id_column=args.id_column, path_column=args.path_column,
-                          budget=None if args.budget == 0 else args.budget)
+                          budget={None: BUDGET_MINUTES, 0: None}.get(args.budget, args.budget))
     console.print(escape(text), highlight=False, soft_wrap=True)
     console.print(f"wrote [bold]{escape(args.output)}[/]; its plan (kit plan {escape(args.output)}):", highlight=False)
     recipe = load_recipe(args.output)  # the file as written, as kit run will read it

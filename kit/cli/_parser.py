@@ -138,7 +138,6 @@ def _add_result_commands(sub) -> None:
 
 def _add_data_commands(sub) -> None:
     """init: a recipe for a dataset folder."""
-    from kit.init import BUDGET_MINUTES
     s = sub.add_parser("init", help="look at a dataset folder, write a commented recipe for it, show its plan")
     s.add_argument("data_dir", help="ImageFolder tree (train/<class>/*) or Kaggle folder (train.csv, images, "
                                     "sample_submission.csv)")
@@ -147,9 +146,11 @@ def _add_data_commands(sub) -> None:
     s.add_argument("--label-column", help="train.csv column of the labels, when several could be")
     s.add_argument("--id-column", help="train.csv column of the image ids (default: sample_submission's first)")
     s.add_argument("--path-column", help="train.csv column of image paths, relative to a folder of the dataset")
-    s.add_argument("--budget", type=float, default=BUDGET_MINUTES, metavar="MINUTES",
-                   help=f"minutes kit run may take on this machine: the epochs are chosen to fit, from a short "
-                        f"timing of the backbone here (default {BUDGET_MINUTES:g}; 0: the default epochs, untimed)")
+    # default None, read as kit.init.BUDGET_MINUTES by cmd_init: importing kit.init here (numpy, pandas) would cost
+    # every kit command half a second of start-up; tests/test_init.py checks that the help states its value
+    s.add_argument("--budget", type=float, default=None, metavar="MINUTES",
+                   help="minutes kit run may take on this machine: the epochs are chosen to fit, from a short "
+                        "timing of the backbone here (default 30; 0: the default epochs, untimed)")
     s.set_defaults(fn=cmd_init)
 
 

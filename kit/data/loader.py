@@ -100,6 +100,11 @@ def sample_seed(seed: int, epoch: int, row: int) -> int:
     return int(ss.generate_state(1, np.uint64)[0])
 
 
+def shard_length(n: int, shard: tuple[int, int] | None) -> int:
+    """Positions an EpochSampler over n items gives one rank of shard (rank, size): n / size, rounded up."""
+    return n if shard is None or shard[1] <= 1 else -(-n // shard[1])
+
+
 class EpochSampler(Sampler):
     """Positions of `dataset` in an order fixed by (seed, epoch), each as a Draw with its sample's seed when the
     dataset can be seeded (ImageDataset), else as a plain int.
@@ -114,8 +119,7 @@ class EpochSampler(Sampler):
         self.epoch = 0
 
     def __len__(self) -> int:
-        n = len(self.dataset)
-        return n if self.shard is None else -(-n // self.shard[1])
+        return shard_length(len(self.dataset), self.shard)
 
     def __iter__(self):
         n, epoch = len(self.dataset), self.epoch
