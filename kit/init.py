@@ -28,6 +28,9 @@ STRIDE = 32  # px: inputs rounded up to a multiple of the backbone's total strid
 BACKBONE, WEIGHTS = "efficientnet_lite0", "offline"
 SEEDS = [0, 1, 2]
 TTA_MODES = ["none", "hflip", "ten_crop"]
+# at crop_pct 1.0 (written for small images) the views are cut from a square of the input size itself: ten_crop's
+# five crops are all the whole image, its ten views hflip's two, five times over
+FULL_FRAME_TTA_MODES = ["none", "hflip"]
 BUDGET_MINUTES = 30.0  # kit init --budget: the wall time of `kit run` the epochs are chosen to fit
 # kit's training from image files (decoded cache, augmentation, validation) against the bare training step timed
 # here: benchmarks/bench_train.py measured 0.90-0.92x on this 2-core CPU
@@ -230,9 +233,11 @@ def render_recipe(name: str, root: Path, layout: Layout, sources, out="recipe.ya
     lines += _comment("to switch: backbone: convnext_tiny with weights: hub (downloaded once), or weights: "
                       "path/to/file.safetensors; offline exists for efficientnet_lite0/1/2 only")
     lines += _comment(why) + [_kv("strategy", chosen)]
+    modes = TTA_MODES if size is None else FULL_FRAME_TTA_MODES
     if budget is not None:
         n_test = len(sources.test) if sources.test is not None else 0
-        epochs, why = epochs_for_budget(budget, measure_speed(size or default_side), work(train.labels, keys), n_test)
+        epochs, why = epochs_for_budget(budget, measure_speed(size or default_side), work(train.labels, keys, modes),
+                                        n_test)
         if epochs != TrainSpec().epochs:
             lines += ["train:"] + _comment(why) + [_kv("epochs", epochs)]
         else:  # a train: section holding only comments would be null
@@ -241,7 +246,10 @@ def render_recipe(name: str, root: Path, layout: Layout, sources, out="recipe.ya
     lines += ["tta:"] + _comment("every mode is predicted for every member; tta.mode: auto (a default) keeps the "
                                  "best on validation. Flips change the meaning of some images (digits, text, left and "
                                  "right): then drop hflip here and HorizontalFlip from augment.train. Your call: "
-                                 "kit cannot see it") + [_kv("modes", TTA_MODES)]
+                                 "kit cannot see it" + ("" if size is None else
+                                 ". No ten_crop: at crop_pct 1.0 its five crops would each be the whole image (it "
+                                 "would repeat hflip at five times the cost); with tta.resize above input_size it "
+                                 "crops for real, cutting into the frame")) + [_kv("modes", modes)]
     if fmt != "label":
         lines += ["submit:", _kv("format", fmt, fmt_why)]
     return "\n".join(lines) + "\n"
@@ -249,14 +257,14 @@ def render_recipe(name: str, root: Path, layout: Layout, sources, out="recipe.ya
 
 # ---------------------------------------------------------------- epochs for a time budget
 
-def work(labels, split_keys: dict) -> dict:
+def work(labels, split_keys: dict, modes=TTA_MODES) -> dict:
     """Images through the model for the recipe kit init writes, per seed: trained per epoch (every fold's
     training rows, and the refit's), predicted once (distinct TTA views x validation and test rows), validated
     per epoch."""
     from kit.tta import n_distinct_views
     d = DataSpec().model_copy(update=split_keys)
     n = len(labels)
-    views = n_distinct_views(TTA_MODES)
+    views = n_distinct_views(modes)
     if d.split == "kfold":
         n_val, members = n, d.folds  # every image validates once over the folds
         train = d.folds * n - n

@@ -97,7 +97,7 @@ def _backbone_names(recipe: Recipe) -> list[str]:
 
 
 def _resolve_backbone(recipe: Recipe, b: int, sources, advice: dict) -> Recipe:
-    """ensemble.backbones[b]'s recipe with strategy and weights resolved (overrides applied in one place)."""
+    """ensemble.backbones[b]'s recipe with strategy, lr and weights resolved (overrides applied in one place)."""
     from kit.models.pretrained import resolve_weights
     r = backbone_recipe(recipe, b) if recipe.ensemble.backbones else recipe.with_overrides(
         {"ensemble": EnsembleSpec().model_dump()})  # a member is not an ensemble
@@ -108,6 +108,8 @@ def _resolve_backbone(recipe: Recipe, b: int, sources, advice: dict) -> Recipe:
         advice[str(b)] = {"strategy": a.strategy, "recipe_keys": a.recipe_keys, "measurements": a.measurements,
                           "reasoning": a.reasoning}
         over.update(a.recipe_keys)
+    if r.train.lr is None:  # the resolved strategy's default lr, stated in the member's recipe
+        over["train.lr"] = r.train.lr_for(over.get("model.strategy", r.model.strategy))
     weights = resolve_weights(r.model.backbone, r.model.weights)
     if weights != r.model.weights:
         over["model.weights"] = weights
@@ -277,11 +279,13 @@ def plan_run(recipe: Recipe, sources) -> RunPlan:
 def estimated_work(plan: RunPlan, m: MemberPlan) -> dict:
     """Images through the model for one member: training (epochs x training rows), and prediction (distinct TTA
     views x validation and test rows)."""
-    from kit.tta import n_distinct_views
+    from kit.tta import n_distinct_views, tta_resize
     n = plan.data["n_train"]
     n_val = round(n / plan.recipe.data.folds) if plan.recipe.data.split == "kfold" else \
         round(plan.recipe.data.holdout_fraction * n)
-    views = n_distinct_views(m.tta_modes, tuple(m.recipe.tta.scales))
+    side = m.data_config["input_size"]  # kit's data config: the side, an int
+    full_frame = tta_resize(side, m.data_config["crop_pct"], m.recipe.tta.resize) == side
+    views = n_distinct_views(m.tta_modes, tuple(m.recipe.tta.scales), full_frame)
     return {"train_images": (n - n_val) * m.recipe.train.epochs, "predict_images": views * (n_val + plan.data["n_test"]),
             "views": views}
 

@@ -12,7 +12,8 @@ Softmax comes first and the merge works on probabilities: on raw logits ttach's 
 of negative numbers and give NaN.
 
 Each view is keyed by what it does to the image, so modes computed together (`predict_modes`) run a shared view
-once: `none` is the first view of `hflip`, and `flip`, `hflip` and `vflip` are all inside `d4`.
+once: `none` is the first view of `hflip`, and `flip`, `hflip` and `vflip` are all inside `d4`. When R = S
+(crop_pct 1.0, no tta.resize) every crop is the whole image: ten_crop's views are then hflip's two, run once each.
 """
 from __future__ import annotations
 
@@ -111,9 +112,10 @@ def n_views(mode: str, scales=DEFAULT_SCALES) -> int:
     return len(tta_transforms(mode, 1, scales))
 
 
-def n_distinct_views(modes, scales=DEFAULT_SCALES) -> int:
-    """Forward passes per image when `modes` are predicted together (shared views run once)."""
-    return len(_plan(list(dict.fromkeys(modes)), 8, scales).views)
+def n_distinct_views(modes, scales=DEFAULT_SCALES, full_frame: bool = False) -> int:
+    """Forward passes per image when `modes` are predicted together (shared views run once). full_frame: the
+    views are cut from images of the input size itself (crop_pct 1.0), where every crop is the whole image."""
+    return len(_plan(list(dict.fromkeys(modes)), 8, scales, full_frame).views)
 
 
 # A view in canonical form: (crop, scale, hflip, rotation in degrees). vflip is folded in, being
@@ -122,7 +124,8 @@ _ORIGINAL = ("center_crop", 1.0, False, 0)
 _STEP = {CenterCrop: 0, T.FiveCrops: 0, T.Scale: 1, T.HorizontalFlip: 2, T.VerticalFlip: 3, T.Rotate90: 4}
 
 
-def _view_key(transforms, params) -> tuple:
+def _view_key(transforms, params, full_frame: bool = False) -> tuple:
+    """The view's canonical form; full_frame: crops of the image's own size are the image (the centre crop)."""
     crop, scale, hflip, vflip, angle, last = "center_crop", 1.0, False, False, 0, -1
     for t, p in zip(transforms, params):
         step = _STEP.get(type(t))
@@ -132,7 +135,7 @@ def _view_key(transforms, params) -> tuple:
         if isinstance(t, CenterCrop):
             crop = "center_crop"
         elif isinstance(t, T.FiveCrops):
-            crop = p.func.__name__  # crop_lt, crop_lb, crop_rb, crop_rt, center_crop
+            crop = "center_crop" if full_frame else p.func.__name__  # crop_lt, crop_lb, crop_rb, crop_rt, center_crop
         elif isinstance(t, T.Scale):
             scale = float(p)
         elif isinstance(t, T.HorizontalFlip):
@@ -153,13 +156,16 @@ class _Plan:
     original: dict  # mode -> position of the un-augmented (centre crop) view among the mode's views
 
 
-def _plan(modes, input_size: int, scales) -> _Plan:
+def _plan(modes, input_size: int, scales, full_frame: bool = False) -> _Plan:
+    """The distinct views of `modes`, and each mode's rows among them. full_frame (images of the input size: crop_pct
+    1.0): five_crop's and ten_crop's crops are all the whole image, so they run once, as `none` and `hflip` do; a
+    mode still merges its ten rows (the same numbers as ten passes)."""
     views, index, per_mode, original = [], {}, {}, {}
     for mode in modes:
         compose = tta_transforms(mode, input_size, scales)
         rows = []
         for params, transformer in zip(compose.aug_transform_parameters, compose):
-            key = _view_key(compose.aug_transforms, params)
+            key = _view_key(compose.aug_transforms, params, full_frame)
             if key not in index:
                 index[key] = len(views)
                 views.append(transformer)
@@ -277,8 +283,9 @@ def predict_modes(model, loader, modes, merge: str = "mean", *, input_size: int,
         raise ValueError(f"max_batch_views must be >= 1, got {max_batch_views}")
     if original_weight is not None and not 0 <= original_weight <= 1:
         raise ValueError(f"original_weight must be in [0, 1], got {original_weight}")
-    plan = _plan(modes, input_size, scales)
-    weights = {m: _view_weights(len(rows), plan.original[m], original_weight) for m, rows in plan.modes.items()}
+    plans = {full: _plan(modes, input_size, scales, full) for full in (False, True)}
+    weights = {full: {m: _view_weights(len(rows), p.original[m], original_weight) for m, rows in p.modes.items()}
+               for full, p in plans.items()}
     device = torch.device(device)
     probs, index, groups = {m: [] for m in modes}, [], {}
     was_training = model.training
@@ -291,12 +298,14 @@ def predict_modes(model, loader, modes, merge: str = "mean", *, input_size: int,
                 if min(h, w) < input_size:
                     raise ValueError(f"images are {h}x{w}, smaller than the {input_size}x{input_size} views; the "
                                      f"loader must resize them to tta_resize(input_size, crop_pct, tta.resize)")
+                full = h == w == input_size  # every crop is the whole image
+                plan = plans[full]
                 if (h, w) not in groups:
                     groups[(h, w)] = _shape_groups(plan.views, images)
                 logp, max_batch_views = _views_log_probs(model, images, plan.views, groups[(h, w)], max_batch_views,
                                                          channels_last, amp_dtype, cpu_chunk_pixels, log)
                 for mode, view_rows in plan.modes.items():
-                    probs[mode].append(merge_views(logp[view_rows], merge, weights[mode]).cpu())
+                    probs[mode].append(merge_views(logp[view_rows], merge, weights[full][mode]).cpu())
                 index.append(torch.as_tensor(rows).cpu())
     finally:
         model.train(was_training)

@@ -40,7 +40,9 @@ def _init(root, tmp_path, **options):
     assert out.read_text() == text
     raw = yaml.safe_load(text)
     assert raw["model"]["backbone"] == "efficientnet_lite0" and raw["model"]["weights"] == "offline"
-    assert raw["ensemble"]["seeds"] == [0, 1, 2] and raw["tta"]["modes"] == ["none", "hflip", "ten_crop"]
+    assert raw["ensemble"]["seeds"] == [0, 1, 2]
+    full_frame = (raw.get("augment") or {}).get("crop_pct") == 1.0  # small images: ten_crop's crops = the image
+    assert raw["tta"]["modes"] == (["none", "hflip"] if full_frame else ["none", "hflip", "ten_crop"])
     loaded = load_recipe(out, overrides=TINY)
     sources, bad = load_checked_sources(loaded)
     assert bad == []

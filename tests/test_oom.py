@@ -134,9 +134,9 @@ def test_tta_halves_the_views_of_a_pass(imagefolder_spec):
     t = TrainSpec(epochs=1, batch_size=8)
     net, _, vl, _ = setup(imagefolder_spec, t)
     kw = dict(input_size=32, device="cpu", channels_last=False, max_batch_views=32, cpu_chunk_pixels=10 ** 9)
-    want, idx = predict_modes(net, vl, ["none", "ten_crop"], **kw)
+    want, idx = predict_modes(net, vl, ["none", "d4"], **kw)
     said, calls = [], []
-    got, idx2 = predict_modes(limit_rows(net, 6, calls), vl, ["none", "ten_crop"], log=said.append, **kw)
+    got, idx2 = predict_modes(limit_rows(net, 6, calls), vl, ["none", "d4"], log=said.append, **kw)
     np.testing.assert_array_equal(idx, idx2)
     for mode in want:
         np.testing.assert_allclose(got[mode], want[mode], rtol=1e-5, atol=1e-6)

@@ -111,6 +111,27 @@ def test_kit_plan_prints_the_plan_without_training(kaggle_root, tmp_path, env, m
     assert not (tmp_path / "runs").exists()  # a dry run writes nothing
 
 
+def test_an_unset_lr_is_the_resolved_strategys_default_stated_in_the_plan(kaggle_root, tmp_path, env):
+    """train.lr unset: each member's recipe in the plan states its strategy's default (LR_BY_STRATEGY), the
+    parameter groups carry it; a recipe's own lr is kept as it is."""
+    from kit.recipe import LR_BY_STRATEGY
+    assert LR_BY_STRATEGY["full"] != LR_BY_STRATEGY["finetune"]  # else this test proves nothing
+    recipe = _recipe(kaggle_root, tmp_path, train={"epochs": 1, "batch_size": 8, "warmup_epochs": 0}, ensemble={
+        "seeds": [0], "backbones": [{}, {"model": {"strategy": "finetune", "backbone_lr_scale": 0.1}},
+                                    {"train": {"lr": 5e-4}}]})
+    assert recipe.train.lr is None
+    plan = prepare_run(recipe, write=False).plan
+    full, finetune, own = plan.members
+    assert full.recipe.train.lr == LR_BY_STRATEGY["full"]
+    assert {g["lr"] for g in full.param_groups} == {LR_BY_STRATEGY["full"]}
+    assert finetune.recipe.train.lr == LR_BY_STRATEGY["finetune"]
+    assert sorted({g["lr"] for g in finetune.param_groups}) == pytest.approx(
+        [0.1 * LR_BY_STRATEGY["finetune"], LR_BY_STRATEGY["finetune"]])
+    assert own.recipe.train.lr == 5e-4 and {g["lr"] for g in own.param_groups} == {5e-4}
+    with pytest.raises(ValueError, match="resolve 'auto' first"):
+        recipe.train.lr_for("auto")
+
+
 def test_plan_json_is_reused_so_measured_choices_do_not_follow_the_machine_load(kaggle_root, tmp_path, env,
                                                                                  monkeypatch):
     """model.channels_last: null is timed once, in the plan; a rerun whose timing would come out the other way

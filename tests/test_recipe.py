@@ -23,7 +23,8 @@ def test_a_minimal_recipe_gives_the_defaults(tmp_path):
     r = load_recipe(write(tmp_path, "data: {source: digits}\n"))
     assert r.name == "r"  # the file's stem when the recipe has no name:
     assert r.data == DataSpec() and r.model == ModelSpec() and r.train == TrainSpec()
-    assert r.train.epochs == 10 and r.train.lr == 1e-3 and r.model.strategy == "finetune"
+    assert r.train.epochs == 10 and r.train.lr is None and r.model.strategy == "finetune"
+    assert r.train.lr_for("finetune") == 1e-3 and r.train.lr_for("full") == 3e-3
     assert r.run_dir == Path("runs") / "r"
 
 

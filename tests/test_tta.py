@@ -272,6 +272,23 @@ def test_predict_modes_reads_images_once_and_shares_views():
     assert sum(rows_run) == 10 * 8  # all of them are views of d4
 
 
+def test_crops_of_images_of_the_input_size_run_once():
+    """R = S (crop_pct 1.0): every crop is the whole image, so ten_crop runs hflip's two views, not ten, and gives
+    hflip's numbers (five_crop: none's); ten views are still run when the crops differ."""
+    model = make_model()
+    rows_run = []
+    counting = nn.Module()
+    counting.forward = lambda x: (rows_run.append(x.shape[0]), model(x))[1]
+    modes = ["none", "hflip", "five_crop", "ten_crop"]
+    p, _ = predict_modes(counting, make_loader(h=S, w=S), modes, input_size=S)
+    assert sum(rows_run) == 10 * 2
+    np.testing.assert_allclose(p["ten_crop"], p["hflip"], atol=1e-6)
+    np.testing.assert_allclose(p["five_crop"], p["none"], atol=1e-6)
+    rows_run.clear()
+    predict_modes(counting, make_loader(), modes, input_size=S)  # 37 px images: real crops
+    assert sum(rows_run) == 10 * 10
+
+
 @pytest.mark.parametrize("merge", MERGES)
 @pytest.mark.parametrize("mode", ["hflip", "d4", "five_crop", "ten_crop_vflip", "multiscale"])
 def test_original_weight_one_equals_none(mode, merge):

@@ -77,12 +77,13 @@ def param_groups(model: nn.Module, spec: ModelSpec, train: TrainSpec) -> list[di
     module docstring). All backbone parameters are in the optimizer from the start (frozen ones simply get no
     gradient), so that gradual unfreezing needs no new optimizer and its state resumes."""
     skip = set(getattr(model, "no_weight_decay", lambda: set())())
+    lr = train.lr_for(spec.strategy)
     if spec.strategy == "full" and spec.layer_decay is not None:
         groups = param_groups_layer_decay(model, weight_decay=train.weight_decay, no_weight_decay_list=skip,
                                           layer_decay=spec.layer_decay)
         for g in groups:
             g[LR_SCALE_KEY] = g.pop("lr_scale")
-            g["lr"] = train.lr * g[LR_SCALE_KEY]
+            g["lr"] = lr * g[LR_SCALE_KEY]
         return groups
     if hasattr(model, "get_classifier"):
         head = set(head_parameters(model))
@@ -96,6 +97,6 @@ def param_groups(model: nn.Module, spec: ModelSpec, train: TrainSpec) -> list[di
             continue
         key = (1.0 if is_head else backbone_scale, _no_decay(name, p, skip))
         buckets.setdefault(key, []).append(p)
-    return [{"params": ps, LR_SCALE_KEY: scale, "lr": train.lr * scale,
+    return [{"params": ps, LR_SCALE_KEY: scale, "lr": lr * scale,
              "weight_decay": 0.0 if no_decay else train.weight_decay}
             for (scale, no_decay), ps in buckets.items()]
