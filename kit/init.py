@@ -259,8 +259,8 @@ def render_recipe(name: str, root: Path, layout: Layout, sources, out="recipe.ya
 
 def work(labels, split_keys: dict, modes=TTA_MODES) -> dict:
     """Images through the model for the recipe kit init writes, per seed: trained per epoch (every fold's
-    training rows, and the refit's), predicted once (distinct TTA views x validation and test rows), validated
-    per epoch."""
+    training rows, and the refit's), predicted once (distinct views of the TTA `modes` x validation and test rows),
+    validated per epoch."""
     from kit.tta import n_distinct_views
     d = DataSpec().model_copy(update=split_keys)
     n = len(labels)
