@@ -36,7 +36,10 @@ BUDGET_MINUTES = 30.0  # kit init --budget: the wall time of `kit run` the epoch
 # here: benchmarks/bench_train.py measured 0.90-0.92x on this 2-core CPU
 LOADER_EFFICIENCY = 0.9
 FIXED_MINUTES = 1.0  # scan, decoded cache, plan, blend and submission of a run of ~10,000 images, measured here
-TIMED_STEPS, WARMUP_STEPS = 5, 2  # training steps (and prediction passes) timed, after warm-up steps
+# training steps (and prediction passes) timed one by one, after warm-up steps; the median step counts: the mean of 5
+# steps read 182 training images/s once, while short commands ran beside it, for members that then trained at
+# 203-241 (another run had timed 270), and kit init wrote 5 epochs where their speed fitted 6
+TIMED_STEPS, WARMUP_STEPS = 7, 2
 
 
 def init_recipe(data_dir, *, out=None, force: bool = False, label_column: Optional[str] = None,
@@ -343,14 +346,16 @@ def measure_speed(size: int, batch: Optional[int] = None, device: Optional[str] 
                 model.train(name == "train")
                 for _ in range(WARMUP_STEPS):  # the optimizer's state, the allocator's blocks
                     step()
-                if dev.type == "cuda":
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                for _ in range(TIMED_STEPS):
+                times = []
+                for _ in range(TIMED_STEPS):  # each step timed alone: the median ignores a step another job slowed
+                    if dev.type == "cuda":
+                        torch.cuda.synchronize()
+                    t0 = time.perf_counter()
                     step()
-                if dev.type == "cuda":
-                    torch.cuda.synchronize()
-                speeds[name] = TIMED_STEPS * rows / (time.perf_counter() - t0)
+                    if dev.type == "cuda":
+                        torch.cuda.synchronize()
+                    times.append(time.perf_counter() - t0)
+                speeds[name] = rows / float(np.median(times))
         known[key] = {**speeds, "what": f"{BACKBONE} at {size} px, batch {batch}, {dev.type}, "
                                         f"{torch.get_num_threads()} threads"}
         write_json_atomic(path, known)
