@@ -281,10 +281,8 @@ def tta_transform(member: MemberPlan):
     """The member's prediction transform: shorter side to R, the whole R x R square (R = kit.tta.tta_resize), from
     which kit.tta takes its views. Used by predict_member and kit.inference alike."""
     from kit.data import create_eval_transform
-    from kit.tta import tta_resize
-    cfg = member.data_config
-    r = tta_resize(cfg["input_size"], cfg["crop_pct"], member.recipe.tta.resize)
-    return create_eval_transform(cfg, resize=r, crop=r)
+    r = member.tta_side
+    return create_eval_transform(member.data_config, resize=r, crop=r)
 
 
 def tta_kwargs(member: MemberPlan, environment: dict, device) -> dict:

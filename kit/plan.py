@@ -51,6 +51,12 @@ class MemberPlan:
     refit_of: str | None = None  # data.refit: the validated member whose epochs, TTA and blend weight this one
     # takes, retrained on every labelled image; its test predictions replace that member's (never validated)
 
+    @property
+    def tta_side(self) -> int:
+        """R, the side of the square this member's TTA views are cut from (kit.tta.tta_resize)."""
+        from kit.tta import tta_resize
+        return tta_resize(self.data_config["input_size"], self.data_config["crop_pct"], self.recipe.tta.resize)
+
 
 @dataclass(frozen=True)
 class RunPlan:
@@ -279,12 +285,11 @@ def plan_run(recipe: Recipe, sources) -> RunPlan:
 def estimated_work(plan: RunPlan, m: MemberPlan) -> dict:
     """Images through the model for one member: training (epochs x training rows), and prediction (distinct TTA
     views x validation and test rows)."""
-    from kit.tta import n_distinct_views, tta_resize
+    from kit.tta import n_distinct_views
     n = plan.data["n_train"]
     n_val = round(n / plan.recipe.data.folds) if plan.recipe.data.split == "kfold" else \
         round(plan.recipe.data.holdout_fraction * n)
-    side = m.data_config["input_size"]  # kit's data config: the side, an int
-    full_frame = tta_resize(side, m.data_config["crop_pct"], m.recipe.tta.resize) == side
+    full_frame = m.tta_side == m.data_config["input_size"]  # every crop is the whole image
     views = n_distinct_views(m.tta_modes, tuple(m.recipe.tta.scales), full_frame)
     return {"train_images": (n - n_val) * m.recipe.train.epochs, "predict_images": views * (n_val + plan.data["n_test"]),
             "views": views}

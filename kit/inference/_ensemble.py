@@ -159,9 +159,7 @@ class Ensemble:
         """Seconds per 1,000 images, from a timing pass of `n` synthetic images through every model and the blend
         (after one warm-up image, which also builds the models); decoding files is not included."""
         from kit.data.sources import ImageTable
-        from kit.tta import tta_resize
-        side = max(tta_resize(m.data_config["input_size"], m.data_config["crop_pct"], m.recipe.tta.resize)
-                   for c in self.configs for m in c.members)
+        side = max(m.tta_side for c in self.configs for m in c.members)
         rng = np.random.default_rng(0)
         images = [rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for _ in range(n + 1)]
         table = ImageTable(np.arange(n + 1).astype(str), images, None, self.classes)
@@ -188,7 +186,7 @@ class Ensemble:
         for c in self.configs:
             for m in c.members:
                 bs = batch_size or m.recipe.train.batch_size * 2  # predict_member's batch
-                groups.setdefault((json.dumps(m.data_config, sort_keys=True), _resize(m), bs), []).append((c, m))
+                groups.setdefault((json.dumps(m.data_config, sort_keys=True), m.tta_side, bs), []).append((c, m))
         out, done, total = {}, 0, len(table) * len(groups)
         chunk = self.environment.get("tta_cpu_chunk_pixels")  # as the plan fixed it for predict_member
         for (_, _, bs), pairs in groups.items():
@@ -215,12 +213,6 @@ class Ensemble:
 
 
 # ---------------------------------------------------------------- one member, as kit.members.predict_member
-
-def _resize(member: MemberPlan) -> int:
-    from kit.tta import tta_resize
-    cfg = member.data_config
-    return tta_resize(cfg["input_size"], cfg["crop_pct"], member.recipe.tta.resize)
-
 
 def _transform(member: MemberPlan):
     from kit.members import tta_transform
