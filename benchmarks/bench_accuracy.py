@@ -96,6 +96,8 @@ def kit_recipe(root: Path, epochs: int, overrides: list[str], out_dir: Path):
     init_recipe(root, out=path, force=True, budget=None)
     fixed = [f"train.epochs={epochs}", "ensemble.seeds=[0]", "train.batch_size=64", "train.lr=1e-3",
              "train.label_smoothing=0.1", f"output_dir={out_dir / 'runs'}", f"leaderboard={out_dir / 'lb.sqlite'}"]
+    if isinstance(load_recipe(path).data.refit, list):  # refitted seeds: the one seed's refit only
+        fixed.append("data.refit=[0]")
     return load_recipe(path, fixed + list(overrides))
 
 
@@ -134,11 +136,33 @@ def default_recipe(root: Path, budget: float, overrides: list[str]) -> None:
         acc, n_test = accuracy(root, run / "submission.csv"), len(pd.read_csv(run / "submission.csv"))
         report = json.loads((run / "ensemble" / "report.json").read_text()) \
             if (run / "ensemble" / "report.json").exists() else {}
+        members = member_accuracies(root, run)
     print(f"\n{root}: kit init --budget {budget:g}, then kit run, as they are (overrides: {overrides or 'none'}); "
           f"{torch.get_num_threads()} threads, load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after")
     print("\n".join(f"  | {line}" for line in recipe.splitlines() if "epochs" in line))
+    for name, (val, test) in members.items():
+        print(f"  member {name}: validation {val}, test {test}")
     print(f"  kit test accuracy {acc:.4f} (all {n_test:,} test images)  {minutes:.1f} min (budget {budget:g})"
           + (f"  blend {report.get('chosen')}" if report else ""))
+
+
+def member_accuracies(root: Path, run: Path) -> dict:
+    """Each member's validation score and test accuracy by TTA mode (from its done.json and saved predictions):
+    what the blend and the refits are made of."""
+    import json
+    from kit.predictions import load_predictions
+    sol = _solution(root).set_index("image_id")
+    out = {}
+    for d in sorted((run / "members").iterdir()):
+        done = json.loads((d / "done.json").read_text())
+        val = ", ".join(f"{m} {s['accuracy']:.4f}" for m, s in done.get("scores", {}).items()) or "none (refit)"
+        tests = []
+        for f in sorted((d / "preds").glob("test_*.npz")):
+            p = load_predictions(f)
+            truth = sol.loc[list(p.ids), "label"].to_numpy()
+            tests.append(f"{f.stem[5:]} {np.mean(np.asarray(p.classes)[p.probs.argmax(1)] == truth):.4f}")
+        out[d.name] = (val, ", ".join(tests))
+    return out
 
 
 def main(argv=None) -> None:

@@ -155,17 +155,18 @@ def _task_options(ray, member, cpus: float, runtime_env: dict) -> dict:
 
 
 def _train_ray(ray, ctx, members, resume: bool, cpus: float, runtime_env: dict, log) -> list[dict]:
-    """The members of one pseudo-label round at once, round after round (each learns from the one before)."""
+    """The members of one pseudo-label round at once, round after round (each learns from the one before); a
+    round's refits (data.refit) after its validated members, whose chosen epochs they train for."""
     from ray.util.queue import Queue
     task = ray.remote(member_task)
     lines = Queue(actor_options={"num_cpus": 0})  # the tasks' log lines, logged here as they come
     args = (str(Path(ctx.run_dir).resolve()), os.getcwd(), resume, lines)
     records = {}
     try:
-        for rnd in sorted({m.round for m in members}):
+        for rnd, refit in sorted({(m.round, m.refit_of is not None) for m in members}):
             _teach_round(ctx, rnd, log)
-            refs = _submit(ray, task, ctx, [m for m in members if m.round == rnd], args, records, cpus,
-                           runtime_env, log)
+            wave = [m for m in members if m.round == rnd and (m.refit_of is not None) == refit]
+            refs = _submit(ray, task, ctx, wave, args, records, cpus, runtime_env, log)
             records.update(_collect(ray, ctx, refs, lines, log))  # raises for failed members: no later round
     finally:
         lines.shutdown()

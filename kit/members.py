@@ -362,16 +362,16 @@ def available_modes(run_dir, members: list[MemberPlan], done: dict) -> list[str]
 
 
 def config_predictions(run_dir, members: list[MemberPlan], tta: str, *, need_test: bool = True,
-                       refit: MemberPlan | None = None) -> tuple[Predictions, Predictions | None]:
+                       refits: list[MemberPlan] = ()) -> tuple[Predictions, Predictions | None]:
     """Out-of-fold predictions of one configuration (its fold models' validation rows put together: each
     labelled image once) and its test predictions (the fold models' probabilities averaged, or those of the
-    member `refit` on every labelled image when data.refit made one)."""
+    members `refits` trained on every labelled image when data.refit made them)."""
     oofs = [load_predictions(pred_path(run_dir, m.name, "oof", tta)) for m in members]
     oof = Predictions(np.concatenate([p.ids for p in oofs]), np.concatenate([p.probs for p in oofs]),
                       oofs[0].classes, np.concatenate([p.labels for p in oofs]))
     if not need_test:
         return oof, None
-    test_members = [refit] if refit is not None else members
+    test_members = list(refits) or members
     test_files = [pred_path(run_dir, m.name, "test", tta) for m in test_members]
     missing = [(m, f) for m, f in zip(test_members, test_files) if not f.exists()]
     if missing:

@@ -85,9 +85,10 @@ class RunPlan:
                 out.setdefault(m.config, []).append(m)
         return out
 
-    def refit_of(self, config: str) -> MemberPlan | None:
-        """The member refitted on all labelled images for this configuration (data.refit), if any."""
-        return next((m for m in self.members if m.refit_of is not None and m.config == config), None)
+    def refits(self, config: str) -> list[MemberPlan]:
+        """The members refitted on all labelled images for this configuration (data.refit: one per seed
+        of a list of seeds), whose test predictions replace its fold members'; [] without refit."""
+        return [m for m in self.members if m.refit_of is not None and m.config == config]
 
 
 # ---------------------------------------------------------------- making a plan
@@ -206,8 +207,7 @@ def make_plan(recipe: Recipe, sources) -> RunPlan:
                                               tta_modes=modes, weights=r.model.weights, round=rnd, **d))
     if recipe.data.refit and recipe.data.split == "holdout":  # each validated member again, on every image
         last = max(m.round for m in members)
-        members += [MemberPlan(**{**m.__dict__, "name": f"{m.config}-refit", "fold": -1, "refit_of": m.name})
-                    for m in members if m.round == last]
+        members += [refit for m in members if m.round == last for refit in _refits(m, recipe)]
     # a round trains after the one it learns from; a refit after the member it repeats
     members.sort(key=lambda m: (m.round, m.refit_of is not None, m.index))
     members = [MemberPlan(**{**m.__dict__, "index": i}) for i, m in enumerate(members)]
@@ -217,6 +217,19 @@ def make_plan(recipe: Recipe, sources) -> RunPlan:
     data = {"n_train": len(sources.train), "n_test": 0 if sources.test is None else len(sources.test),
             "classes": list(sources.train.classes)}
     return RunPlan(recipe, recipe_hash(recipe), tuple(members), folds, env, data, advice)
+
+
+def _refits(m: MemberPlan, recipe: Recipe) -> list[MemberPlan]:
+    """Validated member `m` trained again on every labelled image, once per seed of data.refit (true: its own
+    seed): <config>-refit for its own seed, <config>-refit-s<seed> for another."""
+    out = []
+    for seed in [m.seed] if recipe.data.refit is True else recipe.data.refit:
+        r = m.recipe if seed == m.seed else m.recipe.with_overrides({"train.seed": seed},
+                                                                    source=f"plan of {recipe.name}")
+        name = f"{m.config}-refit" + ("" if seed == m.seed else f"-s{seed}")
+        out.append(MemberPlan(**{**m.__dict__, "name": name, "seed": seed, "recipe": r, "fold": -1,
+                                 "refit_of": m.name}))
+    return out
 
 
 def _jsonable(d: dict) -> dict:
@@ -284,11 +297,11 @@ def plan_run(recipe: Recipe, sources) -> RunPlan:
 
 def estimated_work(plan: RunPlan, m: MemberPlan) -> dict:
     """Images through the model for one member: training (epochs x training rows), and prediction (distinct TTA
-    views x validation and test rows)."""
+    views x validation and test rows). A refit trains on every row, at most for the planned epochs."""
     from kit.tta import n_distinct_views
     n = plan.data["n_train"]
-    n_val = round(n / plan.recipe.data.folds) if plan.recipe.data.split == "kfold" else \
-        round(plan.recipe.data.holdout_fraction * n)
+    n_val = 0 if m.refit_of is not None else round(n / plan.recipe.data.folds) \
+        if plan.recipe.data.split == "kfold" else round(plan.recipe.data.holdout_fraction * n)
     full_frame = m.tta_side == m.data_config["input_size"]  # every crop is the whole image
     views = n_distinct_views(m.tta_modes, tuple(m.recipe.tta.scales), full_frame)
     return {"train_images": (n - n_val) * m.recipe.train.epochs, "predict_images": views * (n_val + plan.data["n_test"]),
@@ -329,6 +342,15 @@ def format_plan(plan: RunPlan) -> list[str]:
                          f"weight decay {g['weight_decay']:.3g}")
         lines.append(f"  TTA modes {', '.join(m.tta_modes)} (choice: {mr.tta.mode}); about {work['train_images']:,} "
                      f"training and {work['predict_images']:,} prediction images a member")
+        refits = plan.refits(cfg)
+        if refits:
+            rw = estimated_work(plan, refits[0])
+            total_train += rw["train_images"] * len(refits)
+            total_pred += rw["predict_images"] * len(refits)
+            lines.append(f"  refit on all {plan.data['n_train']:,} labelled images for the epochs the holdout keeps, "
+                         f"predicting the test images: {', '.join(x.name for x in refits)} (seed "
+                         f"{', '.join(str(x.seed) for x in refits)}; index {', '.join(str(x.index) for x in refits)}); "
+                         f"at most {rw['train_images']:,} training and {rw['predict_images']:,} prediction images each")
     lines.append(f"total: {len(plan.members)} members; about {total_train:,} training and {total_pred:,} prediction "
                  f"images through the model; blending {', '.join(r.ensemble.methods)} (choice: {r.ensemble.choose})")
     return lines

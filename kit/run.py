@@ -29,6 +29,7 @@ class ConfigResult:
     tta: str  # the mode chosen by kit.members.choose_tta
     oof: Predictions = field(repr=False)
     test: Predictions | None = field(repr=False)
+    refits: tuple = ()  # data.refit: the members trained on every labelled image whose mean is `test`
 
 
 @dataclass
@@ -117,8 +118,10 @@ def collect(ctx: RunContext, *, need_test: bool = True, round: int | None = None
             raise RunDirError(f"tta.mode {fixed} was not predicted for {config}; run kit predict {ctx.run_dir} "
                               f"--tta {fixed}")
         tta = choose_tta(tta_scores, metric, fixed)
-        oof, test = config_predictions(ctx.run_dir, ms, tta, need_test=need_test, refit=ctx.plan.refit_of(config))
-        configs.append(ConfigResult(config, ms[0].recipe.model.backbone, ms[0].seed, tta_scores, tta, oof, test))
+        refits = ctx.plan.refits(config)
+        oof, test = config_predictions(ctx.run_dir, ms, tta, need_test=need_test, refits=refits)
+        configs.append(ConfigResult(config, ms[0].recipe.model.backbone, ms[0].seed, tta_scores, tta, oof, test,
+                                    tuple(m.name for m in refits)))
     return configs, pending
 
 
@@ -264,6 +267,7 @@ def summary_dict(s: Summary) -> dict:
          "wall_time_s": s.wall_time_s, "pending": s.pending,
          "submission": str(s.submission) if s.submission else None,
          "members": {c.config: c.tta_scores for c in s.configs},
+         "refits": {c.config: list(c.refits) for c in s.configs if c.refits},
          "member_mean": float(np.mean(scores)) if scores else None,
          "member_std": float(np.std(scores)) if scores else None,
          "best_member": best.config if best else None,

@@ -211,3 +211,32 @@ def test_a_feature_extraction_member_travels_with_its_head_file(exported, tmp_pa
     out = tmp_path / "svm.csv"
     assert main(["predict", str(bundle), "--images", str(t.test), "--sample", str(t.sample), "--output", str(out)]) == 0
     assert out.read_text() == (run_dir / "submission.csv").read_text()
+
+
+def test_a_refit_run_predicts_and_exports_with_its_refitted_members(exported, tmp_path, monkeypatch):
+    """data.refit: [0, 1]: one validated seed, two members refitted on every image, whose test probabilities
+    (averaged) are the submission. New images are predicted, by the run and by its bundle, with those two models,
+    scored by the validated one (kit.load looked for out-of-fold files of the refits, which have none: this
+    failed before)."""
+    t = exported
+    monkeypatch.chdir(tmp_path)
+    recipe = tiny_recipe(tmp_path, t.root, name="refit", data={"refit": [0, 1]},
+                         ensemble={"seeds": [0]})
+    summary = R.run(recipe, log=quiet)
+    run_dir = recipe.run_dir
+    refits = ["test_resnet-s0-refit", "test_resnet-s0-refit-s1"]
+    expected = summary.configs[0].test
+    tests = [load_predictions(run_dir / "members" / n / "preds" / f"test_{summary.configs[0].tta}.npz") for n in refits]
+    np.testing.assert_allclose(expected.probs, np.mean([p.reorder(expected.ids).probs for p in tests], axis=0),
+                               rtol=1e-6)
+    bundle = export_bundle(run_dir, tmp_path / "refit_bundle")
+    assert sorted(p.name for p in (bundle / "members").iterdir()) == refits  # the validated member stays behind
+    for path in (run_dir, bundle):
+        ens = kit.load(path)
+        (config,) = ens.configs
+        assert [m.name for m in config.members] == refits and config.score == summary.configs[0].tta_scores[config.tta]
+        probs = ens.predict(t.test)
+        np.testing.assert_allclose(probs.loc[expected.ids].to_numpy(), expected.probs, **TOL)
+    out = tmp_path / "refit.csv"
+    assert main(["predict", str(bundle), "--images", str(t.test), "--sample", str(t.sample), "--output", str(out)]) == 0
+    assert out.read_text() == (run_dir / "submission.csv").read_text()

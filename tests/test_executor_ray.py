@@ -155,6 +155,22 @@ def test_dead_workers_retried_once_then_reported_by_name(local_ray, kaggle_root,
     assert R.finish(ctx).submission.exists()
 
 
+def test_refits_go_out_after_the_members_they_repeat(local_ray, kaggle_root, here):
+    """data.refit: a refit trains for the epochs its validated member kept, so it is sent once that one has
+    finished (sent together, the refits failed: 'train test_resnet-s0-f0 first')."""
+    raw = grid(kaggle_root, here, "refit", seeds=(0,))
+    raw["data"].update(split="holdout", refit=[0, 1])
+    raw["train"]["epochs"] = 2
+    ctx = prepare_run(recipe_from_dict(raw))
+    lines = []
+    records = train_members(ctx, ctx.plan.members, "ray", log=lines.append)
+    assert [r["member"] for r in records] == ["test_resnet-s0-f0", "test_resnet-s0-refit", "test_resnet-s0-refit-s1"]
+    sent = [i for i, line in enumerate(lines) if "sent to Ray" in line]
+    finished = next(i for i, line in enumerate(lines) if line.startswith("member test_resnet-s0-f0: "))
+    assert sent[0] < finished < sent[1]
+    assert {r["epochs"] for r in records[1:]} == {records[0]["best_epoch"] + 1}
+
+
 def test_without_ray_the_error_says_how_to_install_it(monkeypatch, kaggle_root, here, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails as if it were not installed
     ctx = prepare_run(recipe_from_dict(grid(kaggle_root, here, "noray", seeds=(0,))))

@@ -40,7 +40,10 @@ def _init(root, tmp_path, **options):
     assert out.read_text() == text
     raw = yaml.safe_load(text)
     assert raw["model"]["backbone"] == "efficientnet_lite0" and raw["model"]["weights"] == "offline"
-    assert raw["ensemble"]["seeds"] == [0, 1, 2]
+    if raw["data"].get("split") == "holdout":  # one seed validates, three refitted on every image submit
+        assert raw["ensemble"]["seeds"] == [0] and raw["data"]["refit"] == [0, 1, 2]
+    else:
+        assert raw["ensemble"]["seeds"] == [0, 1, 2] and "refit" not in raw["data"]
     full_frame = (raw.get("augment") or {}).get("crop_pct") == 1.0  # small images: ten_crop's crops = the image
     assert raw["tta"]["modes"] == (["none", "hflip"] if full_frame else ["none", "hflip", "ten_crop"])
     loaded = load_recipe(out, overrides=TINY)
@@ -175,8 +178,9 @@ def test_split_kfold_for_small_data_holdout_for_large():
     keys, why = split(np.arange(300) % 3, ("a", "b", "c"))
     assert keys == {"split": "kfold"} and "300 labelled images" in why
     keys, why = split(np.arange(3000) % 3, ("a", "b", "c"))
-    assert keys == {"split": "holdout", "refit": True} and "600" in why  # 20% of 3,000 validate
-    assert "all 3,000 images" in why  # the holdout members are refitted on every image for the submission
+    assert keys == {"split": "holdout", "refit": [0, 1, 2]} and "600" in why  # 20% of 3,000 validate
+    assert "seeds [0, 1, 2] each train on all 3,000 images" in why  # refitted on every image for the submission
+    assert "saves 30% of the training" in why  # 2,400 + 3 x 3,000 against 3 x (2,400 + 3,000) images an epoch
     keys, _ = split(np.array([0, 0, 0, 1, 1, 1, 1, 1]), ("a", "b"))
     assert keys == {"split": "kfold", "folds": 3}  # the smallest class has 3 images
 
@@ -279,14 +283,15 @@ def test_cli_writes_the_recipe_and_prints_its_plan(kaggle_root, tmp_path, capsys
 
 def test_epochs_fit_the_budget():
     labels = np.arange(10_000) % 10
-    w = work(labels, {"split": "holdout", "refit": True})
-    assert w["train"] == 8_000 + 10_000 and w["validate"] == 2_000 and w["refit"]
+    w = work(labels, {"split": "holdout", "refit": [0, 1, 2]})  # one validated seed, three refits
+    assert w["train"] == 8_000 + 3 * 10_000 and w["validate"] == 2_000 and w["refit"] and w["test_members"] == 4
+    assert work(labels, {"split": "holdout", "refit": True})["train"] == 3 * (8_000 + 10_000)  # 3 seeds, each refit
     speed = {"train": 100.0, "predict": 1000.0, "what": "test"}
-    epoch_s = 3 * (18_000 / (100 * kit_init.LOADER_EFFICIENCY) + 2_000 / 1000)
-    predict_s = 3 * w["views"] * (2_000 + 2 * 2_000) / 1000  # validation + the member's and its refit's test
+    epoch_s = 38_000 / (100 * kit_init.LOADER_EFFICIENCY) + 2_000 / 1000
+    predict_s = w["views"] * (2_000 + 4 * 2_000) / 1000  # validation + the test images by the member and its refits
     epochs, why = epochs_for_budget(60, speed, w, n_test=2_000)
     assert epochs == int((3600 - 60 * kit_init.FIXED_MINUTES - predict_s) // epoch_s) and 1 < epochs < 10
-    assert f"{epochs} epochs fit the 60-minute budget" in why and "holdout + refit" in why
+    assert f"{epochs} epochs fit the 60-minute budget" in why and "1 seed x 8,000 training images + 3 refits x 10,000" in why
     assert "The default 10 epochs would take about" in why
     epochs, why = epochs_for_budget(1, speed, w, n_test=2_000)
     assert epochs == 1 and "over the 1-minute budget" in why
@@ -296,7 +301,7 @@ def test_epochs_fit_the_budget():
 
 def test_kfold_work_counts_every_fold():
     w = work(np.arange(1_000) % 5, {"split": "kfold"})
-    assert w["train"] == 5 * 800 and w["validate"] == 1_000 and not w["refit"] and w["members"] == 5
+    assert w["train"] == 3 * 5 * 800 and w["validate"] == 3 * 1_000 and not w["refit"] and w["test_members"] == 15
 
 
 def test_budget_writes_train_epochs_and_zero_leaves_the_default(kaggle_root, tmp_path, capsys):

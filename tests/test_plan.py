@@ -281,7 +281,8 @@ def test_summary_says_when_the_best_member_is_kept(capsys, tmp_path):
     assert R.summary_dict(R.Summary(tmp_path, "accuracy", configs, methods, "best", None, 1.0, []))["best_member_kept"]
 
 
-def test_refit_retrains_each_holdout_member_on_every_image_for_its_chosen_epochs(kaggle_root, tmp_path, env):
+def test_refit_retrains_each_holdout_member_on_every_image_for_its_chosen_epochs(kaggle_root, tmp_path, env,
+                                                                                  capsys):
     import pandas as pd
     recipe = _recipe(kaggle_root, tmp_path, **{"data.refit": True, "train.epochs": 2})
     summary = R.run(recipe, log=quiet)
@@ -298,11 +299,39 @@ def test_refit_retrains_each_holdout_member_on_every_image_for_its_chosen_epochs
         assert not pred_path(ctx.run_dir, m.name, "oof", "none").exists()
     # the submission's test probabilities are the refitted members', at the validated members' TTA and weights
     for c in summary.configs:
-        refit = ctx.plan.refit_of(c.config)
+        (refit,) = ctx.plan.refits(c.config)
         np.testing.assert_allclose(c.test.probs, load_predictions(pred_path(ctx.run_dir, refit.name, "test",
                                                                              c.tta)).probs, rtol=1e-6)
     rows = query(recipe.leaderboard, kind="member")
     assert set(rows[rows["score"].isna()]["name"]) == {"test_resnet-s0-refit", "test_resnet-s1-refit"}
+    assert R.summary_dict(summary)["refits"] == {"test_resnet-s0": ["test_resnet-s0-refit"],
+                                                 "test_resnet-s1": ["test_resnet-s1-refit"]}
+    from kit.cli._commands import print_summary
+    print_summary(summary)  # says what the submission is made of
+    out = " ".join(capsys.readouterr().out.split())
+    assert "test predictions of test_resnet-s0: its refit on every labelled image, at" in out
+
+
+def test_refit_with_seeds_refits_each_validated_member_once_per_seed(kaggle_root, tmp_path, env):
+    """One validated seed, three refitted ones (data.refit: [0, 5, 7], Kaggle practice): named by seed, each with
+    its own train.seed, after the member they repeat; listed by kit plan and counted in its work."""
+    recipe = _recipe(kaggle_root, tmp_path, **{"data.refit": [0, 5, 7], "ensemble": {"seeds": [0]}})
+    plan = prepare_run(recipe).plan
+    assert [(m.name, m.seed, m.recipe.train.seed, m.refit_of) for m in plan.members] == [
+        ("test_resnet-s0-f0", 0, 0, None), ("test_resnet-s0-refit", 0, 0, "test_resnet-s0-f0"),
+        ("test_resnet-s0-refit-s5", 5, 5, "test_resnet-s0-f0"), ("test_resnet-s0-refit-s7", 7, 7, "test_resnet-s0-f0")]
+    assert [m.name for m in plan.refits("test_resnet-s0")] == [m.name for m in plan.members[1:]]
+    assert list(plan.configs()) == ["test_resnet-s0"]  # refits are no configuration of their own
+    n, n_val = plan.data["n_train"], round(0.2 * plan.data["n_train"])
+    lines = kit.plan.format_plan(plan)  # kit plan shows them and counts their work (at most the planned epochs)
+    (refit_line,) = [line for line in lines if "refit on all" in line]
+    assert "test_resnet-s0-refit, test_resnet-s0-refit-s5, test_resnet-s0-refit-s7 (seed 0, 5, 7" in refit_line
+    assert f"at most {n:,} training" in refit_line
+    assert f"about {(n - n_val) + 3 * n:,} training" in lines[-1]
+    assert recipe_from_dict({**recipe.to_dict(), "data": {**recipe.to_dict()["data"], "refit": True}}).data.refit is True
+    for bad, why in (([1, 1], "seeds must be distinct"), ([], "at least one seed")):
+        with pytest.raises(KitError, match=rf"data.refit.*{why}"):
+            _recipe(kaggle_root, tmp_path, **{"data.refit": bad})
 
 
 def test_a_member_being_trained_elsewhere_is_skipped_not_trained_twice(kaggle_root, tmp_path, env):

@@ -328,6 +328,11 @@ def print_summary(s) -> None:
         else:
             console.print(f"chosen: {s.chosen}; gain over the best member: {d['gain_nested']:+.4f} nested, "
                           f"{d['gain_oof']:+.4f} out-of-fold")
+    for c in s.configs:
+        if c.refits:
+            what = "its refit" if len(c.refits) == 1 else f"the mean of its {len(c.refits)} refits"
+            console.print(f"test predictions of {c.config}: {what} on every labelled image, at {c.tta} "
+                          f"({', '.join(c.refits)}; not validated)", highlight=False)
     if s.bad_images:
         console.print(f"[yellow]{s.bad_images} bad images left out[/] (data.bad_images: skip): "
                       f"{s.run_dir / 'bad_images.csv'}")

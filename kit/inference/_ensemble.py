@@ -35,7 +35,7 @@ class Config:
     tta: str
     weight: float
     score: float | None  # pooled out-of-fold score (the run's metric) at `tta`; None after a TTA override
-    members: tuple  # MemberPlan of each fold model
+    members: tuple  # MemberPlan of each model it predicts with: its fold models, or its refits (data.refit)
     temperature: float | None = None  # ensemble.temperature: fitted on the pooled out-of-fold rows
 
 

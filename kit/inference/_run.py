@@ -68,16 +68,16 @@ def load_run(run_dir) -> Ensemble:
         raise RunDirError(f"{len(pending)} of {len(members)} members of {run_dir} are not finished "
                           f"({', '.join(m.name for m in pending[:3])}{', ...' * (len(pending) > 3)}); train them "
                           f"with: kit train {run_dir} --member {','.join(str(m.index) for m in pending)} --resume")
-    by_config: dict = {}
+    by_config, refits = {}, {}  # validated fold members; those refitted on every image (data.refit), which predict
     for m in members:
-        by_config.setdefault(m.config, []).append(m)
+        (by_config if m.refit_of is None else refits).setdefault(m.config, []).append(m)
     blend, weights, ttas = _run_choice(run_dir, by_config, done, recipe.train.metric)
-    configs = _configs(run_dir, by_config, ttas, weights, recipe, blend.method)
+    configs = _configs(run_dir, by_config, ttas, weights, recipe, blend.method, refits)
     kept = [c for c in configs if blend.method == "stack" or c.weight >= WEIGHT_EPS]
     if len(kept) < len(configs):
         total = sum(c.weight for c in kept)
         kept = [replace(c, weight=c.weight / total) for c in kept]
-    files = {m.name: member_dir(run_dir, m.name) / "best.pt" for m in members}
+    files = {m.name: member_dir(run_dir, m.name) / "best.pt" for c in configs for m in c.members}
     left_out = [c.name for c in configs if c.name not in {k.name for k in kept}]
     return Ensemble(run_dir, "run", recipe, raw["data"]["classes"], kept, blend, files, versions(),
                     raw.get("environment", {}), left_out)
@@ -111,9 +111,10 @@ def _choose_tta(run_dir, ms, done, metric):
     return choose_tta(scores, metric, ms[0].recipe.tta.mode)
 
 
-def _configs(run_dir, by_config, ttas, weights, recipe: Recipe, method) -> list[Config]:
+def _configs(run_dir, by_config, ttas, weights, recipe: Recipe, method, refits: dict) -> list[Config]:
     """Each configuration with its pooled out-of-fold score and, under ensemble.temperature, its temperature
-    fitted as kit.run.blend fits it (rows in the order of the first configuration's)."""
+    fitted as kit.run.blend fits it (rows in the order of the first configuration's). Its models are its
+    refitted members when data.refit made them (they made the run's test predictions), else its fold members."""
     from kit import ensemble as E
     from kit.members import config_predictions
     oofs = {name: config_predictions(run_dir, ms, ttas[name], need_test=False)[0] for name, ms in by_config.items()}
@@ -123,5 +124,5 @@ def _configs(run_dir, by_config, ttas, weights, recipe: Recipe, method) -> list[
         oof = oofs[name].reorder(ids)
         temperature = E.temperature_scale(oof.probs, oof.labels) if method and recipe.ensemble.temperature else None
         out.append(Config(name, ttas[name], weights[name], M.score(recipe.train.metric, oof.labels, oof.probs),
-                          tuple(ms), temperature))
+                          tuple(refits.get(name) or ms), temperature))
     return out

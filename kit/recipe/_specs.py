@@ -34,6 +34,18 @@ def _image_side(v: Optional[int], what: str) -> Optional[int]:
     return v
 
 
+def _distinct(seeds: Optional[list]) -> Optional[list]:
+    # members are named and stored by seed: a repeated seed would be one member counted twice
+    if seeds is None:
+        return seeds
+    if not seeds:
+        raise ValueError("at least one seed is needed, e.g. [0]")
+    dup = sorted({s for s in seeds if seeds.count(s) > 1})
+    if dup:
+        raise ValueError(f"seeds must be distinct; {dup} repeat{'s' * (len(dup) == 1)}")
+    return seeds
+
+
 class DataSpec(Spec):
     source: Literal["digits", "imagefolder", "kaggle"] = "digits"
     root: Optional[str] = None  # folder of an imagefolder / kaggle dataset, relative to the current directory
@@ -64,8 +76,16 @@ class DataSpec(Spec):
     bad_images: Literal["fail", "skip"] = "fail"
     # holdout only: after the holdout has chosen each member's epochs, TTA mode and blend weight, train it again on
     # every labelled image for those epochs (members <config>-refit) and predict the test images with that one
-    # (Kaggle practice: 25 % more data for the submission); its validated twin keeps the scores.
-    refit: bool = False
+    # (Kaggle practice: 25 % more data for the submission); its validated twin keeps the scores. A list of seeds
+    # refits each validated member once per seed (<config>-refit for its own seed, <config>-refit-s<seed> for
+    # another), their test probabilities averaged: validate one seed (ensemble.seeds: [0]) and submit several
+    # (refit: [0, 1, 2]), as Kaggle competitors do.
+    refit: Union[bool, list[Seed]] = False
+
+    @field_validator("refit")
+    @classmethod
+    def _distinct_refit_seeds(cls, v):
+        return v if isinstance(v, bool) else _distinct(v)
 
     @field_validator("digits_size")
     @classmethod
@@ -243,15 +263,7 @@ class EnsembleSpec(Spec):
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, v):
-        # members are named and stored by seed: a repeated seed would be one member counted twice
-        if v is None:
-            return v
-        if not v:
-            raise ValueError("at least one seed is needed, e.g. [0]")
-        dup = sorted({s for s in v if v.count(s) > 1})
-        if dup:
-            raise ValueError(f"seeds must be distinct; {dup} repeat{'s' * (len(dup) == 1)}")
-        return v
+        return _distinct(v)
 
     @field_validator("methods")
     @classmethod
