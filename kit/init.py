@@ -281,12 +281,12 @@ def work(labels, split_keys: dict, modes=TTA_MODES) -> dict:
     n, seeds = len(labels), len(validated_seeds(split_keys))
     views = n_distinct_views(modes)
     if d.split == "kfold":
-        n_val, members, refits = n, d.folds, 0  # every image validates once over the folds
+        n_val, members = n, d.folds  # every image validates once over the folds
         train = d.folds * n - n
     else:
         n_val, members = math.ceil(d.holdout_fraction * n), 1
-        refits = 0 if not d.refit else seeds if d.refit is True else len(d.refit)
         train = n - n_val
+    refits = sum(len(d.refit_seeds(seed)) for seed in validated_seeds(split_keys))
     what = (f"{seeds} seed{'s' * (seeds > 1)} x {train:,} training images" + (f" + {refits} refit{'s' * (refits > 1)} "
             f"x {n:,}" if refits else ""))
     return {"train": seeds * train + refits * n, "validate": seeds * n_val, "predict_views": seeds * views * n_val,

@@ -205,9 +205,8 @@ def make_plan(recipe: Recipe, sources) -> RunPlan:
                     config = f"{names[b]}-s{seed}" + (f"-r{rnd}" if rnd else "")
                     members.append(MemberPlan(len(members), f"{config}-f{fold}", config, b, seed, fold, rs,
                                               tta_modes=modes, weights=r.model.weights, round=rnd, **d))
-    if recipe.data.refit and recipe.data.split == "holdout":  # each validated member again, on every image
-        last = max(m.round for m in members)
-        members += [refit for m in members if m.round == last for refit in _refits(m, recipe)]
+    last = max(m.round for m in members)  # data.refit: each validated member of the last round, on every image
+    members += [refit for m in members if m.round == last for refit in _refits(m, recipe)]
     # a round trains after the one it learns from; a refit after the member it repeats
     members.sort(key=lambda m: (m.round, m.refit_of is not None, m.index))
     members = [MemberPlan(**{**m.__dict__, "index": i}) for i, m in enumerate(members)]
@@ -223,7 +222,7 @@ def _refits(m: MemberPlan, recipe: Recipe) -> list[MemberPlan]:
     """Validated member `m` trained again on every labelled image, once per seed of data.refit (true: its own
     seed): <config>-refit for its own seed, <config>-refit-s<seed> for another."""
     out = []
-    for seed in [m.seed] if recipe.data.refit is True else recipe.data.refit:
+    for seed in recipe.data.refit_seeds(m.seed):
         r = m.recipe if seed == m.seed else m.recipe.with_overrides({"train.seed": seed},
                                                                     source=f"plan of {recipe.name}")
         name = f"{m.config}-refit" + ("" if seed == m.seed else f"-s{seed}")

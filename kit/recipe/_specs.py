@@ -87,6 +87,13 @@ class DataSpec(Spec):
     def _distinct_refit_seeds(cls, v):
         return v if isinstance(v, bool) else _distinct(v)
 
+    def refit_seeds(self, seed: int) -> list[int]:
+        """The seeds a validated member of seed `seed` is refitted with: [] without refit (or with k-fold), [seed] for
+        refit: true, else the listed seeds."""
+        if not self.refit or self.split != "holdout":
+            return []
+        return [seed] if self.refit is True else list(self.refit)
+
     @field_validator("digits_size")
     @classmethod
     def _digits_fit_in_memory(cls, v):
