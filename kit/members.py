@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -341,17 +342,49 @@ def predict_rows(ctx: RunContext, member: MemberPlan, model, cfg, device, channe
     return by_mode["none"][[order[int(row)] for row in rows]]
 
 
-def choose_tta(scores: dict, metric: str, fixed: str = "auto") -> str:
-    """The one TTA rule: `fixed` (tta.mode) when set, else the mode with the best pooled out-of-fold score among
-    `scores` ({mode: score}); `none` is a candidate whenever it was predicted, and wins ties."""
+TTA_NOISE_SE = 2.0  # a mode's lead on the metric counts when over this many paired standard errors
+
+
+class TTAChoice(NamedTuple):
+    mode: str
+    why: str  # one line for the run summary
+
+
+def choose_tta(oofs: dict, metric: str, fixed: str = "auto") -> TTAChoice:
+    """The one TTA rule: `fixed` (tta.mode) when set; else, among the modes of `oofs` ({mode: pooled out-of-fold
+    Predictions, the same rows}), the best score on the metric, unless other modes are within TTA_NOISE_SE
+    paired standard errors of it (kit.metrics.paired_se): then the lowest log loss of those decides. Accuracy on
+    a few thousand rows moves by several images between modes that differ by chance; log loss scores every row's
+    probabilities, not only its argmax, so it separates them with less noise. `none` is a candidate whenever it
+    was predicted, and wins ties."""
     if fixed != "auto":
-        return fixed
-    modes = sorted(scores, key=lambda m: m != "none")  # none first, the others in their order
+        return TTAChoice(fixed, "tta.mode")
+    modes = sorted(oofs, key=lambda m: m != "none")  # none first, the others in their order
+    ref = oofs[modes[0]]
+    oofs = {m: oofs[m].reorder(ref.ids) for m in modes}
+    y = ref.labels
+    score = {m: M.score(metric, y, oofs[m].probs) for m in modes}
     best = modes[0]
     for m in modes[1:]:
-        if M.better(metric, scores[m], scores[best]):
+        if M.better(metric, score[m], score[best]):
             best = m
-    return best
+    if len(modes) == 1:
+        return TTAChoice(best, "the only mode predicted")
+    close = [m for m in modes if m == best or abs(score[best] - score[m])
+             <= TTA_NOISE_SE * M.paired_se(metric, y, oofs[best].probs, oofs[m].probs)]
+    if len(close) == 1 or metric == "log_loss":
+        return TTAChoice(best, f"best out-of-fold {metric}, by more than {TTA_NOISE_SE:g} paired standard errors"
+                         if len(close) == 1 else f"best out-of-fold {metric}")
+    loss = {m: M.score("log_loss", y, oofs[m].probs) for m in close}
+    pick = min(close, key=lambda m: loss[m])  # the first of equals: none
+    return TTAChoice(pick, f"{metric} of {', '.join(close)} within {TTA_NOISE_SE:g} paired standard errors of the "
+                           f"best ({best}): lowest log loss of those ({loss[pick]:.4f})")
+
+
+def config_oofs(run_dir, members: list[MemberPlan], done: dict) -> dict:
+    """{mode: pooled out-of-fold Predictions} of one configuration, for every mode all its members predicted."""
+    return {mode: config_predictions(run_dir, members, mode, need_test=False)[0]
+            for mode in available_modes(run_dir, members, done)}
 
 
 def available_modes(run_dir, members: list[MemberPlan], done: dict) -> list[str]:

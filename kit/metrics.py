@@ -12,10 +12,20 @@ class Metric:
     name: str
     fn: Callable[[np.ndarray, np.ndarray], float]  # (y_true int (n,), probs (n, C)) -> score
     higher_is_better: bool
+    rows: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None  # each row's term, where fn is their mean
 
 
 def _accuracy(y, p):
     return float(np.mean(np.argmax(p, axis=1) == y))
+
+
+def _correct(y, p):
+    return (np.argmax(p, axis=1) == y).astype(np.float64)
+
+
+def _row_log_loss(y, p):
+    p = np.clip(p, 1e-15, 1.0)
+    return -np.log(p[np.arange(len(y)), y] / p.sum(axis=1))
 
 
 def _log_loss(y, p):
@@ -31,8 +41,8 @@ def _f1_macro(y, p):
 
 
 METRICS = {
-    "accuracy": Metric("accuracy", _accuracy, True),
-    "log_loss": Metric("log_loss", _log_loss, False),
+    "accuracy": Metric("accuracy", _accuracy, True, _correct),
+    "log_loss": Metric("log_loss", _log_loss, False, _row_log_loss),
     "f1_macro": Metric("f1_macro", _f1_macro, True),
 }
 
@@ -54,3 +64,24 @@ def score_all(y_true, probs) -> dict:
 def better(name: str, a: float, b: float) -> bool:
     """True when score a is strictly better than b for this metric."""
     return a > b if get_metric(name).higher_is_better else a < b
+
+
+def paired_se(name: str, y_true, probs_a, probs_b, *, n_boot: int = 200, seed: int = 0) -> float:
+    """Standard error of score(a) - score(b) when a and b predict the same rows (their errors are correlated,
+    so this is far smaller than either score's own): from the per-row differences for a metric that is a mean
+    over rows (accuracy, log loss), else from a paired bootstrap of the rows (seeded: the same answer each time)."""
+    y = np.asarray(y_true, dtype=np.int64)
+    a, b = np.asarray(probs_a, dtype=np.float64), np.asarray(probs_b, dtype=np.float64)
+    n = len(y)
+    if n < 2:
+        return float("inf")
+    m = get_metric(name)
+    if m.rows is not None:
+        d = m.rows(y, a) - m.rows(y, b)
+        return float(np.std(d, ddof=1) / np.sqrt(n))
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n_boot):
+        i = rng.integers(0, n, n)
+        diffs.append(m.fn(y[i], a[i]) - m.fn(y[i], b[i]))
+    return float(np.std(diffs, ddof=1))

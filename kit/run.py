@@ -13,7 +13,7 @@ import numpy as np
 
 from kit import metrics as M
 from kit.errors import RecipeError, RunDirError
-from kit.members import (MemberPlan, RunContext, available_modes, choose_tta, config_predictions, member_done,
+from kit.members import (MemberPlan, RunContext, choose_tta, config_oofs, config_predictions, member_done,
                          prepare_run, select_members)
 from kit.predictions import Predictions, save_predictions
 from kit.recipe import TTA_MODES, Recipe
@@ -30,6 +30,7 @@ class ConfigResult:
     oof: Predictions = field(repr=False)
     test: Predictions | None = field(repr=False)
     refits: tuple = ()  # data.refit: the members trained on every labelled image whose mean is `test`
+    tta_why: str = ""  # why choose_tta chose `tta`
 
 
 @dataclass
@@ -110,18 +111,17 @@ def collect(ctx: RunContext, *, need_test: bool = True, round: int | None = None
     for config, ms in ctx.plan.configs(round).items():
         if not all(done[m.name] for m in ms):
             continue
-        oofs = {mode: config_predictions(ctx.run_dir, ms, mode, need_test=False)[0]
-                for mode in available_modes(ctx.run_dir, ms, {m.name: done[m.name] for m in ms})}
+        oofs = config_oofs(ctx.run_dir, ms, {m.name: done[m.name] for m in ms})
         tta_scores = {mode: M.score(metric, o.labels, o.probs) for mode, o in oofs.items()}
         fixed = ms[0].recipe.tta.mode
         if fixed != "auto" and fixed not in tta_scores:
             raise RunDirError(f"tta.mode {fixed} was not predicted for {config}; run kit predict {ctx.run_dir} "
                               f"--tta {fixed}")
-        tta = choose_tta(tta_scores, metric, fixed)
+        tta, why = choose_tta(oofs, metric, fixed)
         refits = ctx.plan.refits(config)
         oof, test = config_predictions(ctx.run_dir, ms, tta, need_test=need_test, refits=refits)
         configs.append(ConfigResult(config, ms[0].recipe.model.backbone, ms[0].seed, tta_scores, tta, oof, test,
-                                    tuple(m.name for m in refits)))
+                                    tuple(m.name for m in refits), why))
     return configs, pending
 
 
@@ -264,6 +264,7 @@ def summary_dict(s: Summary) -> dict:
     scores = [c.tta_scores[c.tta] for c in s.configs]
     best = best_config(s.configs, s.metric)
     d = {"metric": s.metric, "tta": s.tta, "tta_by_member": {c.config: c.tta for c in s.configs},
+         "tta_why": {c.config: c.tta_why for c in s.configs},
          "wall_time_s": s.wall_time_s, "pending": s.pending,
          "submission": str(s.submission) if s.submission else None,
          "members": {c.config: c.tta_scores for c in s.configs},

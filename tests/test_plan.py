@@ -186,8 +186,8 @@ def test_modes_added_later_by_kit_predict_are_considered_by_kit_submit(kaggle_ro
     import kit.members
     real = kit.members.choose_tta
     seen = []
-    monkeypatch.setattr("kit.run.choose_tta", lambda scores, metric, fixed="auto": seen.append(set(scores)) or
-                        ("vflip" if "vflip" in scores else real(scores, metric, fixed)))
+    monkeypatch.setattr("kit.run.choose_tta", lambda oofs, metric, fixed="auto": seen.append(set(oofs)) or
+                        (kit.members.TTAChoice("vflip", "test") if "vflip" in oofs else real(oofs, metric, fixed)))
     again = R.finish(prepare_run(recipe))
     assert seen and all(s == {"none", "vflip"} for s in seen)
     assert all(c.tta == "vflip" for c in again.configs)
@@ -195,10 +195,10 @@ def test_modes_added_later_by_kit_predict_are_considered_by_kit_submit(kaggle_ro
 
 def test_missing_test_predictions_stop_kit_submit_naming_the_member_and_file(kaggle_root, tmp_path, env):
     recipe = _recipe(kaggle_root, tmp_path, **{"ensemble": {"seeds": [0]}})
-    R.run(recipe, log=quiet)
-    missing = pred_path(recipe.run_dir, "test_resnet-s0-f0", "test", "none")
+    tta = R.run(recipe, log=quiet).configs[0].tta
+    missing = pred_path(recipe.run_dir, "test_resnet-s0-f0", "test", tta)
     missing.unlink()
-    with pytest.raises(RunDirError, match=r"test_resnet-s0-f0 has no test predictions.*test_none\.npz.*kit predict"):
+    with pytest.raises(RunDirError, match=rf"test_resnet-s0-f0 has no test predictions.*test_{tta}\.npz.*kit predict"):
         R.finish(prepare_run(recipe))
     assert main(["submit", str(recipe.run_dir)]) == 2
 
@@ -279,6 +279,20 @@ def test_summary_says_when_the_best_member_is_kept(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "best member kept: no blend beat it on nested folds (best blend greedy" in out
     assert R.summary_dict(R.Summary(tmp_path, "accuracy", configs, methods, "best", None, 1.0, []))["best_member_kept"]
+
+
+def test_summary_says_why_a_mode_scored_lower_on_the_metric_was_chosen(capsys, tmp_path):
+    from kit.cli import print_summary
+    oof = Predictions(["a", "b"], np.array([[0.9, 0.1], [0.2, 0.8]]), ("x", "y"), np.array([0, 1]))
+    why = "accuracy of none, hflip within 2 paired standard errors of the best (none): lowest log loss of those"
+    configs = [R.ConfigResult("m-s0", "m", 0, {"none": 0.9275, "hflip": 0.925}, "hflip", oof, None, (), why),
+               R.ConfigResult("m-s1", "m", 1, {"none": 0.92, "hflip": 0.93}, "hflip", oof, None, (), "best")]
+    summary = R.Summary(tmp_path, "accuracy", configs, {}, None, None, 1.0, [])
+    print_summary(summary)
+    out = capsys.readouterr().out
+    assert f"TTA of m-s0: hflip, {why}" in " ".join(out.split())
+    assert "TTA of m-s1" not in out  # its best mode needs no word
+    assert R.summary_dict(summary)["tta_why"]["m-s0"] == why
 
 
 def test_refit_retrains_each_holdout_member_on_every_image_for_its_chosen_epochs(kaggle_root, tmp_path, env,

@@ -112,7 +112,7 @@ def test_end_to_end(recipe, fit_calls):
     # the whole run trains only the 3 members left
     summary = R.run(recipe, log=quiet)
     assert len(fit_calls) == 6 and fit_calls[3:] == pending
-    assert summary.pending == [] and summary.tta in MODES
+    assert summary.pending == [] and all(c.tta in MODES for c in summary.configs)
     for m in R.all_members(ctx):
         done = json.loads((ctx.run_dir / "members" / m.name / "done.json").read_text())
         assert (done["seed"], done["fold"], done["config"]) == (m.seed, m.fold, m.config)

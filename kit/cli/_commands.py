@@ -300,6 +300,7 @@ def cmd_init(args):
 
 
 def print_summary(s) -> None:
+    from kit import metrics as M
     from kit.run import summary_dict
     d = summary_dict(s)
     t = Table(title=f"members: out-of-fold {s.metric} by TTA mode (* chosen, pooled out-of-fold)")
@@ -311,6 +312,9 @@ def print_summary(s) -> None:
         t.add_row(c.config, *[f"{c.tta_scores[m]:.4f}" + (" *" if m == c.tta else "  ") if m in c.tta_scores
                               else "" for m in modes])
     console.print(t)
+    for c in s.configs:  # a mode chosen over a better-scored one says why
+        if any(M.better(s.metric, v, c.tta_scores[c.tta]) for v in c.tta_scores.values()):
+            console.print(f"TTA of {c.config}: {c.tta}, {c.tta_why}", highlight=False)
     if s.configs:
         console.print(f"mean ± std across members: {d['member_mean']:.4f} ± {d['member_std']:.4f} "
                       f"(n={len(s.configs)}); best member: {d['best_member']} {d['best_member_score']:.4f}")

@@ -102,13 +102,9 @@ def _run_choice(run_dir: Path, by_config: dict, done: dict, metric: str):
 
 
 def _choose_tta(run_dir, ms, done, metric):
-    from kit.members import available_modes, choose_tta, config_predictions
-    modes = available_modes(run_dir, ms, {m.name: done[m.name] for m in ms})
-    scores = {}
-    for mode in modes:
-        oof = config_predictions(run_dir, ms, mode, need_test=False)[0]
-        scores[mode] = M.score(metric, oof.labels, oof.probs)
-    return choose_tta(scores, metric, ms[0].recipe.tta.mode)
+    from kit.members import choose_tta, config_oofs
+    return choose_tta(config_oofs(run_dir, ms, {m.name: done[m.name] for m in ms}), metric,
+                      ms[0].recipe.tta.mode).mode
 
 
 def _configs(run_dir, by_config, ttas, weights, recipe: Recipe, method, refits: dict) -> list[Config]:

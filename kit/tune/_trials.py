@@ -22,7 +22,7 @@ def trial_recipe(recipe: Recipe, params: dict, number: int, study_name: str | No
 
 
 def _objective(recipe: Recipe, name: str):
-    from kit.members import choose_tta, prepare_run, train_member
+    from kit.members import choose_tta, config_oofs, prepare_run, train_member
     metric = recipe.train.metric
 
     def objective(trial: optuna.Trial) -> float:
@@ -47,7 +47,7 @@ def _objective(recipe: Recipe, name: str):
             trial.set_user_attr("fail_reason", _fail_reason(e))
             raise
         # one member's pooled out-of-fold rows are its fold's: the same rule as the run summary's
-        tta = choose_tta({m: s[metric] for m, s in rec["scores"].items()}, metric, member.recipe.tta.mode)
+        tta = choose_tta(config_oofs(r.run_dir, [member], {member.name: rec}), metric, member.recipe.tta.mode).mode
         trial.set_user_attr("member", member.name)
         trial.set_user_attr("tta", tta)
         trial.set_user_attr("scores", rec["scores"][tta])
