@@ -116,14 +116,20 @@ def accuracy(root: Path, submission) -> float:
     return float(np.mean(sub["label"].to_numpy() == sol["label"].to_numpy()))
 
 
-def default_recipe(root: Path, budget: float, overrides: list[str]) -> None:
+def default_recipe(root: Path, budget: float, overrides: list[str], keep: Path | None = None) -> None:
     """What a user types, timed as a whole: `kit init ROOT --budget B` then `kit run recipe.yaml` (the kit command's
-    own entry point, in this process), and the submission scored on the test answers."""
+    own entry point, in this process), and the submission scored on the test answers. keep: work in this new
+    folder (recipe, run directory, cache) and leave it there, e.g. for bench_tta_choice.py."""
+    import contextlib
     import json
     import torch
     from kit.cli import main as kit
-    with tempfile.TemporaryDirectory() as tmp:
+    if keep is not None and keep.exists():
+        raise SystemExit(f"--keep {keep}: the folder exists; give a new one (nothing in it is replaced)")
+    work = contextlib.nullcontext(str(keep)) if keep is not None else tempfile.TemporaryDirectory()
+    with work as tmp:
         tmp = Path(tmp)
+        tmp.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("KIT_CACHE_DIR", str(tmp / "cache"))
         load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
@@ -176,13 +182,15 @@ def main(argv=None) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="more overrides of kit's recipe (an ablation), repeatable")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                   help="--default only: run in DIR (a new folder) and keep the run directory there")
     args = p.parse_args(argv)
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
     results = {}
     if args.default is not None:
-        default_recipe(args.root, args.default, args.overrides)
+        default_recipe(args.root, args.default, args.overrides, args.keep)
         return
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("KIT_CACHE_DIR", str(Path(tmp) / "cache"))
