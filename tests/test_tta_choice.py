@@ -83,3 +83,14 @@ def test_equal_modes_keep_none_and_a_fixed_mode_is_kept(y):
     assert choose_tta({"hflip": _pred(y, p), "none": _pred(y, p)}, "accuracy").mode == "none"
     assert choose_tta({"none": _pred(y, p)}, "f1_macro") == ("none", "the only mode predicted")
     assert choose_tta({"none": _pred(y, p)}, "accuracy", fixed="ten_crop").mode == "ten_crop"
+
+
+def test_f1_macro_is_sklearns_with_absent_and_never_predicted_classes():
+    from sklearn.metrics import f1_score
+    rng = np.random.default_rng(3)
+    for n, c in ((50, 4), (300, 12), (7, 10)):
+        y = rng.integers(0, c - 1, n)  # the last class never occurs
+        p = rng.dirichlet(np.ones(c), n)
+        p[:, [1, c - 1]] = 0  # class 1 is never predicted; the last neither occurs nor is predicted
+        want = f1_score(y, p.argmax(1), average="macro", labels=np.arange(c), zero_division=0)
+        assert M.score("f1_macro", y, p) == pytest.approx(want, abs=1e-12)
