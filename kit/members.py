@@ -356,7 +356,7 @@ def choose_tta(oofs: dict, metric: str, fixed: str = "auto") -> TTAChoice:
     paired standard errors of it (kit.metrics.paired_se): then the lowest log loss of those decides. Accuracy on
     a few thousand rows moves by several images between modes that differ by chance; log loss scores every row's
     probabilities, not only its argmax, so it separates them with less noise. `none` is a candidate whenever it
-    was predicted, and wins ties."""
+    was predicted, and wins ties (on the metric, and on log loss among the close modes)."""
     if fixed != "auto":
         return TTAChoice(fixed, "tta.mode")
     modes = sorted(oofs, key=lambda m: m != "none")  # none first, the others in their order
