@@ -29,11 +29,10 @@ from kit.run import load_recipe_or_run
 
 
 def _metric_rule(oofs, metric):
-    modes = sorted(oofs, key=lambda m: m != "none")
-    best = modes[0]
-    for m in modes[1:]:
-        if M.better(metric, M.score(metric, oofs[m].labels, oofs[m].probs),
-                    M.score(metric, oofs[best].labels, oofs[best].probs)):
+    score = {m: M.score(metric, p.labels, p.probs) for m, p in oofs.items()}
+    best = None
+    for m in sorted(oofs, key=lambda m: m != "none"):  # none first: it wins ties
+        if best is None or M.better(metric, score[m], score[best]):
             best = m
     return best
 

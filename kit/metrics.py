@@ -1,4 +1,5 @@
-"""The metric table: name -> (function of (y_true, probs), higher_is_better). scikit-learn underneath; no torch."""
+"""The metric table: name -> (function of (y_true, probs), higher_is_better), each row's term where the metric is
+their mean. numpy only, scikit-learn's definitions (tests/test_tta_choice.py checks them against it); no torch."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,24 +16,19 @@ class Metric:
     rows: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None  # each row's term, where fn is their mean
 
 
-def _accuracy(y, p):
-    return float(np.mean(np.argmax(p, axis=1) == y))
-
-
 def _correct(y, p):
     return (np.argmax(p, axis=1) == y).astype(np.float64)
 
 
 def _row_log_loss(y, p):
+    """sklearn's log_loss row by row: probabilities clipped at 1e-15 and each row renormalised (float32 rows sum to
+    1 only within ~1e-7)."""
     p = np.clip(p, 1e-15, 1.0)
     return -np.log(p[np.arange(len(y)), y] / p.sum(axis=1))
 
 
-def _log_loss(y, p):
-    from sklearn.metrics import log_loss
-    p = np.clip(p, 1e-15, 1.0)
-    p = p / p.sum(axis=1, keepdims=True)  # float32 rows sum to 1 only within ~1e-7: sklearn warns
-    return float(log_loss(y, p, labels=np.arange(p.shape[1])))
+def _mean_of(rows: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Callable[[np.ndarray, np.ndarray], float]:
+    return lambda y, p: float(np.mean(rows(y, p)))
 
 
 def _f1_macro(y, p):
@@ -46,8 +42,8 @@ def _f1_macro(y, p):
 
 
 METRICS = {
-    "accuracy": Metric("accuracy", _accuracy, True, _correct),
-    "log_loss": Metric("log_loss", _log_loss, False, _row_log_loss),
+    "accuracy": Metric("accuracy", _mean_of(_correct), True, _correct),
+    "log_loss": Metric("log_loss", _mean_of(_row_log_loss), False, _row_log_loss),
     "f1_macro": Metric("f1_macro", _f1_macro, True),
 }
 

@@ -49,7 +49,8 @@ def test_paired_se_from_rows_agrees_with_the_bootstrap_and_is_zero_for_the_same_
     d = M._correct(y, a) - M._correct(y, b)
     assert M.paired_se("accuracy", y, a, b) == pytest.approx(np.std(d, ddof=1) / np.sqrt(N))
     analytic = M.paired_se("accuracy", y, a, b)
-    monkeypatch.setitem(M.METRICS, "accuracy", M.Metric("accuracy", M._accuracy, True))  # no per-row terms
+    accuracy = M.METRICS["accuracy"].fn
+    monkeypatch.setitem(M.METRICS, "accuracy", M.Metric("accuracy", accuracy, True))  # no per-row terms
     boot = M.paired_se("accuracy", y, a, b)
     assert boot == M.paired_se("accuracy", y, a, b)  # seeded
     assert boot == pytest.approx(analytic, rel=0.2)
@@ -94,3 +95,17 @@ def test_f1_macro_is_sklearns_with_absent_and_never_predicted_classes():
         p[:, [1, c - 1]] = 0  # class 1 is never predicted; the last neither occurs nor is predicted
         want = f1_score(y, p.argmax(1), average="macro", labels=np.arange(c), zero_division=0)
         assert M.score("f1_macro", y, p) == pytest.approx(want, abs=1e-12)
+
+
+def test_accuracy_and_log_loss_are_sklearns():
+    from sklearn.metrics import accuracy_score, log_loss
+    rng = np.random.default_rng(4)
+    for n, c, dtype in ((50, 4, np.float64), (300, 12, np.float32)):
+        y = rng.integers(0, c, n)
+        p = rng.dirichlet(np.ones(c), n).astype(dtype)
+        p[0] = 0
+        p[0, (y[0] + 1) % c] = 1  # certain and wrong: clipped at 1e-15
+        assert M.score("accuracy", y, p) == accuracy_score(y, p.argmax(1))
+        q = np.clip(p.astype(np.float64), 1e-15, 1)
+        want = log_loss(y, q / q.sum(1, keepdims=True), labels=np.arange(c))
+        assert M.score("log_loss", y, p) == pytest.approx(want, rel=1e-9)
