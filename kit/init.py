@@ -42,6 +42,7 @@ FIXED_MINUTES = 1.0  # scan, decoded cache, plan, blend and submission of a run 
 # steps read 182 training images/s once, while short commands ran beside it, for members that then trained at
 # 203-241 (another run had timed 270), and kit init wrote 5 epochs where their speed fitted 6
 TIMED_STEPS, WARMUP_STEPS = 7, 2
+SPEED_FORMAT = 2  # in speed.json's keys: bumped when what measure_speed times changes (2: depthwise taps, fused optimizer)
 
 
 def init_recipe(data_dir, *, out=None, force: bool = False, label_column: Optional[str] = None,
@@ -321,28 +322,33 @@ def epochs_for_budget(budget: float, speed: dict, w: dict, n_test: int = 0) -> t
 
 def measure_speed(size: int, batch: Optional[int] = None, device: Optional[str] = None) -> dict:
     """Training and prediction images/s of BACKBONE at `size` px here (random weights: as fast as pretrained
-    ones), in its faster memory format, at the default batch; cached per (size, batch, device, threads, torch)
-    in $KIT_CACHE_DIR/speed.json."""
+    ones), in its faster memory format and with the depthwise weight gradients the plan would take, at the default
+    batch; cached per (size, batch, device, threads, torch) in $KIT_CACHE_DIR/speed.json."""
     import json
     import time
     import timm
     import torch
-    from kit.runtime import cache_dir, resolve_device, use_channels_last
+    from kit.models.depthwise import use_tap_gradients
+    from kit.train import create_optimizer
+    from kit.runtime import cache_dir, resolve_device, use_channels_last, use_depthwise_taps
     from kit.rundir import write_json_atomic
     batch = batch or TrainSpec().batch_size
     dev = resolve_device(device or "auto")
-    key = f"{BACKBONE}:{size}px:b{batch}:{dev.type}:{torch.get_num_threads()}t:{torch.__version__}"
+    key = f"{BACKBONE}:{size}px:b{batch}:{dev.type}:{torch.get_num_threads()}t:{torch.__version__}:v{SPEED_FORMAT}"
     path = cache_dir() / "speed.json"
     known = json.loads(path.read_text()) if path.is_file() else {}
     if key not in known:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model = timm.create_model(BACKBONE, num_classes=10).to(dev)
-            fmt = torch.channels_last if use_channels_last(None, model, size, dev) else torch.contiguous_format
+            channels_last = use_channels_last(None, model, size, dev)
+            if use_depthwise_taps(None, model, size, dev, channels_last):  # as the plan will train it
+                use_tap_gradients(model)
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
             model = model.to(memory_format=fmt)
             x = torch.randn(batch, 3, size, size, device=dev).contiguous(memory_format=fmt)
             y = torch.randint(0, 10, (batch,), device=dev)
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            opt = create_optimizer(model, TrainSpec())  # as kit.train.fit's (fused)
 
             def train_step():
                 opt.zero_grad(set_to_none=True)

@@ -235,6 +235,9 @@ def _train_member(ctx, member: MemberPlan, out: Path, resume, on_epoch_end, prog
     seed_everything(r.train.seed)  # the new head's weights, dropout and data order follow the member's seed
     table = ctx.sources.train
     model, weights_source = build_model(r.model, len(table.classes), member.pretrained_cfg, seed=r.train.seed)
+    if member.depthwise_taps and device.type == "cpu":
+        from kit.models.depthwise import use_tap_gradients
+        use_tap_gradients(model)
     model = to_device(model, device, member.channels_last)
     train_loader, val_loader, val_rows = _loaders(ctx, member, device, log)
     if r.model.strategy == "feature_extract":  # a shallow head on cached embeddings (kit.features)
@@ -255,7 +258,8 @@ def _train_member(ctx, member: MemberPlan, out: Path, resume, on_epoch_end, prog
               "weights": weights_source, "best_epoch": history.best_epoch, "metric": r.train.metric,
               "scores": scores, "epochs": len(history.epochs), "wall_time_s": time.time() - t0,
               "device": describe_device(device), "n_val": int(len(val_rows)),
-              "environment": {"channels_last": member.channels_last, "threads": torch.get_num_threads()},
+              "environment": {"channels_last": member.channels_last, "threads": torch.get_num_threads(),
+                              "depthwise_taps": member.depthwise_taps and device.type == "cpu"},
               "refit_of": member.refit_of}
     world = distributed.current()
     if world is not None:

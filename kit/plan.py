@@ -10,8 +10,9 @@ Everything that can be decided before training is decided here and nowhere else:
   `model.weights: auto` replaced by where the weights come from (offline package or hub);
 - the pretrained_cfg overlay its model carries (kit.models.backbone.build_model) and the data config derived from
   it (input size, crop, normalisation), from which every transform is made;
-- the memory format (channels_last), measured where the recipe leaves it open, and the thread count: both change
-  floating-point results, so they are fixed in the plan and reused on resume and by every machine sharing the run;
+- the memory format (channels_last) and, on the CPU, how depthwise weight gradients are computed (depthwise_taps),
+  each measured where the recipe leaves it open, and the thread count: they change floating-point results, so they
+  are fixed in the plan and reused on resume and by every machine sharing the run;
 - the TTA modes each member predicts (`none` always among them, so that "no TTA" can always win).
 
 Training, prediction, features, tuning, blending, submission and the leaderboard read the plan and resolve nothing.
@@ -50,6 +51,7 @@ class MemberPlan:
     round: int = 0  # pseudo-label round (kit.pseudo): round r > 0 learns from round r - 1's blend
     refit_of: str | None = None  # data.refit: the validated member whose epochs, TTA and blend weight this one
     # takes, retrained on every labelled image; its test predictions replace that member's (never validated)
+    depthwise_taps: bool = False  # trains with kit.models.depthwise's weight gradients (CPU, measured in the plan)
 
     @property
     def tta_side(self) -> int:
@@ -137,10 +139,11 @@ def choose_workers(r: Recipe, sources, data_config: dict) -> int:
 
 
 def _describe_model(r: Recipe, num_classes: int, device) -> dict:
-    """pretrained_cfg, data config, channels_last, parameter groups and freezing of one backbone's model."""
+    """pretrained_cfg, data config, channels_last, depthwise_taps, parameter groups and freezing of one backbone's
+    model."""
     from kit.models.backbone import build_model, model_data_config, pretrained_overlay
     from kit.models.strategies import frozen_count, param_groups, stage_groups
-    from kit.runtime import use_channels_last
+    from kit.runtime import use_channels_last, use_depthwise_taps
     overlay = pretrained_overlay(r.model, r.augment)
     model, _ = build_model(r.model, num_classes, overlay, load_weights=False)  # shapes only: weights don't matter
     cfg = model_data_config(model)
@@ -153,8 +156,10 @@ def _describe_model(r: Recipe, num_classes: int, device) -> dict:
     n_stages = len(stage_groups(model))
     frozen = [frozen_count(r.model, e, n_stages) for e in range(r.train.epochs)]
     channels_last = use_channels_last(r.model.channels_last, model, cfg["input_size"], device)
+    taps = r.model.strategy != "feature_extract" and use_depthwise_taps(  # a head on embeddings: no conv trains
+        r.model.depthwise_taps, model, cfg["input_size"], device, channels_last)
     return {"pretrained_cfg": _jsonable(overlay), "data_config": cfg, "channels_last": bool(channels_last),
-            "param_groups": groups, "frozen_stages": frozen, "n_stages": n_stages}
+            "depthwise_taps": bool(taps), "param_groups": groups, "frozen_stages": frozen, "n_stages": n_stages}
 
 
 def _check_teacher(recipe: Recipe, r: Recipe, sources) -> None:
@@ -332,7 +337,8 @@ def format_plan(plan: RunPlan) -> list[str]:
                   + (f" cut_at {mr.model.cut_at}" if mr.model.cut_at is not None else "")
                   + (f", head {mr.model.head}" if mr.model.strategy == "feature_extract" else ""),
                   f"  input {dc['input_size']} px, crop_pct {dc['crop_pct']}, mean {dc['mean']}, std {dc['std']}, "
-                  f"{dc['interpolation']}; {'channels_last' if m.channels_last else 'contiguous'}",
+                  f"{dc['interpolation']}; {'channels_last' if m.channels_last else 'contiguous'}"
+                  + ("; depthwise weight gradients by taps" if m.depthwise_taps else ""),
                   f"  train {mr.train.epochs} epochs x batch {mr.train.batch_size}, {mr.train.optimizer} "
                   f"{mr.train.scheduler} (warm-up {mr.train.warmup:g} epochs), seed {m.seed}",
                   "  stages frozen by epoch: " + _runs(m.frozen_stages) + f" (of {m.n_stages})"]

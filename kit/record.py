@@ -17,10 +17,15 @@ def _base_entry(ctx) -> dict:
 
 
 def environment_choices(ctx, members=None) -> dict:
-    """The numerics-changing choices of the plan that produced a row: threads, memory format(s)."""
+    """The numerics-changing choices of the plan that produced a row: threads, memory format(s), and
+    depthwise_grad where depthwise weight gradients were taken tap by tap (kit.models.depthwise, CPU only)."""
     members = members if members is not None else ctx.plan.members
     formats = sorted({"channels_last" if m.channels_last else "contiguous" for m in members})
-    return {"threads": ctx.plan.environment.get("threads"), "memory_format": "+".join(formats)}
+    env = {"threads": ctx.plan.environment.get("threads"), "memory_format": "+".join(formats)}
+    taps = sum(bool(m.depthwise_taps) for m in members)
+    if taps and ctx.plan.environment.get("device") == "cpu":
+        env["depthwise_grad"] = "taps" if taps == len(members) else f"taps for {taps} of {len(members)} members"
+    return env
 
 
 def _record(ctx, entries) -> None:

@@ -97,36 +97,70 @@ def use_channels_last(setting: bool | None, model: torch.nn.Module, input_size: 
     device = device or next(model.parameters()).device
     if device.type == "cuda" or input_size is None:
         return True
-    n_params = sum(p.numel() for p in model.parameters())
-    key = (f"{type(model).__name__}:{n_params}:{input_size}px:b{TIMED_BATCH}:{torch.get_num_threads()}t:"
-           f"{torch.__version__}")
-    cache = cache_dir() / "channels_last.json"
+    key = f"{_model_key(model, input_size)}:b{TIMED_BATCH}:{torch.get_num_threads()}t:{torch.__version__}"
+    times = _cached_times("channels_last.json", key, lambda: _time_steps(
+        model, input_size, device, {"contiguous": (torch.contiguous_format, None),
+                                    "channels_last": (torch.channels_last, None)}))
+    return times["channels_last"] < times["contiguous"]
+
+
+def use_depthwise_taps(setting: bool | None, model: torch.nn.Module, input_size: int | None, device: torch.device,
+                       channels_last: bool) -> bool:
+    """The recipe's model.depthwise_taps, or (None) whether `model` trains faster at `input_size` px with the weight
+    gradients of its depthwise convolutions taken tap by tap where their kernel is wider than their input
+    (kit.models.depthwise), timed once per (model, size, format, threads, torch) in
+    $KIT_CACHE_DIR/depthwise_taps.json. Only on the CPU, and only when some convolution meets such an input."""
+    from kit.models.depthwise import tap_candidates, use_tap_gradients
+    if setting is not None:
+        return setting
+    if device.type != "cpu" or input_size is None or not tap_candidates(copy.deepcopy(model), input_size):
+        return False
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    key = (f"{_model_key(model, input_size)}:{'channels_last' if channels_last else 'contiguous'}:b{TIMED_BATCH}:"
+           f"{torch.get_num_threads()}t:{torch.__version__}")
+    times = _cached_times("depthwise_taps.json", key, lambda: _time_steps(
+        model, input_size, device, {"onednn": (fmt, None), "taps": (fmt, use_tap_gradients)}))
+    return times["taps"] < times["onednn"]
+
+
+def _model_key(model: torch.nn.Module, input_size: int) -> str:
+    return f"{type(model).__name__}:{sum(p.numel() for p in model.parameters())}:{input_size}px"
+
+
+def _cached_times(name: str, key: str, measure) -> dict:
+    """{variant: seconds a step} for `key` from $KIT_CACHE_DIR/<name>, measured (and kept) the first time."""
+    cache = cache_dir() / name
     known = json.loads(cache.read_text()) if cache.exists() else {}
     if key not in known:
-        known[key] = _time_formats(model, input_size, device)
+        known[key] = measure()
         write_json_atomic(cache, known)
-    return known[key]["channels_last"] < known[key]["contiguous"]
+    return known[key]
 
 
-def _time_formats(model: torch.nn.Module, size: int, device, batch: int = TIMED_BATCH, rounds: int = 3) -> dict:
-    """Seconds per training step (forward + backward) in each memory format, the best of `rounds`, the formats
-    interleaved (contiguous, channels_last, contiguous, ...) after a warm-up step of each, so that a load from
-    another process slows both alike. Batch 4 and two steps a format, as this was before, flipped the choice on a
+def _time_steps(model: torch.nn.Module, size: int, device, variants: dict, batch: int = TIMED_BATCH,
+                rounds: int = 3) -> dict:
+    """Seconds per training step (forward + backward) of each variant {name: (memory format, prepare)}, prepare
+    (None, or a function changing a copy of the model in place) applied to a copy of its own; the best of `rounds`,
+    the variants interleaved (a, b, a, b, ...) after a warm-up step of each, so that a load from another process
+    slows all alike. Batch 4 and two steps a format, as this was before, flipped the memory format's choice on a
     loaded machine and cost the quickstart 40 % of its speed (channels_last: 230 images/s, contiguous: 140)."""
-    model = copy.deepcopy(model).train()  # train-mode forwards would move the real model's BatchNorm statistics
+    models = {}
+    for name, (fmt, prepare) in variants.items():
+        m = copy.deepcopy(model).train()  # train-mode forwards would move the real model's BatchNorm statistics
+        if prepare is not None:
+            prepare(m)
+        models[name] = (m.to(memory_format=fmt), fmt)
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
-    formats = (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last))
-    times = {name: float("inf") for name, _ in formats}
+    times = {name: float("inf") for name in variants}
     with torch.random.fork_rng(devices=[]):  # dropout in the timed forwards must not shift the member's stream
         for i in range(rounds + 1):
-            for name, fmt in formats:
-                model.to(memory_format=fmt)
+            for name, (m, fmt) in models.items():
                 xf = x.contiguous(memory_format=fmt)
                 t0 = time.perf_counter()
-                model(xf).float().sum().backward()
+                m(xf).float().sum().backward()
                 if device.type == "cuda":
                     torch.cuda.synchronize()
-                if i:  # round 0 warms both up
+                if i:  # round 0 warms each up
                     times[name] = min(times[name], time.perf_counter() - t0)
     return times
 

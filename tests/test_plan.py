@@ -132,13 +132,18 @@ def test_an_unset_lr_is_the_resolved_strategys_default_stated_in_the_plan(kaggle
         recipe.train.lr_for("auto")
 
 
+def _timed(seconds: dict):
+    """A stand-in for kit.runtime._time_steps: `seconds` a step for each variant timed."""
+    return lambda model, size, device, variants, **k: {name: seconds[name] for name in variants}
+
+
 def test_plan_json_is_reused_so_measured_choices_do_not_follow_the_machine_load(kaggle_root, tmp_path, env,
                                                                                  monkeypatch):
     """model.channels_last: null is timed once, in the plan; a rerun whose timing would come out the other way
     (load on the machine) reuses the plan and gives identical predictions."""
     import kit.runtime
     recipe = _recipe(kaggle_root, tmp_path, **{"model.channels_last": None, "ensemble": {"seeds": [0]}})
-    monkeypatch.setattr(kit.runtime, "_time_formats", lambda *a, **k: {"contiguous": 2.0, "channels_last": 1.0})
+    monkeypatch.setattr(kit.runtime, "_time_steps", _timed({"contiguous": 2.0, "channels_last": 1.0}))
     R.run(recipe, log=quiet)
     run_dir = recipe.run_dir
     member = load_plan(run_dir / PLAN_FILE).members[0]
@@ -147,7 +152,7 @@ def test_plan_json_is_reused_so_measured_choices_do_not_follow_the_machine_load(
     import shutil
     shutil.rmtree(run_dir / "members")  # retrain from scratch, same plan
     (tmp_path / "cache" / "channels_last.json").unlink()
-    monkeypatch.setattr(kit.runtime, "_time_formats", lambda *a, **k: {"contiguous": 1.0, "channels_last": 2.0})
+    monkeypatch.setattr(kit.runtime, "_time_steps", _timed({"contiguous": 1.0, "channels_last": 2.0}))
     R.run(recipe, log=quiet)
     assert load_plan(run_dir / PLAN_FILE).members[0].channels_last is True
     np.testing.assert_array_equal(load_predictions(pred_path(run_dir, member.name, "oof", "none")).probs, first)
@@ -380,3 +385,27 @@ def test_workers_do_not_change_the_numbers(kaggle_root, tmp_path, env):
                           load_predictions(pred_path(r.run_dir, records[0]["member"], "test", "none")).probs))
     np.testing.assert_array_equal(histories[0][0], histories[1][0])
     np.testing.assert_array_equal(histories[0][1], histories[1][1])
+
+
+def test_depthwise_taps_are_decided_in_the_plan_and_train_the_same_model(kaggle_root, tmp_path, env):
+    """model.depthwise_taps (kit.models.depthwise): the plan fixes it, kit plan says it, the member trains with it
+    and records it, and the model it trains is the one oneDNN's gradients train, float rounding apart."""
+    results = {}
+    for taps in (True, False):
+        r = _recipe(kaggle_root, tmp_path, **{"name": f"taps{taps}", "model.backbone": "test_efficientnet",
+                                              "model.depthwise_taps": taps, "ensemble": {"seeds": [0]},
+                                              "train.epochs": 2})
+        plan = prepare_run(r).plan
+        assert [m.depthwise_taps for m in plan.members] == [taps]
+        assert any("depthwise weight gradients by taps" in line for line in kit.plan.format_plan(plan)) == taps
+        _, (record,) = R.train(r, log=quiet)
+        assert record["environment"]["depthwise_taps"] is taps
+        assert load_plan(r.run_dir / PLAN_FILE).members[0].depthwise_taps is taps
+        rows = query(r.leaderboard, kind="member")
+        (env,) = [e["env"] for e, name in zip(rows["extra"], rows["recipe_name"]) if name == r.name]
+        assert env.get("depthwise_grad") == ("taps" if taps else None)
+        results[taps] = load_predictions(pred_path(r.run_dir, record["member"], "test", "none")).probs
+    np.testing.assert_allclose(results[True], results[False], atol=1e-4)
+    extract = _recipe(kaggle_root, tmp_path, **{"name": "fx", "model.backbone": "test_efficientnet",
+                                                "model.strategy": "feature_extract", "model.depthwise_taps": True})
+    assert not any(m.depthwise_taps for m in prepare_run(extract).plan.members)  # no convolution trains

@@ -81,14 +81,16 @@ def rank(df: pd.DataFrame, by: str = "score", metric: str | None = None, group_s
 
 
 def environment_text(extra) -> str:
-    """The numerics-changing choices a result was computed with (kit.record: the plan's memory format and
-    threads), e.g. 'channels_last, 2 threads'; '' when not recorded."""
+    """The numerics-changing choices a result was computed with (kit.record: the plan's memory format,
+    threads and depthwise gradients), e.g. 'channels_last, 2 threads'; '' when not recorded."""
     env = extra.get("env") if isinstance(extra, dict) else None
     if not isinstance(env, dict):
         return ""
     parts = [str(env["memory_format"])] if env.get("memory_format") else []
     if env.get("threads"):
         parts.append(f"{env['threads']} threads")
+    if env.get("depthwise_grad"):
+        parts.append(f"depthwise {env['depthwise_grad']}")
     return ", ".join(parts)
 
 
