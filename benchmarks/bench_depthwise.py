@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kit.models.depthwise import tap_candidates, tap_weight_grad, use_tap_gradients  # noqa: E402
+from kit.models.depthwise import depthwise_inputs, tap_candidates, tap_weight_grad, use_tap_gradients  # noqa: E402,E501
 
 
 def step_rates(models: dict, size: int, batch: int, steps: int) -> dict:
@@ -46,16 +46,9 @@ def step_rates(models: dict, size: int, batch: int, steps: int) -> dict:
 
 def layer_table(model, size: int, batch: int, repeats: int = 9) -> list[str]:
     """The weight gradient of each depthwise convolution whose kernel is wider than its input, timed alone."""
-    shapes = []
-    hooks = [m.register_forward_pre_hook(lambda mod, a: shapes.append((mod, tuple(a[0].shape[1:]))))
-             for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
-    with torch.no_grad():
-        model.eval()(torch.zeros(1, 3, size, size))
-    for h in hooks:
-        h.remove()
     lines, seen = [], set()
-    for conv, (c, h, w) in shapes:
-        k, s, p = conv.kernel_size, conv.stride, conv.padding
+    for conv, shape in depthwise_inputs(model, size):  # the model's modes are kept: step_rates trains it next
+        (c, h, w), k, s, p = shape[1:], conv.kernel_size, conv.stride, conv.padding
         if not (k[0] > h or k[1] > w) or (c, h, w, k, s) in seen:
             continue
         seen.add((c, h, w, k, s))

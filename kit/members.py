@@ -235,7 +235,7 @@ def _train_member(ctx, member: MemberPlan, out: Path, resume, on_epoch_end, prog
     seed_everything(r.train.seed)  # the new head's weights, dropout and data order follow the member's seed
     table = ctx.sources.train
     model, weights_source = build_model(r.model, len(table.classes), member.pretrained_cfg, seed=r.train.seed)
-    if member.depthwise_taps and device.type == "cpu":
+    if member.depthwise_taps:  # planned on a CPU; on a GPU the converted convolutions are nn.Conv2d's
         from kit.models.depthwise import use_tap_gradients
         use_tap_gradients(model)
     model = to_device(model, device, member.channels_last)

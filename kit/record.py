@@ -23,7 +23,7 @@ def environment_choices(ctx, members=None) -> dict:
     formats = sorted({"channels_last" if m.channels_last else "contiguous" for m in members})
     env = {"threads": ctx.plan.environment.get("threads"), "memory_format": "+".join(formats)}
     taps = sum(bool(m.depthwise_taps) for m in members)
-    if taps and ctx.plan.environment.get("device") == "cpu":
+    if taps:  # the plan takes them on the CPU only
         env["depthwise_grad"] = "taps" if taps == len(members) else f"taps for {taps} of {len(members)} members"
     return env
 

@@ -109,11 +109,14 @@ def use_depthwise_taps(setting: bool | None, model: torch.nn.Module, input_size:
     """The recipe's model.depthwise_taps, or (None) whether `model` trains faster at `input_size` px with the weight
     gradients of its depthwise convolutions taken tap by tap where their kernel is wider than their input
     (kit.models.depthwise), timed once per (model, size, format, threads, torch) in
-    $KIT_CACHE_DIR/depthwise_taps.json. Only on the CPU, and only when some convolution meets such an input."""
+    $KIT_CACHE_DIR/depthwise_taps.json. False off the CPU, whatever the setting; timed only when some convolution
+    meets such an input."""
     from kit.models.depthwise import tap_candidates, use_tap_gradients
+    if device.type != "cpu":  # elsewhere TapDepthwiseConv2d is nn.Conv2d: nothing to choose
+        return False
     if setting is not None:
         return setting
-    if device.type != "cpu" or input_size is None or not tap_candidates(copy.deepcopy(model), input_size):
+    if input_size is None or not tap_candidates(model, input_size):
         return False
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     key = (f"{_model_key(model, input_size)}:{'channels_last' if channels_last else 'contiguous'}:b{TIMED_BATCH}:"

@@ -60,16 +60,13 @@ class Setup:
 
 
 def create_optimizer(params, spec: TrainSpec) -> torch.optim.Optimizer:
-    """timm's optimizer factory on a module or on parameter groups (kit.models.strategies.param_groups), fused
-    where torch can fuse it (every parameter a float on the CPU or a GPU): one kernel for all the parameters instead
-    of a loop over them. efficientnet_lite0's AdamW step took 13.4 ms on this 2-core CPU, fused 4.3 ms (a training
-    step at 64 px, batch 32: ~150 ms); SGD with momentum 5.8 ms, fused 2.5."""
+    """timm's optimizer factory on a module or on a list of parameter groups (kit.models.strategies.param_groups:
+    dicts of lists), fused where torch can fuse it (every parameter a float on the CPU or a GPU): one kernel for all
+    the parameters instead of a loop over them. efficientnet_lite0's AdamW step took 13.4 ms on this 2-core CPU,
+    fused 4.3 ms (a training step at 64 px, batch 32: ~150 ms); SGD with momentum 5.8 ms, fused 2.5."""
     # timm's "sgd" is Nesterov SGD, which torch refuses without momentum: momentum 0 is plain SGD ("momentum")
     opt = "momentum" if spec.optimizer == "sgd" and spec.momentum == 0 else spec.optimizer
-    if not isinstance(params, nn.Module):  # groups whose params may be generators: read once, here
-        params = [dict(g, params=list(g["params"])) if isinstance(g, dict) else g for g in params]
-    tensors = list(params.parameters()) if isinstance(params, nn.Module) else [
-        p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+    tensors = list(params.parameters()) if isinstance(params, nn.Module) else [p for g in params for p in g["params"]]
     fused = bool(tensors) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in tensors)
     return create_optimizer_v2(params, opt=opt, lr=spec.lr, weight_decay=spec.weight_decay, momentum=spec.momentum,
                                **({"fused": True} if fused else {}))

@@ -3,8 +3,9 @@ tap instead of through oneDNN.
 
     n = use_tap_gradients(model)   # in place: the eligible depthwise nn.Conv2d of `model` (a count)
     tap_candidates(model, size)    # how many of them meet a kernel wider than their input at `size` px
+    depthwise_inputs(model, size)  # [(convolution, the shape of its input)] at `size` px
 
-Why: torch's CPU convolutions (oneDNN, torch 2.14.1) compute the weight gradient of a depthwise convolution 10-100x
+Why: torch's CPU convolutions (oneDNN, torch 2.14.1) compute the weight gradient of a depthwise convolution 40-120x
 slower than its forward pass when the kernel is wider than the feature map it slides over, which is what the last
 stages of an EfficientNet or MobileNet meet on small inputs (efficientnet_lite0 at 64 px: 5x5 kernels on 4x4 and
 2x2 maps, 3x3 on 2x2). Measured on this 2-core CPU, batch 32, channels_last, ms for the weight gradient alone:
@@ -20,7 +21,7 @@ stages of an EfficientNet or MobileNet meet on small inputs (efficientnet_lite0 
 
 so only convolutions whose kernel exceeds the map take the taps (checked on every call: the map size is the
 input's), and only where a weight gradient is wanted, on the CPU. A training step of efficientnet_lite0 at 64 px
-went from 128 to 228 images/s (benchmarks/bench_depthwise.py measures it). The forward pass and the input's
+went from 142 to 208 images/s (benchmarks/bench_depthwise.py, which measures it). The forward pass and the input's
 gradient stay oneDNN's; the weight gradient is the same sum in another order (float rounding apart: 2e-7 of its
 largest value). Whether a model trains faster this way is timed once in the plan (kit.runtime.use_depthwise_taps).
 
@@ -50,12 +51,12 @@ def tap_weight_grad(x: torch.Tensor, grad: torch.Tensor, kernel: tuple[int, int]
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     (h, w), (ho, wo) = x.shape[-2:], grad.shape[-2:]
     out = x.new_zeros(x.shape[1], kh, kw)
+    columns = [(j, *_overlap(j, w, wo, sw, pw)) for j in range(kw)]
     for i in range(kh):
         oy, ny, iy = _overlap(i, h, ho, sh, ph)
         if ny <= 0:
             continue
-        for j in range(kw):
-            ox, nx, ix = _overlap(j, w, wo, sw, pw)
+        for j, ox, nx, ix in columns:
             if nx <= 0:
                 continue
             xs = x[:, :, iy:iy + (ny - 1) * sh + 1:sh, ix:ix + (nx - 1) * sw + 1:sw]
@@ -93,11 +94,14 @@ class TapDepthwiseConv2d(nn.Conv2d):
     kernel is wider or taller than its input and the gradient is computed on the CPU; otherwise nn.Conv2d's."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kh, kw = self.kernel_size
-        if (x.device.type == "cpu" and self.weight.requires_grad and torch.is_grad_enabled()
-                and (kh > x.shape[-2] or kw > x.shape[-1])):
+        if x.device.type == "cpu" and self.weight.requires_grad and torch.is_grad_enabled() and _too_wide(self, x.shape):
             return _TapDepthwise.apply(x, self.weight, self.bias, self.stride, self.padding)
         return super().forward(x)
+
+
+def _too_wide(conv: nn.Conv2d, shape: torch.Size) -> bool:
+    """Whether conv's kernel is taller or wider than the map of this shape ([..., H, W]) it slides over."""
+    return conv.kernel_size[0] > shape[-2] or conv.kernel_size[1] > shape[-1]
 
 
 def _eligible(m: nn.Module) -> bool:
@@ -117,22 +121,28 @@ def use_tap_gradients(model: nn.Module) -> int:
     return n
 
 
-def tap_candidates(model: nn.Module, input_size: int) -> int:
-    """How many depthwise convolutions of `model` that use_tap_gradients would convert meet a kernel wider than
-    their input for an input of `input_size` px (one forward pass of a single image, in eval mode)."""
+def depthwise_inputs(model: nn.Module, input_size: int) -> list[tuple[nn.Conv2d, torch.Size]]:
+    """(convolution, its input's shape) for each depthwise convolution of `model` that use_tap_gradients converts
+    (or has converted), as one image of `input_size` px meets them: a forward pass in eval mode, without a gradient;
+    every module's mode is put back as it was."""
     seen = []
-    hooks = [m.register_forward_pre_hook(lambda mod, args: seen.append(
-        mod.kernel_size[0] > args[0].shape[-2] or mod.kernel_size[1] > args[0].shape[-1]))
-        for m in model.modules() if _eligible(m) or type(m) is TapDepthwiseConv2d]
+    convs = [m for m in model.modules() if _eligible(m) or type(m) is TapDepthwiseConv2d]
+    hooks = [m.register_forward_pre_hook(lambda mod, args: seen.append((mod, args[0].shape))) for m in convs]
     if not hooks:
-        return 0
-    was_training = model.training
-    device = next(model.parameters()).device
+        return []
+    modes = [(m, m.training) for m in model.modules()]
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, input_size, input_size, device=device))
+            model.eval()(torch.zeros(1, 3, input_size, input_size, device=next(model.parameters()).device))
     finally:
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
         for h in hooks:
             h.remove()
-    return int(sum(seen))
+    return seen
+
+
+def tap_candidates(model: nn.Module, input_size: int) -> int:
+    """How many depthwise convolutions of `model` that use_tap_gradients converts meet a kernel wider than their
+    input for an input of `input_size` px."""
+    return sum(_too_wide(conv, shape) for conv, shape in depthwise_inputs(model, input_size))

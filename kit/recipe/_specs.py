@@ -156,7 +156,7 @@ class ModelSpec(Spec):
     drop_path_rate: float = Field(0.0, ge=0, lt=1)
     channels_last: Optional[bool] = None  # None: timed once in the plan (both formats), the faster kept
     # CPU training: the weight gradient of depthwise convolutions whose kernel is wider than their input taken tap by
-    # tap (kit.models.depthwise: oneDNN's is 5-15x slower there); None: timed once in the plan, the faster kept
+    # tap (kit.models.depthwise: oneDNN's is 4-29x slower there); None: timed once in the plan, the faster kept
     depthwise_taps: Optional[bool] = None
 
 
