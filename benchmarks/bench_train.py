@@ -170,10 +170,11 @@ def summary(runs: list[tuple[list[dict], float]], batch: int) -> dict:
 def prepare(a, root: Path) -> dict:
     """The PNG folder, its sources (scanned, then with the decoded cache attached: both timed), the in-memory
     batches and kit's datasets."""
-    from kit.data import ImageDataset, create_eval_transform, create_train_transform, load_sources, resolve_data_config
+    from kit.data import ImageDataset, create_eval_transform, create_train_transform, load_sources
+    from kit.models.backbone import build_model, model_data_config, pretrained_overlay
     from kit.data.cache import attach_decoded_cache
     from kit.data.scan import scan_sources
-    from kit.recipe import AugmentSpec, DataSpec
+    from kit.recipe import AugmentSpec, DataSpec, ModelSpec
     make_images(root, a.images, a.side)
     sources = load_sources(DataSpec(source="imagefolder", root=str(root), test_dir=None))
     assert not scan_sources(sources, progress=False)
@@ -184,7 +185,8 @@ def prepare(a, root: Path) -> dict:
     table = attach_decoded_cache(sources, progress=False).train
     reuse = time.perf_counter() - t0
     augment = AugmentSpec(input_size=a.size)
-    cfg = resolve_data_config(MODEL, augment)
+    spec = ModelSpec(backbone=MODEL, weights="none")
+    cfg = model_data_config(build_model(spec, None, pretrained_overlay(spec, augment), load_weights=False)[0])
     perm = np.random.default_rng(0).permutation(len(table))  # imagefolder rows are sorted by class
     val_rows, train_rows = np.sort(perm[:a.val]), np.sort(perm[a.val:])
     images = torch.from_numpy(np.stack([table.image(r) for r in range(len(table))])).permute(0, 3, 1, 2)

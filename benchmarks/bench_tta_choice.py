@@ -7,7 +7,9 @@ halves (stratified by label), `--splits` times: each rule chooses a mode on one 
 scored on the other. Rules:
 
 - metric: the best score on the metric alone, `none` on ties (kit's rule before the paired-noise tie-break);
-- kit: kit.members.choose_tta (the metric's best unless others are within TTA_NOISE_SE paired standard errors of
+- kit: kit.choice.choose_tta (`none` unless a mode beats it by more than 2 paired standard errors on the metric, or
+  is within them on the metric and beats it by more than 2 on log loss: kit.choice's one rule);
+- previous: kit's rule before kit.choice (the metric's best unless others are within 2 paired standard errors of
   it, then the lowest log loss of those);
 - log_loss: the lowest log loss alone;
 - oracle: the mode best on the scoring half (the ceiling).
@@ -23,9 +25,10 @@ from collections import Counter
 import numpy as np
 
 from kit import metrics as M
-from kit.members import choose_tta, config_oofs, member_done, prepare_run
+from kit.choice import NOISE_SE, choose_tta
+from kit.context import load_recipe_or_run, member_done, prepare_run
+from kit.pool import config_oofs
 from kit.predictions import Predictions
-from kit.run import load_recipe_or_run
 
 
 def _metric_rule(oofs, metric):
@@ -42,8 +45,23 @@ def _log_loss_rule(oofs, metric):
                                                                              oofs[m].probs))
 
 
-RULES = {"metric": _metric_rule, "kit": lambda oofs, metric: choose_tta(oofs, metric).mode,
-         "log_loss": _log_loss_rule}
+def _previous_rule(oofs, metric):
+    """kit's TTA rule before kit.choice: the metric's best unless others are close, then the lowest log loss."""
+    modes = sorted(oofs, key=lambda m: m != "none")
+    ref = oofs[modes[0]]
+    probs = {m: oofs[m].reorder(ref.ids).probs for m in modes}
+    y = ref.labels
+    score = {m: M.score(metric, y, probs[m]) for m in modes}
+    best = _metric_rule(oofs, metric)
+    close = [m for m in modes if m == best or abs(score[best] - score[m])
+             <= NOISE_SE * M.paired_se(metric, y, probs[best], probs[m])]
+    if len(close) == 1 or metric == "log_loss":
+        return best
+    return min(close, key=lambda m: M.score("log_loss", y, probs[m]))
+
+
+RULES = {"metric": _metric_rule, "kit": lambda oofs, metric: choose_tta(oofs, metric).name,
+         "previous": _previous_rule, "log_loss": _log_loss_rule}
 
 
 def _half(p: Predictions, rows) -> Predictions:
@@ -91,7 +109,7 @@ def main():
             full = {m: M.score(metric, p.labels, p.probs) for m, p in oofs.items()}
             print(f"{run_dir} {config} ({len(next(iter(oofs.values())).ids)} rows): all rows "
                   + ", ".join(f"{m} {s:.4f}" for m, s in full.items())
-                  + f"; kit's rule on all rows: {choose_tta(oofs, metric).mode}")
+                  + f"; kit's rule on all rows: {choose_tta(oofs, metric).name}")
             res = check(oofs, metric, a.splits)
             for r, (s, picks) in res.items():
                 total.setdefault(r, []).append(s)

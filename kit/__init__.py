@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 import types
 
-__version__ = "0.1.0"
+from kit.version import __version__  # noqa: F401
 
 
 def load(path):

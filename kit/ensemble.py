@@ -7,12 +7,13 @@ they were fitted on look better than they will on the leaderboard.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import optimize, special, stats
 
-from kit.metrics import better, get_metric, score
+from kit.choice import Choice, choose
+from kit.metrics import get_metric, score
 from kit.predictions import Predictions
 from kit.recipe import BLEND_METHODS
 
@@ -32,6 +33,8 @@ class MethodResult:
     oof_score: float  # blend fitted and scored on all oof rows: optimistic for fitted methods
     nested_score: float  # fitted on other folds, scored on held-out rows; equals oof_score when nothing is fitted
     params: dict | None = None  # stack: the second-level model {"coef": [C, M*C], "intercept": [C]}
+    # the rows nested_score scored (held-out fits for fitted methods): what kit.choice compares, row by row
+    nested_probs: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 # ---------------------------------------------------------------- checks
@@ -168,18 +171,7 @@ def _scorer(metric: str):
         return (lambda y, p: float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], EPS, 1.0))))), False
     if metric == "accuracy":
         return (lambda y, p: float(np.mean(np.argmax(p, axis=1) == y))), True
-    if metric == "f1_macro":
-        return _f1_macro, True
     return m.fn, m.higher_is_better
-
-
-def _f1_macro(y, p) -> float:
-    """Macro F1 over all columns, a class never true nor predicted scoring 0 (as kit.metrics' zero_division=0)."""
-    n_classes = p.shape[1]
-    pred = np.argmax(p, axis=1)
-    tp = np.bincount(y[pred == y], minlength=n_classes)
-    denom = np.bincount(pred, minlength=n_classes) + np.bincount(y, minlength=n_classes)
-    return float(np.mean(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)))
 
 
 def _forward_select(P, y, scorer, n_iter: int, init_best: int) -> np.ndarray:
@@ -365,8 +357,9 @@ def evaluate_methods(oof: list[Predictions], metric: str, folds=None, methods=ME
             results[method] = _evaluate_stack(P, y, metric, folds)
             continue
         w = _fit(method, P, y, metric, seed, greedy_options)
-        oof_score = score(metric, y, blend(P, _BLEND_OF[method], w))
-        nested_score = oof_score
+        probs = blend(P, _BLEND_OF[method], w)
+        oof_score = score(metric, y, probs)
+        nested_score, held_out = oof_score, probs
         if method in FITTED:
             held_out = np.empty(P[0].shape, dtype=np.float64)
             for f in np.unique(folds):
@@ -374,7 +367,7 @@ def evaluate_methods(oof: list[Predictions], metric: str, folds=None, methods=ME
                 wf = _fit(method, [p[~test] for p in P], y[~test], metric, seed, greedy_options)
                 held_out[test] = blend([p[test] for p in P], "weighted", wf)
             nested_score = score(metric, y, held_out)
-        results[method] = MethodResult(method, w, oof_score, nested_score)
+        results[method] = MethodResult(method, w, oof_score, nested_score, nested_probs=held_out)
     return results
 
 
@@ -387,18 +380,23 @@ def _evaluate_stack(P, y, metric: str, folds) -> MethodResult:
     for f in np.unique(folds):
         test = folds == f
         held_out[test] = apply_stack([p[test] for p in P], fit_stack([p[~test] for p in P], y[~test]))
-    return MethodResult("stack", _stack_weights(params, len(P)), oof_score, score(metric, y, held_out), params)
+    return MethodResult("stack", _stack_weights(params, len(P)), oof_score, score(metric, y, held_out), params,
+                        nested_probs=held_out)
 
 
-def choose_method(results: dict[str, MethodResult], metric: str) -> str:
-    """The method with the best nested score; on a tie the one listed first (the simpler, in METHODS order)."""
+REFERENCE_METHOD = "mean"  # kit.choice's reference among blends: the plain average of the seeded members
+
+
+def choose_method(results: dict[str, MethodResult], metric: str, y) -> Choice:
+    """kit.choice's rule over the methods' nested rows: `mean` (else the first method listed) unless another
+    method beats it by more than kit.choice.NOISE_SE paired standard errors of the nested score."""
     if not results:
         raise ValueError("no method results to choose from; run evaluate_methods first")
-    best = None
-    for name, r in results.items():
-        if best is None or better(metric, r.nested_score, results[best].nested_score):
-            best = name
-    return best
+    missing = [n for n, r in results.items() if r.nested_probs is None]
+    if missing:
+        raise ValueError(f"methods {missing} carry no nested rows; score them with evaluate_methods")
+    reference = REFERENCE_METHOD if REFERENCE_METHOD in results else next(iter(results))
+    return choose({n: r.nested_probs for n, r in results.items()}, y, metric, reference, what="blend")
 
 
 def apply_method(test_probs_list, result: MethodResult, method: str | None = None) -> np.ndarray:

@@ -1,11 +1,11 @@
 """Where the members of a run train: one after the other in this process ("local"), or as Ray tasks ("ray") on a
 local Ray instance (loopback only) or on an existing cluster.
 
-    ctx = prepare_run(recipe)
+    ctx = prepare_run(recipe)          # kit.context
     records = train_members(ctx, ctx.plan.members, executor="ray", address="10.0.0.5:6379")  # or None: local
     finish(ctx)                       # kit.run: blend, submit, record, as after a sequential run
 
-Each Ray task gets one planned member by its index and reopens the run itself (kit.members.prepare_run on the
+Each Ray task gets one planned member by its index and reopens the run itself (kit.context.prepare_run on the
 run's saved recipe, which re-reads plan.json), so nothing of the plan is pickled and every decision made at planning
 stays made. The run directory and the recipe's relative paths (data.root) must mean the same on every node: shared
 storage mounted at the same path, and the task works in the driver's current directory. Only the driver writes the
@@ -20,8 +20,12 @@ import os
 import socket
 from pathlib import Path
 
+from kit.context import load_run_recipe, member_done
 from kit.errors import KitError, RecipeError, RunDirError
-from kit.members import member_done
+from kit.member_train import train_member
+from kit.record import record_member
+from kit.results import blend_round
+from kit.rundir import round_dir
 
 EXECUTORS = ("local", "ray")
 LOG_POLL_S = 0.5  # how often the driver passes the tasks' log lines on while it waits
@@ -62,9 +66,6 @@ def check_executor(executor: str, address: str | None) -> None:
 
 def _train_local(ctx, members, resume: bool, progress_factory, log) -> list[dict]:
     from kit import distributed
-    from kit.members import train_member
-    from kit.record import record_member
-    from kit.run import epoch_logger, format_scores
     records, n = [], len(ctx.plan.members)
     main = distributed.is_main()  # under torchrun: rank 0 logs and records, all ranks train (kit.distributed)
     for m in members:
@@ -90,9 +91,28 @@ def _train_local(ctx, members, resume: bool, progress_factory, log) -> list[dict
 
 def _teach_round(ctx, round: int, log) -> None:
     """Pseudo-label round `round` > 0 learns from round - 1's blend: made here, in the driver, once."""
-    from kit.run import blend_round, pseudo_round_dir
-    if round > 0 and not (pseudo_round_dir(ctx.run_dir, round - 1) / "report.json").exists():
+    if round > 0 and not (round_dir(ctx.run_dir, round - 1) / "report.json").exists():
         blend_round(ctx, round - 1, log)
+
+
+def epoch_logger(recipe: Recipe, log):
+    metric = recipe.train.metric
+
+    def on_epoch_end(epoch: int, row: dict) -> None:
+        if "val_" + metric in row:
+            head = f"epoch {epoch + 1}/{recipe.train.epochs}"
+            val = f"val {metric} {row['val_' + metric]:.4f}  log_loss {row['val_log_loss']:.4f}  "
+        else:  # a refit: its epochs are those its validated twin kept, nothing is validated
+            head, val = f"epoch {epoch + 1} (refit)", ""
+        log(f"  {head}  loss {row['train_loss']:.4f}  {val}"
+            f"{row.get('train_images_per_s', 0):.0f} img/s  {row.get('seconds', 0):.0f} s")
+    return on_epoch_end
+
+
+def format_scores(rec: dict, metric: str) -> str:
+    if rec.get("refit_of"):
+        return f"refitted on every labelled image for {rec['epochs']} epochs (the epochs {rec['refit_of']} kept)"
+    return ", ".join(f"{mode} {s[metric]:.4f}" for mode, s in rec["scores"].items()) + f" val {metric}"
 
 
 # ---------------------------------------------------------------- Ray
@@ -191,8 +211,6 @@ def _submit(ray, task, ctx, members, args, records: dict, cpus: float, runtime_e
 
 def _collect(ray, ctx, refs: dict, lines, log) -> dict:
     """Log the tasks' lines and record each member as its task returns; then raise for those that failed."""
-    from kit.record import record_member
-    from kit.run import format_scores
     records, failed, bugs = {}, [], []  # failed: (member, why)
     try:
         while refs:
@@ -255,15 +273,14 @@ def _raise_failures(ctx, failed: list, bugs: list) -> None:
 def member_task(run_dir: str, index: int, cwd: str, resume: bool, lines=None) -> dict | None:
     """The body of one Ray task: reopen the run from its directory, train member `index`, return its record.
     Log lines go to the driver through `lines` (a ray.util.queue.Queue), or to stdout without one."""
-    from kit import members as KM
-    from kit.run import epoch_logger, load_run_recipe
+    from kit.context import prepare_run
     host = socket.gethostname()
     for path in (cwd, run_dir):
         if not Path(path).is_dir():
             raise RunDirError(f"node {host} has no {path}: kit's Ray tasks need the run directory and the driver's "
                               f"current directory at the same paths on every node (shared storage)")
     os.chdir(cwd)  # relative paths of the recipe (data.root, weight files) mean what they meant to the driver
-    ctx = KM.prepare_run(load_run_recipe(run_dir))
+    ctx = prepare_run(load_run_recipe(run_dir))
     member = next(m for m in ctx.plan.members if m.index == index)
 
     def log(msg: str) -> None:
@@ -275,4 +292,4 @@ def member_task(run_dir: str, index: int, cwd: str, resume: bool, lines=None) ->
                 pass
         print(f"[{member.name}] {msg}", flush=True)
     log(f"training on {host} (pid {os.getpid()})")
-    return KM.train_member(ctx, member, resume=resume, on_epoch_end=epoch_logger(member.recipe, log), log=log)
+    return train_member(ctx, member, resume=resume, on_epoch_end=epoch_logger(member.recipe, log), log=log)

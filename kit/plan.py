@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from kit.errors import RunDirError
-from kit.recipe import EnsembleSpec, Recipe, backbone_recipe, recipe_from_dict, recipe_hash
+from kit.recipe import EnsembleSpec, Recipe, backbone_recipe, recipe_hash
 
 PLAN_FORMAT = 1
 PLAN_FILE = "plan.json"
@@ -138,15 +138,42 @@ def choose_workers(r: Recipe, sources, data_config: dict) -> int:
     return int(choose_num_workers(dataset, r.train.batch_size))
 
 
-def _describe_model(r: Recipe, num_classes: int, device) -> dict:
+def check_recipe_models(recipe: Recipe) -> None:
+    """What a recipe's checks (kit.recipe) leave to the model: each backbone's model.cut_at and model.frozen_stages
+    within its stages, and augment.train built as training builds it at the model's real input size (the offline
+    weights' or augment.input_size). Models are built on the meta device (no memory, ~0.03 s); called before the
+    data is read (kit.context.prepare_run) and by every plan, so `kit plan` refuses what `kit run` refuses."""
+    import torch
+    from kit.data.transforms import check_augment
+    from kit.models.backbone import build_model, model_data_config, pretrained_overlay
+    from kit.models.strategies import check_stages
+    for b in range(len(recipe.ensemble.backbones or [{}])):
+        r = backbone_recipe(recipe, b) if recipe.ensemble.backbones else recipe
+        where = f"the recipe of {recipe.name}" + (f" (ensemble.backbones[{b}])" if recipe.ensemble.backbones else "")
+        check_stages(r.model, where)
+        if not r.augment.train:
+            continue
+        try:
+            with torch.device("meta"):
+                model, _ = build_model(r.model, None, pretrained_overlay(r.model, r.augment), load_weights=False)
+            size = model_data_config(model)["input_size"]
+        except Exception:  # a model that cannot be built on the meta device: the plan checks it at full size
+            size = None
+        if size is not None:
+            check_augment(r.augment, size, where)
+
+
+def _describe_model(r: Recipe, num_classes: int, device, source: str) -> dict:
     """pretrained_cfg, data config, channels_last, depthwise_taps, parameter groups and freezing of one backbone's
-    model."""
+    model; augment.train checked at its real input size on the way."""
+    from kit.data.transforms import check_augment
     from kit.models.backbone import build_model, model_data_config, pretrained_overlay
     from kit.models.strategies import frozen_count, param_groups, stage_groups
     from kit.runtime import use_channels_last, use_depthwise_taps
     overlay = pretrained_overlay(r.model, r.augment)
     model, _ = build_model(r.model, num_classes, overlay, load_weights=False)  # shapes only: weights don't matter
     cfg = model_data_config(model)
+    check_augment(r.augment, cfg["input_size"], source)
     names = {id(p): n for n, p in model.named_parameters()}
     groups = []
     for g in param_groups(model, r.model, r.train):
@@ -162,7 +189,7 @@ def _describe_model(r: Recipe, num_classes: int, device) -> dict:
             "depthwise_taps": bool(taps), "param_groups": groups, "frozen_stages": frozen, "n_stages": n_stages}
 
 
-def _check_teacher(recipe: Recipe, r: Recipe, sources) -> None:
+def _check_teacher(recipe: Recipe, r: Recipe, sources, advised: bool = False) -> None:
     """Pseudo-labels and distillation train on target distributions: not with mixup/cutmix (timm's Mixup mixes
     class indices) nor with cached embeddings; pseudo-labels need test images."""
     from kit.errors import DataError, RecipeError
@@ -174,7 +201,7 @@ def _check_teacher(recipe: Recipe, r: Recipe, sources) -> None:
     if learns and r.model.strategy == "feature_extract":
         raise RecipeError(f"recipe key '{what}' of {recipe.name}: model.strategy feature_extract trains a head on "
                           f"cached embeddings of the labelled images only; use finetune, full or cut_at")
-    if recipe.data.refit and r.model.strategy == "feature_extract":
+    if recipe.data.refit and r.model.strategy == "feature_extract" and not advised:
         raise RecipeError(f"recipe key 'data.refit' of {recipe.name}: feature_extract heads are chosen by early "
                           f"stopping on the holdout and train in seconds; refit applies to fine-tuned members")
     if recipe.pseudo.rounds > 0 and sources.test is None:
@@ -190,13 +217,15 @@ def make_plan(recipe: Recipe, sources) -> RunPlan:
     import torch
     from kit.runtime import resolve_device
     device = resolve_device(recipe.train.device)
+    check_recipe_models(recipe)
     num_classes = len(sources.train.classes)
     folds, names, advice = fold_ids_of(recipe), _backbone_names(recipe), {}
     members = []
     for b in range(len(recipe.ensemble.backbones or [{}])):
         r = _resolve_backbone(recipe, b, sources, advice)
-        _check_teacher(recipe, r, sources)
-        d = _describe_model(r, num_classes, device)
+        _check_teacher(recipe, r, sources, advised=str(b) in advice)
+        where = f"the recipe of {recipe.name}" + (f" (ensemble.backbones[{b}])" if recipe.ensemble.backbones else "")
+        d = _describe_model(r, num_classes, device, where)
         if r.data.num_workers == "auto":
             r = r.with_overrides({"data.num_workers": choose_workers(r, sources, d["data_config"])},
                                  source=f"plan of {recipe.name} (backbone {b})")
@@ -225,7 +254,12 @@ def make_plan(recipe: Recipe, sources) -> RunPlan:
 
 def _refits(m: MemberPlan, recipe: Recipe) -> list[MemberPlan]:
     """Validated member `m` trained again on every labelled image, once per seed of data.refit (true: its own
-    seed): <config>-refit for its own seed, <config>-refit-s<seed> for another."""
+    seed): <config>-refit for its own seed, <config>-refit-s<seed> for another. None for a head on cached
+    embeddings, which strategy: auto may resolve to (kit init writes auto with refit): such a head is chosen by
+    early stopping on the holdout and trains in seconds, so its validated member predicts the test images itself
+    (format_plan says so; a recipe that states feature_extract with refit is refused by _check_teacher)."""
+    if m.recipe.model.strategy == "feature_extract":
+        return []
     out = []
     for seed in recipe.data.refit_seeds(m.seed):
         r = m.recipe if seed == m.seed else m.recipe.with_overrides({"train.seed": seed},
@@ -255,18 +289,25 @@ def plan_to_dict(plan: RunPlan) -> dict:
 
 
 def plan_from_dict(d: dict, source: str = PLAN_FILE, output_dir: str | None = None) -> RunPlan:
-    """A plan read back (JSON only: nothing in it runs code). `output_dir` relocates the run (not hashed)."""
-    if d.get("format") != PLAN_FORMAT:
-        raise RunDirError(f"{source} is a plan of format {d.get('format')}, this kit reads format {PLAN_FORMAT}; "
-                          f"plan the run again in a new run directory")
+    """A plan read back (JSON only: nothing in it runs code), the one reader of plan.json: its recipes are
+    validated as types only, since the data paths they name need not exist where a plan is read (a bundle on a
+    machine without the training data; `kit predict`). `output_dir` relocates the run (not hashed)."""
+    from pydantic import ValidationError
+    if not isinstance(d, dict) or d.get("format") != PLAN_FORMAT:
+        got = d.get("format") if isinstance(d, dict) else None
+        raise RunDirError(f"{source} is a plan of format {got}, this kit reads format {PLAN_FORMAT}; plan the run "
+                          f"again in a new run directory")
 
     def recipe(raw):
-        raw = dict(raw, **({"output_dir": output_dir} if output_dir else {}))
-        return recipe_from_dict(raw, source=source)
-    members = tuple(MemberPlan(**{**m, "recipe": recipe(m["recipe"]), "tta_modes": tuple(m["tta_modes"])})
-                    for m in d["members"])
-    return RunPlan(recipe(d["recipe"]), d["recipe_hash"], members, tuple(d["folds"]), d["environment"], d["data"],
-                   d.get("advice", {}))
+        return Recipe.model_validate(dict(raw, **({"output_dir": output_dir} if output_dir else {})))
+    try:
+        members = tuple(MemberPlan(**{**m, "recipe": recipe(m["recipe"]), "tta_modes": tuple(m["tta_modes"])})
+                        for m in d["members"])
+        return RunPlan(recipe(d["recipe"]), str(d["recipe_hash"]), members, tuple(d["folds"]), dict(d["environment"]),
+                       dict(d["data"]), dict(d.get("advice") or {}))
+    except (ValidationError, KeyError, TypeError, ValueError) as e:
+        raise RunDirError(f"{source} is not a plan this kit can read ({type(e).__name__}: {str(e)[:200]}); "
+                          f"plan the run again in a new run directory, or export the bundle again") from None
 
 
 def save_plan(plan: RunPlan, path) -> Path:
@@ -278,8 +319,9 @@ def load_plan(path, output_dir: str | None = None) -> RunPlan:
     path = Path(path)
     try:
         d = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise RunDirError(f"cannot read the run plan {path}: {e}; remove it to plan the run again") from None
+    except (OSError, ValueError, RecursionError) as e:
+        raise RunDirError(f"cannot read the run plan {path}: {type(e).__name__}: {str(e)[:200]}; remove it to plan "
+                          f"the run again") from None
     return plan_from_dict(d, str(path), output_dir)
 
 
@@ -289,12 +331,59 @@ def plan_run(recipe: Recipe, sources) -> RunPlan:
     path = recipe.run_dir / PLAN_FILE
     if path.is_file():
         plan = load_plan(path, output_dir=recipe.output_dir)
-        if plan.recipe_hash == recipe_hash(recipe):
-            return plan
-        raise RunDirError(f"{recipe.run_dir} holds a run of a different recipe (hash {plan.recipe_hash}, this one "
-                          f"{recipe_hash(recipe)}); its results are kept: set a new `name:` (or --set name=...) or "
-                          f"output_dir, or remove {recipe.run_dir} yourself")
+        check_same_recipe(recipe, plan.recipe_hash)
+        return _with_unhashed(plan, recipe)
     return make_plan(recipe, sources)
+
+
+def check_same_recipe(recipe: Recipe, saved_hash: str | None) -> None:
+    """The one different-recipe check: a run directory holds the run of one recipe (its hash), kept as it is."""
+    h = recipe_hash(recipe)
+    if saved_hash is not None and saved_hash != h:
+        raise RunDirError(f"{recipe.run_dir} holds a run of a different recipe (hash {saved_hash}, this one {h}); "
+                          f"its results are kept: set a new `name:` (or --set name=...) or output_dir, or remove "
+                          f"{recipe.run_dir} yourself")
+
+
+def _with_unhashed(plan: RunPlan, recipe: Recipe) -> RunPlan:
+    """A saved plan with the keys outside the hash (kit.recipe.UNHASHED_KEYS: where the leaderboard is, compile,
+    loader workers, search) taken from `recipe`, the recipe being run now: they change where and how fast a run
+    goes, not what it computes, so a resumed run uses the values given now, as recipe.yaml shows them. A member's
+    data.num_workers resolved from `auto` at planning stays as measured unless the recipe now names a number."""
+    from kit.recipe import UNHASHED_KEYS
+    over = {}
+    for path in UNHASHED_KEYS:
+        key = ".".join(path)
+        if key == "output_dir":
+            continue  # plan_run relocated the plan already
+        now = recipe.to_dict()
+        for p in path:
+            now = now[p]
+        over[key] = now
+
+    def apply(r: Recipe, member: bool) -> Recipe:
+        o = dict(over)
+        if member and o.get("data.num_workers") == "auto":
+            o.pop("data.num_workers")  # measured once by the plan (choose_workers): kept
+        changed = {k: v for k, v in o.items() if _get(r, k) != v}
+        return Recipe.model_validate(_set_all(r.to_dict(), changed)) if changed else r
+    members = tuple(MemberPlan(**{**m.__dict__, "recipe": apply(m.recipe, True)}) for m in plan.members)
+    return RunPlan(apply(plan.recipe, False), plan.recipe_hash, members, plan.folds, plan.environment, plan.data,
+                   plan.advice)
+
+
+def _get(r: Recipe, key: str):
+    node = r.to_dict()
+    for p in key.split("."):
+        node = node[p]
+    return node
+
+
+def _set_all(d: dict, changes: dict) -> dict:
+    from kit.recipe import set_path
+    for k, v in changes.items():
+        d = set_path(d, k, v)
+    return d
 
 
 # ---------------------------------------------------------------- showing a plan
@@ -348,6 +437,9 @@ def format_plan(plan: RunPlan) -> list[str]:
         lines.append(f"  TTA modes {', '.join(m.tta_modes)} (choice: {mr.tta.mode}); about {work['train_images']:,} "
                      f"training and {work['predict_images']:,} prediction images a member")
         refits = plan.refits(cfg)
+        if r.data.refit and not refits and m.round == plan.rounds[-1]:
+            lines.append("  no refit: strategy auto chose a head on cached embeddings, chosen by early stopping on "
+                         "the holdout; its validated member predicts the test images")
         if refits:
             rw = estimated_work(plan, refits[0])
             total_train += rw["train_images"] * len(refits)

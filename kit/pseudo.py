@@ -12,15 +12,17 @@ rows; validation rows stay the labelled images of fold k, so no validation score
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from kit.context import load_run_recipe, prepare_run
 from kit.errors import RunDirError
+from kit.member_predict import load_member_model, predict_rows
 from kit.predictions import Predictions, load_predictions
-from kit.rundir import pred_path
+from kit.report import REPORT_FILE, read_report
+from kit.rundir import pred_path, round_dir  # noqa: F401 (round_dir: kit.pseudo.round_dir)
 
 
 @dataclass(frozen=True)
@@ -31,38 +33,38 @@ class Teacher:
     method: object  # kit.ensemble.MethodResult of the chosen blend, or None for a single configuration
     order: list  # configuration names in the blend's member order
     classes: tuple
+    temperatures: list | None = None  # ensemble.temperature: each configuration's, applied before the blend
+
+    def combine(self, probs: list) -> np.ndarray:
+        """The configurations' probabilities (in `order`) blended as the run's submission was: each tempered by
+        its temperature where the blend was fitted on tempered probabilities, then the chosen method."""
+        from kit.ensemble import apply_method, apply_temperature
+        if self.temperatures is not None:
+            probs = [apply_temperature(p, t) for p, t in zip(probs, self.temperatures)]
+        return probs[0] if self.method is None else apply_method(probs, self.method)
 
 
 def load_teacher(run_dir, plan, report_dir=None) -> Teacher:
     """The blend a finished run (or round) chose: <report_dir>/report.json (default run_dir/ensemble: the method,
-    its weights or stacker, the TTA mode of each configuration) and the plan's fold members."""
-    from kit.ensemble import MethodResult
+    its weights or stacker, temperatures, the TTA mode of each configuration; kit.report) and the plan's fold
+    members."""
     run_dir = Path(run_dir)
     members = {}
     for m in plan.members:
         members.setdefault(m.config, {})[m.fold] = m.name
-    report_file = Path(report_dir or run_dir / "ensemble") / "report.json"
-    if not report_file.exists():
-        raise RunDirError(f"{run_dir} has no blend yet ({report_file} is missing): finish it first with "
-                          f"kit submit {run_dir}")
-    report = json.loads(report_file.read_text())
-    method = None
-    if report.get("chosen"):
-        res = report["methods"][report["chosen"]]
-        method = MethodResult(report["chosen"], np.asarray(res["weights"]), res["oof_score"], res["nested_score"],
-                              res.get("params"))
-    order, tta = report["members"], report.get("tta", {})
+    report_file = Path(report_dir or run_dir / "ensemble") / REPORT_FILE
+    report = read_report(report_file, f"{run_dir} has no blend yet: finish it first with kit submit {run_dir}")
+    order = report.members
     missing = [c for c in order if c not in members]
     if missing:
         raise RunDirError(f"{report_file} blends configurations {missing} that the plan of {run_dir} does not have")
     classes = tuple(plan.data["classes"])
-    return Teacher(run_dir, {c: members[c] for c in order}, {c: tta.get(c, "none") for c in order}, method, order,
-                   classes)
+    return Teacher(run_dir, {c: members[c] for c in order}, {c: report.tta.get(c, "none") for c in order},
+                   report.method(), order, classes, report.temperatures)
 
 
 def fold_blend(teacher: Teacher, fold: int, split: str = "test") -> tuple[Predictions, list[str]]:
     """The chosen blend of the teachers' fold-`fold` members on `split`, and the members it came from."""
-    from kit.ensemble import apply_method
     preds, sources = [], []
     for config in teacher.order:
         name = teacher.configs[config].get(fold)
@@ -77,8 +79,7 @@ def fold_blend(teacher: Teacher, fold: int, split: str = "test") -> tuple[Predic
         sources.append(name)
     ids = preds[0].ids
     probs = [p.reorder(ids).probs for p in preds]
-    blended = probs[0] if teacher.method is None else apply_method(probs, teacher.method)
-    return Predictions(ids, blended, teacher.classes), sources
+    return Predictions(ids, teacher.combine(probs), teacher.classes), sources
 
 
 def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -123,11 +124,6 @@ def mixed_targets(labels, teacher_probs: np.ndarray, alpha: float, temperature: 
 
 
 # ---------------------------------------------------------------- a student member's training rows
-
-def round_dir(run_dir, round: int) -> Path:
-    """Where round `round`'s blend is written when a later round learns from it (the last round's is ensemble/)."""
-    return Path(run_dir) / "ensemble" / f"round{round}"
-
 
 class TargetDataset:
     """Parts (ImageDataset, targets [n, C] float32, row offset) as one training set whose items are
@@ -212,9 +208,6 @@ def student_dataset(ctx, member, transform, device, log=None):
 def teacher_train_probs(ctx, teacher: Teacher, fold: int, rows, device) -> tuple[np.ndarray, list[str]]:
     """The teacher's fold-`fold` blend on labelled rows `rows` of ctx.sources.train (plain views: TTA none).
     Those models trained on these rows and never on fold `fold`, which validates the student."""
-    from kit.ensemble import apply_method
-    from kit.members import load_member_model, prepare_run, predict_rows
-    from kit.run import load_run_recipe
     tctx = prepare_run(load_run_recipe(teacher.run_dir))
     if list(tctx.sources.train.ids) != list(ctx.sources.train.ids):
         raise RunDirError(f"teacher {teacher.run_dir} was trained on other labelled images than this run; a "
@@ -226,8 +219,7 @@ def teacher_train_probs(ctx, teacher: Teacher, fold: int, rows, device) -> tuple
         model, cfg, channels_last = load_member_model(tctx, m, device)
         probs.append(predict_rows(tctx, m, model, cfg, device, channels_last, ctx.sources.train, rows))
         names.append(m.name)
-    blended = probs[0] if teacher.method is None else apply_method(probs, teacher.method)
-    return blended, names
+    return teacher.combine(probs), names
 
 
 def distill_recipe(teacher_dir, backbone: str, overrides=(), name: str | None = None):
@@ -235,7 +227,6 @@ def distill_recipe(teacher_dir, backbone: str, overrides=(), name: str | None = 
     augmentation, training schedule) with model.backbone = `backbone` (its weights `auto`), one seed, no
     backbones grid, distill.teacher set; then `overrides` (--set). `kit distill RUN --into BACKBONE` runs it."""
     from kit.recipe import EnsembleSpec, ModelSpec, PseudoSpec
-    from kit.run import load_run_recipe
     teacher_dir = Path(teacher_dir).resolve()
     t = load_run_recipe(teacher_dir)
     over = {"name": name or f"{t.name}-distill-{backbone.replace('/', '_')}",

@@ -79,7 +79,6 @@ def record_ensemble(ctx, s, suffix: str = "") -> None:
 def record_submission(ctx, s) -> dict | None:
     """Record the submission; where the test answers are known (digits), score it like a competition site."""
     from kit.leaderboard import Entry, record_score, score_submission
-    from kit.run import validation_score
     result = None
     solution = ctx.sources.test_solution
     base = dict(_ensemble_base(ctx, s), blend_method=s.chosen)
@@ -90,7 +89,7 @@ def record_submission(ctx, s) -> dict | None:
         result = score_submission(s.submission, sol_path, ctx.recipe.train.metric)
         base.pop("metric")
         record_score(result, name=f"{ctx.recipe.name}:submission", url=ctx.recipe.leaderboard,
-                     score=validation_score(s), extra=extra, **base)
+                     score=s.validation_score(), extra=extra, **base)
     else:
         _record(ctx, [Entry(kind="submission", name=f"{ctx.recipe.name}:submission", score=None, extra=extra,
                             **base)])

@@ -137,8 +137,24 @@ def _jsonable(o):
     raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
 
+def sha256_file(path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks: the one checksum helper (bundles, the feature cache)."""
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def member_dir(run_dir, member: str) -> Path:
     return Path(run_dir) / "members" / member
+
+
+def round_dir(run_dir, round: int) -> Path:
+    """Where pseudo-label round `round`'s blend is written when a later round learns from it (the last round's is
+    ensemble/)."""
+    return Path(run_dir) / "ensemble" / f"round{round}"
 
 
 def pred_path(run_dir, member: str, split: str, tta: str) -> Path:

@@ -127,14 +127,23 @@ def check_submission(df: pd.DataFrame, sample_df: pd.DataFrame, classes, fmt: st
                                   f"write predicted class names exactly{where}")
 
 
-def make_submission(pred: Predictions, sample_submission_path, fmt: str = "label", id_column=None,
+def make_submission(pred: Predictions, sample_submission_path=None, fmt: str = "label", id_column=None,
                     label_column=None) -> pd.DataFrame:
-    """One row per id of the sample, in its order and with its columns, checked before it is returned.
+    """One row per id of the sample, in its order and with its columns, checked before it is returned: the one
+    submission builder (kit submit, kit predict, bundles).
 
     label: the argmax class name in the label column. proba: each class column filled from the prediction's
-    column of the same name. Predictions for ids the sample lacks are ignored.
+    column of the same name. Predictions for ids the sample lacks are ignored. Without a sample (kit predict on a
+    folder): the prediction's ids in its order, under `id_column` and `label_column` (or one column per class).
     """
-    sample = read_sample(sample_submission_path)
+    if sample_submission_path is None:
+        if id_column is None or (fmt == "label" and label_column is None):
+            raise ValueError("without a sample submission, name the id column (and the label column for label "
+                             "format)")
+        values = [label_column] if fmt == "label" else [str(c) for c in pred.classes]
+        sample = pd.DataFrame({id_column: np.asarray(pred.ids, dtype=object), **{c: "" for c in values}})
+    else:
+        sample = read_sample(sample_submission_path)
     id_column, value_columns = _columns(sample, fmt, id_column, label_column, sample_submission_path)
     sample_ids = sample[id_column].astype(str).to_numpy()
     have = set(pred.ids)

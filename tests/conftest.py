@@ -83,3 +83,15 @@ def kaggle_root(tmp_path):
 @pytest.fixture
 def kaggle_spec(kaggle_root) -> DataSpec:
     return DataSpec(source="kaggle", root=str(kaggle_root), image_suffix=".jpg")
+
+
+def data_config(model, augment) -> dict:
+    """The data config a run derives for `model` built with augment's input size and crop (kit.plan does it through
+    pretrained_overlay and kit.models.backbone.model_data_config); for tests that build a bare timm model."""
+    from kit.models.backbone import model_data_config
+    cfg = model_data_config(model)
+    if augment.input_size is not None:
+        cfg["input_size"] = augment.input_size
+    if augment.crop_pct is not None:
+        cfg["crop_pct"] = augment.crop_pct
+    return cfg

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from kit import advise as A
-from kit.members import prepare_run, train_member
+from kit.context import prepare_run
+from kit.member_train import train_member
 from kit.recipe import recipe_from_dict, set_path
 from kit.rundir import member_dir
 

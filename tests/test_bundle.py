@@ -6,10 +6,12 @@ from __future__ import annotations
 import builtins
 import hashlib
 import json
+import os
 import pickle
 import re
 import shutil
 import zipfile
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -189,14 +191,15 @@ def test_export_never_replaces_an_existing_path(exported, tmp_path):
 
 def test_a_feature_extraction_member_travels_with_its_head_file(exported, tmp_path, monkeypatch):
     """An svm head (a scikit-learn pipeline, not in the state dict) is the member's head file; one seed, so one
-    configuration and no report.json: the configuration is the prediction."""
+    configuration, and report.json says it is the prediction (no blend chosen)."""
     t = exported
     monkeypatch.chdir(tmp_path)
     recipe = tiny_recipe(tmp_path, t.root, name="svm", model={"strategy": "feature_extract", "head": "svm"},
                          ensemble={"seeds": [0]})
     summary = R.run(recipe, log=quiet)
     run_dir = recipe.run_dir
-    assert not (run_dir / "ensemble" / "report.json").exists()
+    report = json.loads((run_dir / "ensemble" / "report.json").read_text())
+    assert report["chosen"] is None and report["members"] == ["test_resnet-s0"] and report["methods"] == {}
     member = run_dir / "members" / "test_resnet-s0-f0"
     assert (member / kit.features.HEAD_FILE).is_file()
     bundle = export_bundle(run_dir, tmp_path / "svm_bundle")
@@ -240,3 +243,37 @@ def test_a_refit_run_predicts_and_exports_with_its_refitted_members(exported, tm
     out = tmp_path / "refit.csv"
     assert main(["predict", str(bundle), "--images", str(t.test), "--sample", str(t.sample), "--output", str(out)]) == 0
     assert out.read_text() == (run_dir / "submission.csv").read_text()
+
+
+@pytest.mark.slow
+def test_the_kaggle_code_competition_flow_from_a_wheel_in_a_fresh_environment(exported, tmp_path):
+    """The README's flow: `pip wheel . -w dist`, then, where there is no internet, no run directory and no
+    training data, `pip install --no-index --find-links dist kit` and `kit predict BUNDLE.zip --images test/`.
+    The environment is a new virtual environment seeing the machine's packages (torch, timm, ... as a Kaggle image
+    has them) and kit only from the wheel; it predicts the run's own submission."""
+    import subprocess
+    import sys
+    repo = Path(kit.__file__).parent.parent
+    dist, notebook = tmp_path / "dist", tmp_path / "notebook"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(repo), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(dist)], check=True, cwd=tmp_path)
+    assert [p.name for p in dist.glob("kit-*.whl")]
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(tmp_path / "venv")], check=True)
+    python = str(tmp_path / "venv" / "bin" / "python")
+    # --ignore-installed: this machine has kit installed from its checkout, which a Kaggle image has not
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-index", "--find-links", str(dist), "--no-deps",
+                    "--ignore-installed", "kit"], check=True, cwd=tmp_path)
+    notebook.mkdir()
+    bundle = export_bundle(exported.run_dir, notebook / "model", as_zip=True)
+    shutil.copytree(exported.test, notebook / "test")
+    shutil.copy(exported.sample, notebook / "sample_submission.csv")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "KIT_"))}
+    env["KIT_CACHE_DIR"] = str(notebook / "cache")
+    where = subprocess.run([python, "-c", "import kit; print(kit.__file__)"], cwd=notebook, env=env, check=True,
+                           capture_output=True, text=True).stdout
+    assert str(tmp_path / "venv") in where  # the wheel's kit, not the checkout's
+    done = subprocess.run([python, "-m", "kit", "predict", bundle.name, "--images", "test", "--sample",
+                           "sample_submission.csv", "--output", "submission.csv"], cwd=notebook, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (notebook / "submission.csv").read_text() == (exported.run_dir / "submission.csv").read_text()

@@ -184,14 +184,18 @@ def test_build_memory_is_bounded_by_bytes_not_image_count():
 
 
 def test_decoded_max_side_covers_every_planned_resize():
-    r = Recipe()  # efficientnet_lite0: 224 px, crop_pct 0.875 -> eval resize 256
-    assert decoded_max_side(r) == 2 * 256
-    small = r.with_overrides({"augment.input_size": 64})  # resize round(64 / 0.875) = 73
-    assert decoded_max_side(small) == 146
-    multi = small.with_overrides({"tta.modes": ["none", "multiscale"], "tta.scales": [1.0, 1.5]})
-    assert decoded_max_side(multi) == 219
-    two = small.with_overrides({"ensemble.backbones": [{}, {"augment": {"input_size": 128}}]})
-    assert decoded_max_side(two) == 2 * round(128 / 0.875)
+    from types import SimpleNamespace
+
+    def plan(*members):  # (input size, crop_pct, TTA spec) of each planned member
+        return SimpleNamespace(members=[SimpleNamespace(data_config={"input_size": s, "crop_pct": c},
+                                                        recipe=SimpleNamespace(tta=t)) for s, c, t in members])
+    tta = Recipe().tta
+    assert decoded_max_side(plan((224, 0.875, tta))) == 2 * 256  # eval resize round(224 / 0.875) = 256
+    assert decoded_max_side(plan((64, 0.875, tta))) == 146  # resize round(64 / 0.875) = 73
+    multi = tta.model_copy(update={"modes": ["none", "multiscale"], "scales": [1.0, 1.5]})
+    assert decoded_max_side(plan((64, 0.875, multi))) == 219
+    assert decoded_max_side(plan((64, 0.875, tta), (128, 0.875, tta))) == 2 * round(128 / 0.875)
+    assert decoded_max_side(plan((64, 0.875, tta.model_copy(update={"resize": 100})))) == 200
 
 
 _RSS_SCRIPT = """

@@ -5,24 +5,30 @@ import pytest
 import timm
 import torch
 
-from kit.data import create_eval_transform, create_train_transform, eval_resize, resolve_data_config
-from kit.recipe import AugmentSpec
+from kit.data import create_eval_transform, create_train_transform, eval_resize
+from kit.models.backbone import build_model, model_data_config, pretrained_overlay
+from kit.recipe import AugmentSpec, ModelSpec
 
 CFG = {"input_size": 32, "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.25, 0.3), "crop_pct": 0.875,
        "interpolation": "bicubic"}
 IMAGE = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)  # non-square
 
 
-def test_resolve_data_config_from_model_override_and_recipe():
-    model = timm.create_model("test_resnet", pretrained=False)
-    cfg = resolve_data_config(model, AugmentSpec())
-    assert cfg == {"input_size": 160, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "crop_pct": 0.95,
-                   "interpolation": "bilinear"}
-    cfg = resolve_data_config(model, AugmentSpec(input_size=48, crop_pct=0.8),
-                              override={"mean": (0.1, 0.2, 0.3), "std": [1, 1, 1], "input_size": (3, 64, 64)})
+def test_the_data_config_is_the_models_own_with_the_recipes_overlay():
+    """One resolver (kit.models.backbone.model_data_config): the model carries timm's pretrained config, the
+    offline weights' preprocessing and augment.input_size / crop_pct (pretrained_overlay), and the transforms read
+    it from the model."""
+    spec = ModelSpec(backbone="test_resnet", weights="none")
+    model, _ = build_model(spec, 2, pretrained_overlay(spec, AugmentSpec()), load_weights=False)
+    assert model_data_config(model) == {"input_size": 160, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
+                                        "crop_pct": 0.95, "interpolation": "bilinear"}
+    overlay = pretrained_overlay(spec, AugmentSpec(input_size=48, crop_pct=0.8))
+    model, _ = build_model(spec, 2, overlay, load_weights=False)
+    cfg = model_data_config(model)
     assert cfg["input_size"] == 48 and cfg["crop_pct"] == 0.8
-    assert cfg["mean"] == (0.1, 0.2, 0.3) and cfg["std"] == (1.0, 1.0, 1.0)
-    assert resolve_data_config("resnet18", AugmentSpec())["input_size"] == 224  # by name, nothing built
+    lite = ModelSpec(backbone="efficientnet_lite0", weights="offline")  # the offline weights' own normalisation
+    model, _ = build_model(lite, 2, pretrained_overlay(lite, AugmentSpec()), load_weights=False)
+    assert model_data_config(model)["input_size"] == 224
 
 
 @pytest.mark.parametrize("train", [

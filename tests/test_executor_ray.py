@@ -18,7 +18,7 @@ from kit.cli import main
 from kit.errors import RecipeError, RunDirError
 from kit.executor import connect_ray, train_members
 from kit.leaderboard import query
-from kit.members import prepare_run
+from kit.context import prepare_run
 from kit.recipe import recipe_from_dict
 
 pytestmark = pytest.mark.timeout(300)

@@ -1,5 +1,5 @@
 """kit.features: the embedding cache (keys, hits and misses, interrupted extractions), the four heads, and
-feature_extract members trained through kit.members.train_member. Random-init test_resnet at 32 px, CPU."""
+feature_extract members trained through kit.member_train.train_member. Random-init test_resnet at 32 px, CPU."""
 from __future__ import annotations
 
 import json
@@ -11,11 +11,12 @@ import pytest
 import timm
 import torch
 
-from conftest import class_image
+from conftest import class_image, data_config
 from kit import features as F
-from kit.data import resolve_data_config
 from kit.data.sources import ImageTable
-from kit.members import load_member_model, predict_member, prepare_run, train_member
+from kit.context import prepare_run
+from kit.member_predict import load_member_model, predict_member
+from kit.member_train import train_member
 from kit.models.backbone import CutBackbone
 from kit.predictions import load_predictions
 from kit.recipe import AugmentSpec, ModelSpec, RecipeError, TrainSpec, recipe_from_dict
@@ -45,7 +46,7 @@ def backbone(cut_at=None, seed=0):
 
 
 def cfg_of(model, **augment):
-    return resolve_data_config(model, AugmentSpec(**{"input_size": 32, **augment}))
+    return data_config(model, AugmentSpec(**{"input_size": 32, **augment}))
 
 
 def extract(model, table, cfg, cut_at=None, **kw):

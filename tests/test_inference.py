@@ -23,7 +23,7 @@ from kit.cli import main
 from kit.data.images import read_image
 from kit.errors import DataError, ImageReadError, RecipeError, RunDirError
 from kit.inference import load
-from kit.members import config_predictions
+from kit.pool import config_predictions
 from kit.plan import load_plan
 from kit.predictions import load_predictions
 from kit.recipe import recipe_from_dict

@@ -15,7 +15,7 @@ from kit.cli import main
 from kit.errors import DataError, RecipeError
 import kit.init as kit_init
 from kit.init import epochs_for_budget, init_recipe, input_size, split, strategy, work
-from kit.members import load_checked_sources
+from kit.context import load_checked_sources
 from kit.plan import format_plan, make_plan
 from kit.recipe import load_recipe
 
@@ -197,6 +197,28 @@ def test_strategy_auto_for_small_data_full_for_large():
 
 
 # ---------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize("outcome", [
+    {"model.strategy": "feature_extract"}, {"model.strategy": "finetune", "model.frozen_stages": 2},
+    {"model.strategy": "full"}])
+def test_what_kit_init_writes_plans_whatever_the_advisor_decides(kaggle_root, tmp_path, monkeypatch, outcome):
+    """A holdout with data.refit and strategy auto (what kit init writes between 2,000 and 10,000 images) used to
+    stop at plan time when the advisor chose feature_extract ("refit applies to fine-tune"). Every outcome of
+    kit.advise.decide plans now; a head on cached embeddings is not refitted and predicts the test images itself."""
+    import kit.advise
+    from kit.advise import Advice
+    monkeypatch.setattr(kit_init, "SMALL_DATA", 10)  # the fixture's 30 images take the large-data branch
+    monkeypatch.setattr(kit.advise, "cached_advice",
+                        lambda recipe, sources=None: Advice(outcome["model.strategy"], outcome, {}, ["fixed"]))
+    raw, loaded, sources = _init(kaggle_root, tmp_path)
+    assert raw["data"]["split"] == "holdout" and raw["model"]["strategy"] == "auto"
+    plan = make_plan(loaded, sources)
+    refits = [m for m in plan.members if m.refit_of is not None]
+    if outcome["model.strategy"] == "feature_extract":
+        assert refits == [] and any("no refit" in line for line in format_plan(plan))
+    else:
+        assert len(refits) == 3 and {m.recipe.model.strategy for m in refits} == {outcome["model.strategy"]}
 
 
 def test_refuses_to_overwrite_without_force(kaggle_root, tmp_path):

@@ -55,6 +55,28 @@ def test_round_trip_keeps_every_field(url):
     assert df["created_at"].iloc[0] == full.created_at
 
 
+def test_a_changed_choice_replaces_its_ensemble_and_submission_rows(url):
+    """After `kit predict --tta` changes a configuration's TTA choice (or the blend chosen changes), `kit submit`
+    records its rows again: one row per blending method and one submission per run, not one more each time."""
+    def rows(tta, chosen):
+        base = {"recipe_name": "quickstart", "run_dir": "runs/quickstart", "tta_mode": tta}
+        return [Entry(kind="ensemble", name=f"ensemble:{m}", metric="accuracy", score=0.9, blend_method=m,
+                      extra={"chosen": m == chosen}, **base) for m in ("mean", "rank")] + \
+            [Entry(kind="submission", name="quickstart:submission", metric="accuracy", score=0.9, blend_method=chosen,
+                   **base)]
+    record(rows("none", "mean"), url)
+    record(rows("hflip", "rank"), url)
+    df = query(url)
+    assert sorted(df["name"]) == ["ensemble:mean", "ensemble:rank", "quickstart:submission"]
+    assert set(df["tta_mode"]) == {"hflip"}
+    chosen = df[df["kind"] == "ensemble"].set_index("name")["extra"].map(lambda e: e["chosen"])
+    assert chosen.to_dict() == {"ensemble:mean": False, "ensemble:rank": True}
+    # members keep one row per TTA mode they predicted
+    record([member("m-s0", 0.9, tta_mode="none"), member("m-s0", 0.91, kind="tta", tta_mode="hflip")], url)
+    record([member("m-s0", 0.9, tta_mode="none"), member("m-s0", 0.91, kind="tta", tta_mode="hflip")], url)
+    assert len(query(url, kind=["member", "tta"])) == 2
+
+
 def test_numpy_values_and_naive_times_are_stored(url):
     e = member("m", np.float32(0.5), seed=np.int64(2), scores={"accuracy": np.float64(0.5)},
                created_at=datetime(2024, 1, 1, 8, 0), extra={"probs": np.array([0.25, 0.75])})

@@ -12,12 +12,13 @@ import kit.advise
 import kit.data.transforms
 import kit.models.backbone
 import kit.plan
+import kit.runtime
 import kit.train
 from kit import run as R
 from kit.cli import main
 from kit.errors import KitError, RunDirError
 from kit.leaderboard import query
-from kit.members import prepare_run
+from kit.context import prepare_run
 from kit.plan import PLAN_FILE, load_plan, plan_to_dict
 from kit.predictions import Predictions, load_predictions
 from kit.recipe import Recipe, recipe_from_dict
@@ -86,7 +87,7 @@ def test_nothing_downstream_resolves_after_the_plan(kaggle_root, tmp_path, env, 
     monkeypatch.setattr(Recipe, "with_overrides", validation_only)
     for module, name in ((kit.advise, "cached_advice"), (kit.advise, "advise"), (kit.plan, "make_plan"),
                          (kit.plan, "_resolve_backbone"), (kit.models.backbone, "pretrained_overlay"),
-                         (kit.models.backbone, "model_data_config"), (kit.data.transforms, "resolve_data_config")):
+                         (kit.models.backbone, "model_data_config"), (kit.data.transforms, "check_augment")):
         monkeypatch.setattr(module, name, _fail(f"{module.__name__}.{name}"))
     summary = R.run(recipe, log=quiet)
     assert summary.submission is not None and len(summary.configs) == 2
@@ -188,11 +189,11 @@ def test_modes_added_later_by_kit_predict_are_considered_by_kit_submit(kaggle_ro
     assert all(set(c.tta_scores) == {"none"} for c in summary.configs)
     R.predict(recipe.run_dir, ["vflip"], log=quiet)
     # make vflip the better mode on every config, so that the pooled out-of-fold rule must pick it
-    import kit.members
-    real = kit.members.choose_tta
+    import kit.choice
+    real = kit.choice.choose_tta
     seen = []
-    monkeypatch.setattr("kit.run.choose_tta", lambda oofs, metric, fixed="auto": seen.append(set(oofs)) or
-                        (kit.members.TTAChoice("vflip", "test") if "vflip" in oofs else real(oofs, metric, fixed)))
+    monkeypatch.setattr("kit.results.choose_tta", lambda oofs, metric, fixed="auto": seen.append(set(oofs)) or
+                        (kit.choice.Choice("vflip", "test") if "vflip" in oofs else real(oofs, metric, fixed)))
     again = R.finish(prepare_run(recipe))
     assert seen and all(s == {"none", "vflip"} for s in seen)
     assert all(c.tta == "vflip" for c in again.configs)
@@ -209,7 +210,7 @@ def test_missing_test_predictions_stop_kit_submit_naming_the_member_and_file(kag
 
 
 def test_cli_prints_kit_errors_as_one_line_and_lets_bugs_show_their_traceback(monkeypatch, capsys, tmp_path):
-    import kit.run as run_module
+    import kit.context as run_module  # where every command reads a recipe or a run directory
 
     def user_error(*a, **k):
         raise RunDirError("runs/x holds a run of a different recipe")
@@ -257,22 +258,31 @@ def test_bad_images_are_all_reported_before_training_or_left_out_and_listed(kagg
     assert json.loads((skip.run_dir / "summary.json").read_text())["bad_images"] == 3
 
 
-@pytest.mark.parametrize("crop_pct", [1.0, 0.8])
-def test_the_validation_epoch_and_the_members_none_score_agree(kaggle_root, tmp_path, env, crop_pct):
+@pytest.mark.parametrize("over", [{"augment.crop_pct": 1.0}, {"augment.crop_pct": 0.8},
+                                  {"augment.crop_pct": 0.875, "tta.resize": 44}])
+def test_the_validation_epoch_and_the_members_none_score_agree(kaggle_root, tmp_path, env, over):
     """fit validates each epoch through kit.train.evaluate (S x S crops); the member's `none` predictions come
-    from kit.tta.predict_modes (R x R squares, centre view). Both must give the same probabilities."""
+    from kit.tta.predict_modes (R x R squares, centre view), and a teacher's from predict_rows. All three must give
+    the same probabilities, also with tta.resize set (it used to cut `none` from another resize than validation)."""
     import pandas as pd
-    recipe = _recipe(kaggle_root, tmp_path, **{"augment.crop_pct": crop_pct, "ensemble": {"seeds": [0]},
-                                               "train.epochs": 2})
+    from kit.member_predict import load_member_model, predict_rows
+    recipe = _recipe(kaggle_root, tmp_path, **{**over, "ensemble": {"seeds": [0]}, "train.epochs": 2})
     ctx, records = R.train(recipe, log=quiet)
     history = pd.read_csv(ctx.run_dir / "members" / records[0]["member"] / "history.csv")
     best = history.iloc[records[0]["best_epoch"]]
     none = records[0]["scores"]["none"]
     assert best["val_accuracy"] == pytest.approx(none["accuracy"], abs=1e-9)
     assert best["val_log_loss"] == pytest.approx(none["log_loss"], abs=1e-5)
+    member = ctx.plan.members[0]
+    oof = load_predictions(pred_path(ctx.run_dir, member.name, "oof", "none"))
+    cpu = kit.runtime.resolve_device("cpu")
+    model, cfg, cl = load_member_model(ctx, member, cpu)
+    rows = np.array([list(ctx.sources.train.ids).index(i) for i in oof.ids])
+    np.testing.assert_allclose(predict_rows(ctx, member, model, cfg, cpu, cl, ctx.sources.train, rows), oof.probs,
+                               atol=1e-5)
 
 
-def test_summary_says_when_the_best_member_is_kept(capsys, tmp_path):
+def test_summary_says_which_rule_chose_the_blend(capsys, tmp_path):
     from kit.cli import print_summary
     from kit.ensemble import MethodResult
     oof = Predictions(["a", "b"], np.array([[0.9, 0.1], [0.2, 0.8]]), ("x", "y"), np.array([0, 1]))
@@ -280,23 +290,25 @@ def test_summary_says_when_the_best_member_is_kept(capsys, tmp_path):
     methods = {"best": MethodResult("best", np.array([1.0, 0.0]), 0.9, 0.9),
                "mean": MethodResult("mean", np.array([0.5, 0.5]), 0.85, 0.85),
                "greedy": MethodResult("greedy", np.array([0.7, 0.3]), 0.95, 0.88)}
-    print_summary(R.Summary(tmp_path, "accuracy", configs, methods, "best", None, 1.0, []))
-    out = capsys.readouterr().out
-    assert "best member kept: no blend beat it on nested folds (best blend greedy" in out
-    assert R.summary_dict(R.Summary(tmp_path, "accuracy", configs, methods, "best", None, 1.0, []))["best_member_kept"]
+    why = "best beats mean (the reference) by 0.0500 out-of-fold accuracy, more than 2 paired standard errors (0.01)"
+    summary = R.Summary(tmp_path, "accuracy", configs, methods, "best", None, 1.0, [], chosen_why=why)
+    print_summary(summary)
+    assert f"blend chosen: best, {why}" in " ".join(capsys.readouterr().out.split())
+    d = R.summary_dict(summary)
+    assert d["best_member_kept"] and d["chosen_why"] == why
 
 
-def test_summary_says_why_a_mode_scored_lower_on_the_metric_was_chosen(capsys, tmp_path):
+def test_summary_says_which_rule_chose_each_tta_mode(capsys, tmp_path):
     from kit.cli import print_summary
     oof = Predictions(["a", "b"], np.array([[0.9, 0.1], [0.2, 0.8]]), ("x", "y"), np.array([0, 1]))
     why = "accuracy of none, hflip within 2 paired standard errors of the best (none): lowest log loss of those"
     configs = [R.ConfigResult("m-s0", "m", 0, {"none": 0.9275, "hflip": 0.925}, "hflip", oof, None, (), why),
-               R.ConfigResult("m-s1", "m", 1, {"none": 0.92, "hflip": 0.93}, "hflip", oof, None, (), "best")]
+               R.ConfigResult("m-s1", "m", 1, {"none": 0.92}, "none", oof, None, (), "the only TTA mode")]
     summary = R.Summary(tmp_path, "accuracy", configs, {}, None, None, 1.0, [])
     print_summary(summary)
     out = capsys.readouterr().out
     assert f"TTA of m-s0: hflip, {why}" in " ".join(out.split())
-    assert "TTA of m-s1" not in out  # its best mode needs no word
+    assert "TTA of m-s1" not in out  # one mode predicted: nothing was chosen
     assert R.summary_dict(summary)["tta_why"]["m-s0"] == why
 
 
@@ -409,3 +421,19 @@ def test_depthwise_taps_are_decided_in_the_plan_and_train_the_same_model(kaggle_
     extract = _recipe(kaggle_root, tmp_path, **{"name": "fx", "model.backbone": "test_efficientnet",
                                                 "model.strategy": "feature_extract", "model.depthwise_taps": True})
     assert not any(m.depthwise_taps for m in prepare_run(extract).plan.members)  # no convolution trains
+
+
+def test_a_resumed_run_uses_the_keys_outside_the_hash_as_given_now(kaggle_root, tmp_path, env):
+    """The leaderboard URL, train.compile and data.num_workers change where and how fast a run goes, not what it
+    computes: a resumed run used to keep plan.json's copies while recipe.yaml showed the new values."""
+    first = _recipe(kaggle_root, tmp_path, **{"ensemble": {"seeds": [0]}})
+    prepare_run(first)
+    now = first.with_overrides({"leaderboard": str(tmp_path / "other.sqlite"), "data.num_workers": 1})
+    ctx = prepare_run(now)
+    assert ctx.plan.recipe_hash == load_plan(first.run_dir / PLAN_FILE).recipe_hash  # the same run
+    assert ctx.recipe.leaderboard == now.leaderboard
+    assert {m.recipe.leaderboard for m in ctx.plan.members} == {now.leaderboard}
+    assert {m.recipe.data.num_workers for m in ctx.plan.members} == {1}
+    assert "other.sqlite" in (first.run_dir / "recipe.yaml").read_text()
+    with pytest.raises(RunDirError, match="holds a run of a different recipe"):
+        prepare_run(first.with_overrides({"train.lr": 1e-2}))

@@ -10,7 +10,7 @@ from kit import run as R
 from kit.cli import main
 from kit.errors import RecipeError
 from kit.leaderboard import query
-from kit.members import prepare_run
+from kit.context import prepare_run
 from kit.predictions import Predictions, load_predictions
 from kit.pseudo import distill_recipe, mixed_targets, one_hot, select_pseudo, soften
 from kit.recipe import recipe_from_dict
@@ -79,6 +79,46 @@ def test_pseudo_round_learns_per_fold_and_never_validates_on_test_images(kaggle_
     from kit.leaderboard import rank
     members = rank(query(recipe.leaderboard, kind="member"))
     assert len(members) == 6 and set(members["n"]) == {2}  # per round and fold, the seeds grouped; rounds apart
+    # the last round submits: kit.load, kit export and kit predict --images read it (they failed on every
+    # pseudo-label run: the reader grouped the members of every round, the report lists the last round's)
+    import kit
+    from kit.bundle import export_bundle
+    ens = kit.load(recipe.run_dir)
+    assert ens.members == ["test_resnet-s0-r1", "test_resnet-s1-r1"]
+    submitted = load_predictions(recipe.run_dir / "ensemble" / f"test_{summary.chosen}.npz")
+    np.testing.assert_allclose(ens.predict_table(ctx.sources.test), submitted.reorder(ctx.sources.test.ids).probs,
+                               atol=1e-5)
+    bundle = export_bundle(recipe.run_dir, tmp_path / "bundle")
+    np.testing.assert_allclose(kit.load(bundle).predict_table(ctx.sources.test),
+                               submitted.reorder(ctx.sources.test.ids).probs, atol=1e-5)
+    assert main(["predict", str(recipe.run_dir), "--images", str(kaggle_root / "test"), "--output",
+                 str(tmp_path / "pred.csv")]) == 0
+
+
+def test_the_teacher_blends_tempered_probabilities_as_the_submission_did(tmp_path):
+    """Under ensemble.temperature the blend's weights (or stacker) are fitted on each configuration's tempered
+    probabilities; the pseudo-label and distillation teacher used to apply them to raw ones."""
+    from types import SimpleNamespace
+    from kit.ensemble import MethodResult, apply_method, apply_temperature
+    from kit.predictions import save_predictions
+    from kit.pseudo import fold_blend, load_teacher
+    from kit.report import BlendReport, method_dict, write_report
+    rng = np.random.default_rng(0)
+    ids, classes = [f"t{i}" for i in range(20)], ("a", "b", "c")
+    probs = [rng.dirichlet([1, 1, 1], 20).astype(np.float32) for _ in range(2)]
+    members = [SimpleNamespace(config=f"m-s{i}", fold=0, name=f"m-s{i}-f0") for i in range(2)]
+    for m, p in zip(members, probs):
+        save_predictions(Predictions(ids, p, classes), pred_path(tmp_path, m.name, "test", "none"))
+    weights = MethodResult("weights", np.array([0.7, 0.3]), 0.9, 0.9)
+    write_report(tmp_path / "ensemble", BlendReport("accuracy", "weights", "test", ["m-s0", "m-s1"],
+                                                    {"m-s0": "none", "m-s1": "none"}, [0.5, 2.0],
+                                                    {"weights": method_dict(weights)}, "m-s0", 0.9))
+    plan = SimpleNamespace(members=members, data={"classes": list(classes)})
+    got, sources = fold_blend(load_teacher(tmp_path, plan), 0)
+    tempered = apply_method([apply_temperature(p, t) for p, t in zip(probs, (0.5, 2.0))], weights)
+    np.testing.assert_allclose(got.probs, tempered, atol=1e-6)
+    assert not np.allclose(got.probs, apply_method(probs, weights), atol=1e-3)
+    assert sources == ["m-s0-f0", "m-s1-f0"]
 
 
 def test_distilled_student_learns_from_the_teachers_of_its_fold_and_is_a_member(kaggle_root, tmp_path, env, capsys):

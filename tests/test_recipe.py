@@ -133,11 +133,19 @@ def test_ensemble_backbone_overrides_are_checked(tmp_path):
         load_recipe(write(tmp_path, "ensemble:\n  backbones:\n    - train: {lrr: 0.1}\n"))
 
 
+def checked(path):
+    """load_recipe, then what the plan checks before any data is read (stages, transforms at the model's size)."""
+    from kit.plan import check_recipe_models
+    recipe = load_recipe(path)
+    check_recipe_models(recipe)
+    return recipe
+
+
 def test_bad_albumentations_transform(tmp_path):
     with pytest.raises(RecipeError, match=r"augment\.train\[0\]\.HorizontalFlp.*did you mean HorizontalFlip"):
         load_recipe(write(tmp_path, "augment:\n  train:\n    - HorizontalFlp: {p: 0.5}\n"))
     with pytest.raises(RecipeError, match=r"augment\.train\[1\]\.HorizontalFlip.*invalid parameters"):
-        load_recipe(write(tmp_path, "augment:\n  train:\n    - RandomResizedCrop: {}\n"
+        checked(write(tmp_path, "augment:\n  train:\n    - RandomResizedCrop: {}\n"
                                     "    - HorizontalFlip: {p: 7}\n"))
 
 
@@ -216,11 +224,11 @@ def test_importing_the_recipe_and_run_modules_stays_light():
 
 def test_a_misspelt_transform_parameter_fails_as_strictly_as_training(tmp_path):
     path = write(tmp_path, "augment:\n  train:\n    - Affine: {rotat: 10}\n")
-    with pytest.raises(RecipeError, match=r"'augment\.train\[0\]\.Affine' in .*r\.yaml: unknown parameter 'rotat' "
+    with pytest.raises(RecipeError, match=r"'augment\.train\[0\]\.Affine' in the recipe of r: unknown parameter 'rotat' "
                                           r"\(did you mean 'rotate'\?\); parameters of Affine: .*rotate"):
-        load_recipe(path)
+        checked(path)
     with pytest.raises(RecipeError, match=r"augment\.train\[0\]\.Affine.*rotate: Input should be"):
-        load_recipe(write(tmp_path, "augment:\n  train:\n    - Affine: {rotate: sideways}\n"))
+        checked(write(tmp_path, "augment:\n  train:\n    - Affine: {rotate: sideways}\n"))
     with pytest.raises(RecipeError, match=r"augment\.train\[0\]\.ImageOnlyTransform.*not an albumentations transform"):
         load_recipe(write(tmp_path, "augment:\n  train:\n    - ImageOnlyTransform: {}\n"))  # a base class
 
@@ -239,7 +247,7 @@ def test_transforms_are_validated_by_the_function_training_uses(tmp_path, monkey
         raise ValueError("rejected by build_transform")
     monkeypatch.setattr(transforms, "build_transform", build)
     with pytest.raises(RecipeError, match=r"augment\.train\[0\]\.RandomResizedCrop.*rejected by build_transform"):
-        load_recipe(write(tmp_path, "augment:\n  input_size: 48\n  train:\n    - RandomResizedCrop: {}\n"))
+        checked(write(tmp_path, "augment:\n  input_size: 48\n  train:\n    - RandomResizedCrop: {}\n"))
     assert sizes == [48]  # RandomResizedCrop's size is filled in there, from the input size
 
 
@@ -270,12 +278,12 @@ def test_image_sizes_are_bounded_with_the_arithmetic(tmp_path, text, key, arithm
 
 def test_cut_at_is_checked_against_the_backbones_stages(tmp_path):
     text = "model: {backbone: test_resnet, strategy: cut_at, cut_at: %d}\n"
-    with pytest.raises(RecipeError, match=r"'model\.cut_at' in .*r\.yaml: 99 is out of range for test_resnet, whose "
+    with pytest.raises(RecipeError, match=r"'model\.cut_at' in the recipe of r: 99 is out of range for test_resnet, whose "
                                           r"stages \(timm feature_info\) are 0: act1, 1: layer1, .* 4: layer4; use 0\.\.4"):
-        load_recipe(write(tmp_path, text % 99))
-    assert load_recipe(write(tmp_path, text % 4)).model.cut_at == 4
+        checked(write(tmp_path, text % 99))
+    assert checked(write(tmp_path, text % 4)).model.cut_at == 4
     with pytest.raises(RecipeError, match=r"'model\.cut_at' in .*\(ensemble\.backbones\[0\]\): 5 is out of range"):
-        load_recipe(write(tmp_path, "ensemble:\n  backbones:\n    - model: {backbone: resnet10t, strategy: cut_at, "
+        checked(write(tmp_path, "ensemble:\n  backbones:\n    - model: {backbone: resnet10t, strategy: cut_at, "
                                     "cut_at: 5}\n"))
 
 
@@ -285,10 +293,10 @@ def test_frozen_stages_are_checked_against_the_backbones_stages(tmp_path):
     from kit.recipe import ModelSpec
     n = len(stage_groups(build_model(ModelSpec(backbone="test_resnet"), 2, load_weights=False)[0]))
     text = "model: {backbone: test_resnet, frozen_stages: %d}\n"
-    assert load_recipe(write(tmp_path, text % n)).model.frozen_stages == n  # the same count training uses
+    assert checked(write(tmp_path, text % n)).model.frozen_stages == n  # the same count training uses
     with pytest.raises(RecipeError, match=rf"'model\.frozen_stages' in .*: {n + 1}, but test_resnet has {n} stages.*"
                                           rf"use 0\.\.{n}"):
-        load_recipe(write(tmp_path, text % (n + 1)))
+        checked(write(tmp_path, text % (n + 1)))
 
 
 def test_override_values_that_are_not_yaml(tmp_path):
@@ -383,3 +391,21 @@ def test_files_that_cannot_be_read_as_text(tmp_path):
     path.write_text("a: [" + "[" * 3000 + "]" * 3000 + "]\n")
     with pytest.raises(RecipeError, match="nested"):
         load_recipe(path)
+
+
+def test_ensemble_choose_must_be_among_the_methods(tmp_path):
+    """It used to be accepted, and the run then ended in a KeyError with no submission."""
+    with pytest.raises(RecipeError, match=r"'ensemble\.choose' in .*'stack' is not among ensemble\.methods "
+                                          r"\['mean', 'rank'\].*add it to ensemble\.methods"):
+        load_recipe(write(tmp_path, "ensemble: {methods: [mean, rank], choose: stack}\n"))
+    assert load_recipe(write(tmp_path, "ensemble: {methods: [mean, rank], choose: rank}\n")).ensemble.choose == "rank"
+
+
+@pytest.mark.parametrize("key", ["seed", "metric", "device"])
+def test_a_backbone_entry_cannot_vary_what_the_run_reads_once(tmp_path, key):
+    """ensemble.backbones[i].train.seed used to be overwritten silently; .metric and .device were accepted and
+    the top-level ones read."""
+    value = {"seed": 7, "metric": "log_loss", "device": "cpu"}[key]
+    with pytest.raises(RecipeError, match=rf"'ensemble\.backbones\[0\]\.train\.{key}' in .*remove it from the "
+                                          r"backbone entry"):
+        load_recipe(write(tmp_path, f"ensemble:\n  backbones:\n    - train: {{{key}: {value}}}\n"))

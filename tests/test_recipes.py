@@ -20,9 +20,15 @@ def _isolated(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
 def test_every_recipe_loads_and_plans(path, tmp_path, monkeypatch):
-    from kit.members import load_checked_sources
+    from kit.context import load_checked_sources
     from kit.plan import format_plan, make_plan
-    recipe = load_recipe(path, _isolated(tmp_path, monkeypatch) + [("model.channels_last", False)])
+    over = _isolated(tmp_path, monkeypatch) + [("model.channels_last", False)]
+    recipe = load_recipe(path, over)
+    if recipe.distill.teacher:  # the teacher's plan is all planning needs (training reads its predictions)
+        from kit.plan import make_plan as plan_teacher, save_plan
+        teacher = load_recipe(path.parent / "quickstart.yaml", over)
+        assert (tmp_path / recipe.distill.teacher).resolve() == teacher.run_dir.resolve()
+        save_plan(plan_teacher(teacher, load_checked_sources(teacher)[0]), teacher.run_dir / "plan.json")
     sources, bad = load_checked_sources(recipe)
     plan = make_plan(recipe, sources)
     assert not bad and len(plan.members) == len(recipe.seeds) * len(recipe.ensemble.backbones or [{}]) * (

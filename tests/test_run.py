@@ -12,7 +12,8 @@ import pytest
 import kit.train
 from kit import run as R
 from kit.ensemble import METHODS
-from kit.members import config_predictions, prepare_run, select_members
+from kit.context import prepare_run, select_members
+from kit.pool import config_predictions
 from kit.predictions import load_predictions
 from kit.errors import RunDirError
 from kit.leaderboard import query

@@ -135,7 +135,8 @@ def test_planted_best_pt_is_refused(plant, tmp_path):
 
 def _feature_member(tmp_path, kaggle_spec, head):
     """A finished feature_extract member (the fastest member kit trains) and its run context."""
-    from kit.members import prepare_run, train_member
+    from kit.context import prepare_run
+    from kit.member_train import train_member
     recipe = recipe_from_dict({
         "name": "safe", "output_dir": str(tmp_path / "runs"), "leaderboard": str(tmp_path / "lb.sqlite"),
         "data": {**kaggle_spec.model_dump(), "num_workers": 0}, "augment": {"input_size": 32},
@@ -154,7 +155,7 @@ def kit_cache(tmp_path, monkeypatch):
 
 
 def test_planted_best_pt_of_a_finished_member_is_refused(plant, tmp_path, kaggle_spec, kit_cache):
-    from kit.members import load_member_model
+    from kit.member_predict import load_member_model
     ctx, member, out = _feature_member(tmp_path, kaggle_spec, "logreg")
     marker = plant(out / "best.pt")
     with pytest.raises(UnsafeFileError) as info:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from conftest import data_config
 import pytest
 
 from kit.errors import RunDirError
 import torch
 
 from kit.data import (ImageDataset, create_eval_transform, create_train_transform, load_sources, make_folds,
-                      make_loader, resolve_data_config)
+                      make_loader)
 from kit.models.backbone import build_model
 from kit.recipe import AugmentSpec, ModelSpec, TrainSpec
 from kit.rundir import atomic_save, write_csv_atomic
@@ -27,12 +28,12 @@ class Interrupt(Exception):
 
 
 def fit_setup(data_spec, model: ModelSpec, train: TrainSpec):
-    """What kit.members builds for a member, from seeds: (net, train loader, validation loader, labels)."""
+    """What kit.member_train builds for a member, from seeds: (net, train loader, validation loader, labels)."""
     seed_everything(train.seed)
     net, _ = build_model(model, 3)
     sources = load_sources(data_spec)
     folds = make_folds(sources.train.labels, data_spec)
-    cfg = resolve_data_config(net, AUGMENT)
+    cfg = data_config(net, AUGMENT)
     tr, va = np.flatnonzero(folds != 0), np.flatnonzero(folds == 0)
     train_loader = make_loader(ImageDataset(sources.train, tr, create_train_transform(AUGMENT, cfg)), train.batch_size,
                                shuffle=True, num_workers=0, seed=train.seed, drop_last=True)
@@ -42,7 +43,7 @@ def fit_setup(data_spec, model: ModelSpec, train: TrainSpec):
 
 
 def train_run(data_spec, out_dir, *, model=None, train=None, resume=False, on_epoch_end=None, wrap=None):
-    """Build everything from seeds, as kit.members does, and fit; returns (history, model). `wrap` may replace
+    """Build everything from seeds, as kit.member_train does, and fit; returns (history, model). `wrap` may replace
     the training loader by a wrapper of it."""
     model = model or ModelSpec(backbone="test_resnet", weights="none", strategy="full")
     train = train or TrainSpec(epochs=3, batch_size=8, lr=3e-3, warmup_epochs=0)

@@ -1,9 +1,10 @@
-"""The TTA rule (kit.members.choose_tta) and the paired noise it measures (kit.metrics.paired_se)."""
+"""The TTA rule (kit.choice.choose_tta: kit.choice's one rule with `none` the reference) and the paired noise it
+measures (kit.metrics.paired_se)."""
 import numpy as np
 import pytest
 
 import kit.metrics as M
-from kit.members import TTA_NOISE_SE, choose_tta
+from kit.choice import NOISE_SE as TTA_NOISE_SE, choose_tta
 from kit.predictions import Predictions
 
 N, C = 2000, 10
@@ -64,10 +65,10 @@ def test_a_mode_within_noise_on_accuracy_is_chosen_by_its_lower_log_loss(y):
     acc = {m: M.score("accuracy", p.labels, p.probs) for m, p in (("none", none), ("hflip", hflip))}
     assert acc["none"] - acc["hflip"] == pytest.approx(5 / N)
     choice = choose_tta({"none": none, "hflip": hflip}, "accuracy")
-    assert choice.mode == "hflip"
-    assert "within 2 paired standard errors" in choice.why and "log loss" in choice.why
-    # log loss is then the metric itself: its best, whatever accuracy says
-    assert choose_tta({"none": none, "hflip": hflip}, "log_loss").mode == "hflip"
+    assert choice.name == "hflip"
+    assert "within 2 paired standard errors of none" in choice.why and "log_loss" in choice.why
+    # log loss is then the metric itself: hflip beats the reference on it beyond the noise
+    assert choose_tta({"none": none, "hflip": hflip}, "log_loss").name == "hflip"
 
 
 def test_a_clear_lead_on_the_metric_wins_whatever_the_log_loss(y):
@@ -76,14 +77,17 @@ def test_a_clear_lead_on_the_metric_wins_whatever_the_log_loss(y):
     assert M.score("log_loss", y, hflip.probs) < M.score("log_loss", y, none.probs)
     assert 0.075 > TTA_NOISE_SE * M.paired_se("accuracy", y, none.probs, hflip.probs)
     choice = choose_tta({"hflip": hflip, "none": none}, "accuracy")
-    assert choice.mode == "none" and "more than 2 paired standard errors" in choice.why
+    assert choice.name == "none" and choice.why == "none (the reference) scores best on out-of-fold accuracy"
+    # the other way round, the clear lead replaces the reference
+    choice = choose_tta({"none": hflip, "hflip": none}, "accuracy")
+    assert choice.name == "hflip" and "more than 2 paired standard errors" in choice.why
 
 
 def test_equal_modes_keep_none_and_a_fixed_mode_is_kept(y):
     p = _probs(y, _correct(1800), 0.9, 0.9)
-    assert choose_tta({"hflip": _pred(y, p), "none": _pred(y, p)}, "accuracy").mode == "none"
-    assert choose_tta({"none": _pred(y, p)}, "f1_macro") == ("none", "the only mode predicted")
-    assert choose_tta({"none": _pred(y, p)}, "accuracy", fixed="ten_crop").mode == "ten_crop"
+    assert choose_tta({"hflip": _pred(y, p), "none": _pred(y, p)}, "accuracy").name == "none"
+    assert choose_tta({"none": _pred(y, p)}, "f1_macro")[:2] == ("none", "the only TTA mode")
+    assert choose_tta({"none": _pred(y, p)}, "accuracy", fixed="ten_crop").name == "ten_crop"
 
 
 def test_f1_macro_is_sklearns_with_absent_and_never_predicted_classes():

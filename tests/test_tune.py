@@ -136,8 +136,8 @@ def test_pruning_stops_weak_trials(base):
 
 def test_failures_fail_the_trial_and_the_study_goes_on(base, monkeypatch):
     import torch
-    import kit.members
-    real = kit.members.train_member
+    import kit.member_train
+    real = kit.member_train.train_member
     outcomes = iter(["oom", "nan", "error", "real"])
 
     def train_member(ctx, member, **kwargs):
@@ -151,7 +151,7 @@ def test_failures_fail_the_trial_and_the_study_goes_on(base, monkeypatch):
             rec["scores"]["none"]["log_loss"] = math.nan
         return rec
 
-    monkeypatch.setattr(kit.members, "train_member", train_member)
+    monkeypatch.setattr(kit.member_train, "train_member", train_member)
     study = tune(make(base, trials=4), log=quiet)
     states = [t.state for t in study.trials]
     assert states == [TrialState.FAIL] * 3 + [TrialState.COMPLETE]
@@ -165,11 +165,11 @@ def test_resume_continues_the_study(base, monkeypatch):
     recipe = make(base, top_k=2)
     assert len(tune(recipe, 2, log=quiet).trials) == 2
 
-    import kit.members
+    import kit.member_train
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
     with monkeypatch.context() as m:  # Ctrl-C: not caught as a failed trial, it stops the study
-        m.setattr(kit.members, "train_member", interrupted)
+        m.setattr(kit.member_train, "train_member", interrupted)
         with pytest.raises(KeyboardInterrupt):
             tune(recipe, 5, log=quiet)
 

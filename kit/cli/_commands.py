@@ -18,7 +18,7 @@ def _recipe_args(p):
 
 
 def _load(args):
-    from kit.run import load_recipe_or_run
+    from kit.context import load_recipe_or_run
     return load_recipe_or_run(args.recipe, args.overrides)
 
 
@@ -154,7 +154,7 @@ def _image_progress():
 
 def _repredict(args):
     from pathlib import Path
-    from kit.bundle import BUNDLE_FILE
+    from kit.inference import BUNDLE_FILE
     from kit.errors import RecipeError
     from kit.run import predict
     if (Path(args.run) / BUNDLE_FILE).is_file() or args.run.endswith(".zip"):
@@ -185,8 +185,8 @@ def cmd_export(args):
 
 
 def cmd_submit(args):
-    from kit.members import prepare_run
-    from kit.run import finish, load_recipe_or_run
+    from kit.context import load_recipe_or_run, prepare_run
+    from kit.run import finish
     summary = finish(prepare_run(load_recipe_or_run(args.run)), force=args.force, path=args.output)
     print_summary(summary)
     return 0
@@ -207,7 +207,7 @@ def _compare_with_teacher(teacher_dir, summary) -> None:
     """The student's validation score beside its teacher's blend (both out-of-fold, same folds)."""
     import json
     from pathlib import Path
-    from kit.run import summary_dict
+    from kit.results import summary_dict
     teacher = json.loads((Path(teacher_dir) / "summary.json").read_text())
     d = summary_dict(summary)
     t_score = (teacher["methods"][teacher["chosen"]]["oof"] if teacher.get("chosen")
@@ -224,7 +224,7 @@ def cmd_plan(args):
 
 def _print_plan(recipe, planner) -> None:
     """The plan's lines (planner: kit.plan.plan_run, which reuses a run directory's plan, or make_plan)."""
-    from kit.members import load_checked_sources
+    from kit.context import load_checked_sources
     from kit.plan import format_plan
     sources, bad = load_checked_sources(recipe)
     for line in format_plan(planner(recipe, sources)):
@@ -300,8 +300,7 @@ def cmd_init(args):
 
 
 def print_summary(s) -> None:
-    from kit import metrics as M
-    from kit.run import summary_dict
+    from kit.results import summary_dict
     d = summary_dict(s)
     t = Table(title=f"members: out-of-fold {s.metric} by TTA mode (* chosen, pooled out-of-fold)")
     t.add_column("member")
@@ -312,8 +311,8 @@ def print_summary(s) -> None:
         t.add_row(c.config, *[f"{c.tta_scores[m]:.4f}" + (" *" if m == c.tta else "  ") if m in c.tta_scores
                               else "" for m in modes])
     console.print(t)
-    for c in s.configs:  # a mode chosen over a better-scored one says why
-        if any(M.better(s.metric, v, c.tta_scores[c.tta]) for v in c.tta_scores.values()):
+    for c in s.configs:  # which rule chose each configuration's TTA mode, and by how much
+        if len(c.tta_scores) > 1:
             console.print(f"TTA of {c.config}: {c.tta}, {c.tta_why}", highlight=False)
     if s.configs:
         console.print(f"mean ± std across members: {d['member_mean']:.4f} ± {d['member_std']:.4f} "
@@ -326,12 +325,10 @@ def print_summary(s) -> None:
             w = " ".join(f"{x:.2f}" for x in res.weights)
             t.add_row(name + (" *" if name == s.chosen else ""), f"{res.oof_score:.4f}", f"{res.nested_score:.4f}", w)
         console.print(t)
-        if s.chosen == "best":
-            console.print(f"best member kept: no blend beat it on nested folds "
-                          f"(best blend {max((n for n in s.methods if n != 'best'), key=lambda n: s.methods[n].nested_score if _higher(s.metric) else -s.methods[n].nested_score)})")
-        else:
-            console.print(f"chosen: {s.chosen}; gain over the best member: {d['gain_nested']:+.4f} nested, "
-                          f"{d['gain_oof']:+.4f} out-of-fold")
+        console.print(f"blend chosen: {s.chosen}, {s.chosen_why}", highlight=False)
+        if s.chosen != "best" and "gain_nested" in d:
+            console.print(f"gain over the best member: {d['gain_nested']:+.4f} nested, {d['gain_oof']:+.4f} "
+                          f"out-of-fold", highlight=False)
     for c in s.configs:
         if c.refits:
             what = "its refit" if len(c.refits) == 1 else f"the mean of its {len(c.refits)} refits"
@@ -349,10 +346,5 @@ def print_summary(s) -> None:
         console.print(f"submission scored against the known answers: {t['metric']} public {t['public']:.4f} "
                       f"(n={t['n_public']}), private {t['private']:.4f} (n={t['n_private']})")
     console.print(f"run directory: [bold]{s.run_dir}[/]  ({s.wall_time_s:.0f} s)")
-
-
-def _higher(metric: str) -> bool:
-    from kit.metrics import get_metric
-    return get_metric(metric).higher_is_better
 
 

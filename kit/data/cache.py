@@ -179,37 +179,17 @@ def entry_key(files: list, max_side: Optional[int]) -> str:
     return h.hexdigest()
 
 
-def decoded_max_side(recipe_or_plan) -> Optional[int]:
+def decoded_max_side(plan) -> int:
     """SIDE_FACTOR x the largest side a transform resizes an image to: the train input S, the eval resize R =
-    tta.resize or S / crop_pct, R x the largest multiscale factor. From a kit.plan.RunPlan, over its members' data
-    configs (what a run uses: nothing resolved again); from a recipe, over its backbones' pretrained configs, read by
-    name. None (no cap) when a backbone has no pretrained config to read its input size from without building it."""
-    members = getattr(recipe_or_plan, "members", None)
-    if members is not None:
-        pairs = [(m.data_config, m.recipe.tta) for m in members]
-    else:
-        pairs = _recipe_configs(recipe_or_plan)
-        if pairs is None:
-            return None
+    tta.resize or S / crop_pct, R x the largest multiscale factor; over a kit.plan.RunPlan's members' data configs
+    (what a run uses: nothing resolved again)."""
+    pairs = [(m.data_config, m.recipe.tta) for m in plan.members]
     largest = 0.0
     for cfg, tta in pairs:
         side = tta.resize or round(cfg["input_size"] / cfg["crop_pct"])
         scale = max(tta.scales) if "multiscale" in tta.modes else 1.0
         largest = max(largest, cfg["input_size"], side * max(1.0, scale))
     return int(np.ceil(SIDE_FACTOR * largest))
-
-
-def _recipe_configs(recipe) -> Optional[list]:
-    from kit.data.transforms import resolve_data_config
-    from kit.recipe import backbone_recipe
-    pairs = []
-    for b in range(len(recipe.ensemble.backbones or [{}])):
-        r = backbone_recipe(recipe, b) if recipe.ensemble.backbones else recipe
-        try:
-            pairs.append((resolve_data_config(r.model.backbone, r.augment), r.tta))
-        except ValueError:
-            return None
-    return pairs
 
 
 # ---------------------------------------------------------------- building

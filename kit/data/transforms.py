@@ -1,7 +1,7 @@
 """albumentations pipelines derived from the backbone, as timm does: the model decides input size and
 normalisation, the recipe (augment.*) decides the augmentations.
 
-    cfg = resolve_data_config(model, recipe.augment)        # input_size S, mean, std, crop_pct, interpolation
+    cfg = model_data_config(model)                          # kit.models.backbone: input_size S, mean, std, ...
     train_tf = create_train_transform(recipe.augment, cfg)  # recipe list -> S x S -> normalise -> tensor
     eval_tf = create_eval_transform(cfg)                    # shorter side to S / crop_pct -> centre S x S
 """
@@ -11,7 +11,8 @@ import cv2
 import albumentations as A
 from albumentations.pytorch import ToTensorV2
 
-from kit.recipe import AugmentSpec
+from kit.errors import RecipeError
+from kit.recipe import AugmentSpec, usable_transform
 
 INTERPOLATIONS = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST,
                   "area": cv2.INTER_AREA, "lanczos": cv2.INTER_LANCZOS4}
@@ -20,40 +21,6 @@ INTERPOLATIONS = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR, "nea
 _SIZE_CHANGING = ("SmallestMaxSize", "LongestMaxSize", "PadIfNeeded", "RandomScale", "CropAndPad",
                   "CropNonEmptyMaskIfExists", "RandomCropFromBorders", "Crop", "RandomCropNearBBox",
                   "BBoxSafeRandomCrop", "RandomSizedBBoxSafeCrop", "AtLeastOneBBoxRandomCrop")
-
-
-def resolve_data_config(model, spec: AugmentSpec, override: dict | None = None) -> dict:
-    """{input_size: S, mean, std, crop_pct, interpolation}: the model's pretrained config, then `override`
-    (e.g. the normalisation of offline weights), then augment.input_size / augment.crop_pct.
-
-    `model` is a timm model, or a timm model name (its default pretrained config is read, nothing is built).
-    """
-    import timm
-
-    if isinstance(model, str):
-        pretrained = timm.models.get_pretrained_cfg(model)
-        if pretrained is None:
-            raise ValueError(f"{model!r} is not a timm model with a pretrained config; "
-                             f"list them with timm.list_models('*pattern*')")
-        raw = timm.data.resolve_data_config(pretrained_cfg=pretrained.to_dict())
-    else:
-        raw = timm.data.resolve_model_data_config(model)
-    raw = {**raw, **(override or {})}
-    cfg = {"input_size": _side(raw["input_size"]), "mean": tuple(float(m) for m in raw["mean"]),
-           "std": tuple(float(s) for s in raw["std"]), "crop_pct": float(raw.get("crop_pct") or 1.0),
-           "interpolation": str(raw.get("interpolation") or "bilinear")}
-    if spec.input_size is not None:
-        cfg["input_size"] = spec.input_size
-    if spec.crop_pct is not None:
-        cfg["crop_pct"] = spec.crop_pct
-    return cfg
-
-
-def _side(input_size) -> int:
-    # timm gives (C, H, W); kit works with square inputs, so a non-square pretrained size uses its larger side.
-    if isinstance(input_size, int):
-        return input_size
-    return int(max(input_size[-2:]))
 
 
 def cv2_interpolation(name: str) -> int:
@@ -88,6 +55,48 @@ def build_transform(i: int, item: dict, size: int) -> A.BasicTransform:
         return cls(**{"strict": True, **params})
     except Exception as e:  # albumentations validates its arguments with pydantic
         raise ValueError(f"augment.train[{i}].{name}: invalid parameters {params}: {e}") from None
+
+
+def check_augment(spec: AugmentSpec, size: int, source: str) -> None:
+    """Every augment.train item built as training builds it (build_transform, strict) at the model's input size
+    `size`, so the check and the run cannot disagree; a RecipeError names the key, the parameter and the fix."""
+    import difflib
+    import inspect
+    for i, item in enumerate(spec.train):
+        (name, params), = item.items()
+        key = f"augment.train[{i}].{name}"
+        if not usable_transform(A, name):
+            raise RecipeError(f"recipe key '{key}' in {source}: not an albumentations transform")
+        try:
+            build_transform(i, item, size)
+        except ValueError as e:
+            cls = getattr(A, name)
+            valid = [p.name for p in inspect.signature(cls.__init__).parameters.values()
+                     if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+            unknown = [p for p in (params or {}) if p not in valid and p != "strict"]
+            if unknown:
+                hints = [f"'{u}' (did you mean '{c[0]}'?)" if (c := difflib.get_close_matches(str(u), valid, n=1))
+                         else f"'{u}'" for u in unknown]
+                why = f"unknown parameter {', '.join(hints)}; parameters of {name}: {', '.join(valid)}"
+            else:
+                why = f"invalid parameters {params}: {_transform_error(e)}"
+            raise RecipeError(f"recipe key '{key}' in {source}: {why}") from None
+
+
+def _transform_error(e: ValueError) -> str:
+    """albumentations' pydantic error (kept as build_transform's __context__) in one line, by parameter."""
+    from pydantic import ValidationError
+    inner = e.__context__
+    while inner is not None and not isinstance(inner, ValidationError) and inner.__context__ is not None:
+        inner = inner.__context__  # albumentations re-raises pydantic's error as a ValueError
+    if isinstance(inner, ValidationError):
+        by_param: dict[str, list[str]] = {}
+        for err in inner.errors():
+            name = f"{err['loc'][0]}" if err["loc"] else "parameters"
+            got = repr(err.get("input"))
+            by_param.setdefault(name, [f"got {got if len(got) <= 80 else got[:77] + '...'}"]).append(err["msg"])
+        return "; ".join(f"{k}: {' or '.join(dict.fromkeys(v[1:]))} ({v[0]})" for k, v in by_param.items())
+    return " ".join(str(inner or e).split())
 
 
 def _ends_square(steps, size: int) -> bool:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from kit.recipe import RecipeError
-from kit.rundir import publish_dir, remove_stale_tmp
+from kit.rundir import publish_dir, remove_stale_tmp, sha256_file
 from kit.runtime import cache_dir
 
 CACHE_FORMAT = 1  # bump when the entry layout or the meaning of a key part changes
@@ -43,11 +43,7 @@ def _file_sha256(path) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _sha256_of(path: str, size: int, mtime_ns: int) -> str:  # once per version of a weights file (~0.1 s / 20 MB)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def describe_weights(backbone: str, weights: str) -> str:

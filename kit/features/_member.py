@@ -1,4 +1,4 @@
-"""feature_extract members (kit.members.train_member): embeddings from the cache, a head fitted on them."""
+"""feature_extract members (kit.member_train.train_member): embeddings from the cache, a head fitted on them."""
 from __future__ import annotations
 
 import shutil
@@ -22,7 +22,7 @@ def fit_feature_member(ctx, member, model: nn.Module, cfg: dict, out: Path, *, d
                        on_epoch_end=None):
     """A feature_extract member: embeddings of the labelled images from the cache (extracted on a miss), the
     head fitted and calibrated on the training rows and validated on the member's fold, installed into the
-    model, saved as best.pt (+ HEAD_FILE for an svm head). Returns (model, History); kit.members predicts with it."""
+    model, saved as best.pt (+ HEAD_FILE for an svm head). Returns (model, History); kit.member_predict predicts with it."""
     from kit.models.backbone import CutBackbone, to_device
     from kit.rundir import atomic_save, write_csv_atomic, write_json_atomic
     from kit.runtime import resolve_amp

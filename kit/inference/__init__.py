@@ -6,7 +6,7 @@ by the chosen method and weights (kit.ensemble.apply_method).
     probs = ens.predict(["a.jpg", pil_image, array])      # DataFrame: a row per image, a column per class
     labels = ens.select(2).with_tta("none").predict_labels("test/")   # budget: 2 configurations, no TTA
 
-A model is built as kit.members.predict_member builds it (build_model with load_weights=False, then
+A model is built as kit.member_predict builds it (build_model with load_weights=False, then
 kit.features.restore_member_model, then the member's own weights), its images go through the same eval transform
 and kit.tta.predict_modes, so predicting a run's own test images gives back its saved test probabilities and its
 submission (tests/test_inference.py checks that, for run directories and for bundles). The plan's thread count is
@@ -20,9 +20,10 @@ from __future__ import annotations
 
 from kit.inference._ensemble import (TIMING_IMAGES, WEIGHT_EPS, Blend, Config, Ensemble, build_member_model,
                                      read_weights, versions)
+from kit.inference._bundle import BUNDLE_FILE, WEIGHTS_FILE
 from kit.inference._images import csv_images, folder_images, prepare_images, write_predictions
-from kit.inference._run import load, load_run, member_plans, plan_recipe, read_json
+from kit.inference._run import load, load_bundle, load_run
 
-__all__ = ["TIMING_IMAGES", "WEIGHT_EPS", "Blend", "Config", "Ensemble", "build_member_model", "csv_images",
-           "folder_images", "load", "load_run", "member_plans", "plan_recipe", "prepare_images", "read_json",
+__all__ = ["BUNDLE_FILE", "TIMING_IMAGES", "WEIGHTS_FILE", "WEIGHT_EPS", "Blend", "Config", "Ensemble",
+           "build_member_model", "csv_images", "folder_images", "load", "load_bundle", "load_run", "prepare_images",
            "read_weights", "versions", "write_predictions"]

@@ -1,8 +1,7 @@
 """kit.inference's Ensemble: configurations of fold models, their TTA modes and the blend, predicting images as
-kit.members.predict_member predicts a run's own."""
+kit.member_predict.predict_member predicts a run's own."""
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -14,8 +13,8 @@ import pandas as pd
 from kit import metrics as M
 from kit.errors import RecipeError, RunDirError
 from kit.inference._images import prepare_images
-from kit.plan import MemberPlan
-from kit.recipe import TTA_MODES, Recipe
+from kit.plan import MemberPlan, RunPlan
+from kit.recipe import TTA_MODES
 
 # Configurations weighing less than this in the chosen blend are left out (not predicted, not exported): their share
 # of any probability is below 1e-6, under what a float32 submission shows. The leaderboard counts ensemble sizes so.
@@ -51,14 +50,14 @@ class Ensemble:
     """What a run chose, ready to predict. Made by kit.load (a run directory or a bundle); `select` and `with_tta`
     return changed copies that share the models already built."""
 
-    def __init__(self, source, kind, recipe: Recipe, classes, configs, blend: Blend, weights_files: dict,
-                 versions: dict, environment: dict, left_out=(), keep=None):
-        self.source, self.kind, self.recipe = Path(source), kind, recipe
+    def __init__(self, source, kind, plan: RunPlan, classes, configs, blend: Blend, weights_files: dict,
+                 versions: dict, left_out=(), keep=None):
+        self.source, self.kind, self.plan, self.recipe = Path(source), kind, plan, plan.recipe
         self.classes = tuple(classes)
         self.configs, self.blend = tuple(configs), blend
         self.weights_files = weights_files  # member name -> its weights file (best.pt or model.safetensors)
         self.versions, self.left_out = dict(versions), tuple(left_out)
-        self.environment = dict(environment)  # the plan's numerics choices (threads, TTA's CPU chunk size)
+        self.environment = dict(plan.environment)  # the plan's numerics choices (threads, TTA's CPU chunk size)
         self._keep = keep  # a bundle's extracted zip (TemporaryDirectory): removed with the last copy
         self._models: dict = {}
 
@@ -87,9 +86,8 @@ class Ensemble:
         return df
 
     def _copy(self, **changes) -> "Ensemble":
-        new = Ensemble(self.source, self.kind, self.recipe, self.classes, changes.get("configs", self.configs),
-                       changes.get("blend", self.blend), self.weights_files, self.versions, self.environment,
-                       self.left_out, self._keep)
+        new = Ensemble(self.source, self.kind, self.plan, self.classes, changes.get("configs", self.configs),
+                       changes.get("blend", self.blend), self.weights_files, self.versions, self.left_out, self._keep)
         new._models = self._models
         return new
 
@@ -176,31 +174,30 @@ class Ensemble:
         return resolve_device(str(device) if device is not None else self.recipe.train.device)
 
     def _config_probs(self, table, batch_size, device, num_workers, progress) -> list[np.ndarray]:
-        """Each configuration's probabilities: the mean of its fold models' at its TTA mode. Members that share
-        an eval transform and batch size read each batch once."""
+        """Each configuration's probabilities: the mean of its fold models' at its TTA mode, each model predicting
+        every image in one kit.tta.predict_modes call over its own loader (as kit.member_predict.predict_member
+        does: the views are planned once, and an out-of-memory halving holds for the rest of the images)."""
         from kit.data import ImageDataset, make_loader
+        from kit.member_predict import tta_kwargs, tta_transform
+        from kit.tta import predict_modes
         if batch_size is not None and batch_size < 1:
             raise RecipeError(f"--batch-size {batch_size}: predict at least 1 image a batch")
         device = self.device(device)
-        groups: dict = {}
+        chunk = {"tta_cpu_chunk_pixels": self.environment.get("tta_cpu_chunk_pixels")}  # as the plan fixed it
+        n_models = sum(len(c.members) for c in self.configs)
+        total, done, out = len(table) * n_models, 0, {}
         for c in self.configs:
             for m in c.members:
-                bs = batch_size or m.recipe.train.batch_size * 2  # predict_member's batch
-                groups.setdefault((json.dumps(m.data_config, sort_keys=True), m.tta_side, bs), []).append((c, m))
-        out, done, total = {}, 0, len(table) * len(groups)
-        chunk = self.environment.get("tta_cpu_chunk_pixels")  # as the plan fixed it for predict_member
-        for (_, _, bs), pairs in groups.items():
-            first = pairs[0][1]
-            workers = first.recipe.data.num_workers if num_workers is None else num_workers
-            loader = make_loader(ImageDataset(table, np.arange(len(table)), _transform(first)), bs, shuffle=False,
-                                 num_workers=workers, seed=first.recipe.train.seed)
-            for batch in loader:
-                for c, m in pairs:
-                    probs, rows = _predict_batch(self._model(m, device), batch, m, c.tta, device, chunk)
-                    out.setdefault(m.name, np.zeros((len(table), len(self.classes)), np.float32))[rows] = probs
-                done += len(batch[2])
-                if progress is not None:
-                    progress(done, total)
+                workers = m.recipe.data.num_workers if num_workers is None else num_workers
+                loader = make_loader(ImageDataset(table, np.arange(len(table)), tta_transform(m)),
+                                     batch_size or m.recipe.train.batch_size * 2,  # predict_member's batch
+                                     shuffle=False, num_workers=workers, seed=m.recipe.train.seed)
+                by_mode, rows = predict_modes(self._model(m, device), _counted(loader, progress, done, total),
+                                              [c.tta], **tta_kwargs(m, chunk, device))
+                probs = np.zeros((len(table), len(self.classes)), np.float32)
+                probs[rows] = by_mode[c.tta]
+                out[m.name] = probs
+                done += len(table)
         return [np.mean([out[m.name] for m in c.members], axis=0) for c in self.configs]
 
     def _model(self, member: MemberPlan, device):
@@ -212,20 +209,16 @@ class Ensemble:
         return self._models[key]
 
 
-# ---------------------------------------------------------------- one member, as kit.members.predict_member
+def _counted(loader, progress, done: int, total: int):
+    """The loader's batches, calling progress(images done, total) after each."""
+    for batch in loader:
+        yield batch
+        done += len(batch[2])
+        if progress is not None:
+            progress(done, total)
 
-def _transform(member: MemberPlan):
-    from kit.members import tta_transform
-    return tta_transform(member)
 
-
-def _predict_batch(model, batch, member: MemberPlan, mode: str, device, cpu_chunk_pixels):
-    from kit.members import tta_kwargs
-    from kit.tta import predict_modes
-    kwargs = tta_kwargs(member, {"tta_cpu_chunk_pixels": cpu_chunk_pixels}, device)
-    by_mode, rows = predict_modes(model, [batch], [mode], **kwargs)
-    return by_mode[mode], rows
-
+# ---------------------------------------------------------------- one member, as kit.member_predict builds it
 
 def build_member_model(member: MemberPlan, num_classes: int, weights_file: Path, device, versions=None):
     """The member's model in its planned architecture with its own weights (no pretrained download), on `device`.
@@ -247,7 +240,7 @@ def build_member_model(member: MemberPlan, num_classes: int, weights_file: Path,
 
 def read_weights(path: Path) -> dict:
     if path.suffix == ".safetensors":
-        from kit.bundle import read_safetensors
+        from kit.inference._bundle import read_safetensors
         return read_safetensors(path)
     from kit.train import load_checkpoint  # the run's own rule: weights_only, UnsafeFileError naming the file
     return load_checkpoint(path)["model"]
@@ -258,6 +251,6 @@ def versions() -> dict:
     import safetensors
     import timm
     import torch
-    import kit
-    return {"kit": kit.__version__, "torch": torch.__version__, "timm": timm.__version__,
+    from kit.version import __version__
+    return {"kit": __version__, "torch": torch.__version__, "timm": timm.__version__,
             "safetensors": safetensors.__version__}

@@ -131,13 +131,8 @@ def write_predictions(ens, probs: pd.DataFrame, path, *, sample=None, force: boo
         raise RunDirError(f"{path} exists and was not overwritten; pass --force to replace it, or pick another "
                           f"--output")
     pred = Predictions(probs.index.astype(str), probs.to_numpy(), ens.classes)
-    fmt, data = ens.recipe.submit.format, ens.recipe.data
-    if sample is not None:
-        df = make_submission(pred, sample, fmt=fmt)
-    elif fmt == "label":
-        df = pd.DataFrame({data.id_column: pred.ids, data.label_column:
-                           np.asarray(ens.classes, dtype=object)[pred.probs.argmax(axis=1)]})
-    else:
-        df = pd.DataFrame({data.id_column: pred.ids, **{c: pred.probs[:, j].astype(np.float64)
-                                                         for j, c in enumerate(ens.classes)}})
+    data = ens.recipe.data
+    df = make_submission(pred, sample, fmt=ens.recipe.submit.format,
+                         **({} if sample is not None else {"id_column": data.id_column,
+                                                           "label_column": data.label_column}))
     return write_submission(df, path, overwrite=force)

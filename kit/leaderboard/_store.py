@@ -27,6 +27,14 @@ from kit.recipe import NOT_CONFIG_KEYS, drop_keys
 KINDS = ("member", "tta", "ensemble", "trial", "submission")
 # What identifies one result: recording an entry with the same values replaces the earlier row.
 RECORD_KEY = ("kind", "name", "run_dir", "recipe_name", "tta_mode", "blend_method", "seed")
+# An ensemble row is one per blending method (its name) and a submission row one per run: the TTA modes and the
+# blend they carry are choices a later `kit predict --tta` or `kit submit` changes, not what the row is
+CHOICE_FIELDS = {"ensemble": ("tta_mode", "blend_method"), "submission": ("tta_mode", "blend_method")}
+
+
+def record_key(kind: str) -> tuple:
+    """The fields that identify a row of this kind: recording one with the same values replaces it."""
+    return tuple(k for k in RECORD_KEY if k not in CHOICE_FIELDS.get(kind, ()))
 URL_ENV = "KIT_LEADERBOARD_URL"
 DEFAULT_PATH = Path("leaderboard") / "leaderboard.sqlite"  # under the current working directory
 _JSON_FIELDS = ("recipe", "scores", "versions", "extra")
@@ -159,7 +167,8 @@ def record(entries: list[Entry], url=None) -> list[int]:
         with engine.begin() as conn:
             ids = []
             for row in rows:
-                conn.execute(delete(_table).where(*[_table.c[k].is_not_distinct_from(row[k]) for k in RECORD_KEY]))
+                conn.execute(delete(_table).where(*[_table.c[k].is_not_distinct_from(row[k])
+                                                    for k in record_key(row["kind"])]))
                 ids.append(conn.execute(insert(_table).values(**row)).inserted_primary_key[0])
             return ids
 
@@ -207,8 +216,8 @@ def environment() -> dict:
         except importlib.metadata.PackageNotFoundError:
             versions[package] = None
     if versions["kit"] is None:  # running from a checkout that was not pip-installed
-        import kit
-        versions["kit"] = getattr(kit, "__version__", None)
+        from kit.version import __version__
+        versions["kit"] = __version__
     return {"versions": versions, "git_commit": _git_commit()}
 
 

@@ -1,5 +1,7 @@
-"""Checks of a recipe beyond one field's type: plain YAML values within bounds, paths that exist, timm models and
-their stages, albumentations transforms, search spaces; and the helpers that name keys and values in messages.
+"""Checks of a recipe beyond one field's type that need nothing but the recipe: plain YAML values within bounds,
+paths that exist, timm model names, albumentations class names, search spaces; and the helpers that name keys and
+values in messages. What needs a built model (stages, a transform at the model's input size) is checked by the plan
+(kit.plan.check_member_recipe), at the size the run will use.
 
 Each check raises a RecipeError naming the recipe key, the file, the rule, the value and the fix.
 """
@@ -8,14 +10,10 @@ from __future__ import annotations
 import difflib
 import math
 import os
-from functools import lru_cache
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from kit.errors import RecipeError
-from kit.recipe._recipe import Recipe, backbone_recipe
-from kit.recipe._specs import (BLEND_METHODS, TTA_MODES, AugmentSpec, ModelSpec, SearchParam, TrainSpec, TTASpec)
+from kit.recipe._specs import BLEND_METHODS, TTA_MODES, AugmentSpec, ModelSpec, SearchParam, TrainSpec, TTASpec
 
 
 # What a recipe's values may be, anywhere in it: YAML's plain types, bounded. Checked before anything copies or
@@ -103,7 +101,7 @@ def _is_file(path) -> bool:
         return False
 
 
-def _check_semantics(r: Recipe, source: str) -> None:
+def _check_semantics(r, source: str) -> None:
     def fail(key, msg):
         raise RecipeError(f"recipe key '{key}' in {source}: {msg}")
 
@@ -128,15 +126,47 @@ def _check_semantics(r: Recipe, source: str) -> None:
         fail("tta.mode", f"{r.tta.mode!r} must be one of tta.modes {r.tta.modes} (it is chosen among those computed)")
     if r.ensemble.choose not in ("auto",) + BLEND_METHODS:
         fail("ensemble.choose", f"valid: auto, {', '.join(BLEND_METHODS)}")
+    if r.ensemble.choose != "auto" and r.ensemble.choose not in r.ensemble.methods:
+        fail("ensemble.choose", f"{r.ensemble.choose!r} is not among ensemble.methods {list(r.ensemble.methods)}, "
+                                f"so it would never be computed; add it to ensemble.methods or choose one of those")
     _check_backbone(r.model.backbone, "model.backbone", source)
-    _check_stages(r.model, source)
     for i, over in enumerate(r.ensemble.backbones):
         _check_backbone_keys(i, over, source)
-        backbone_recipe(r, i, source)
     for key, p in r.search.params.items():
         _check_search_param(r, key, p, source)
     for i, item in enumerate(r.augment.train):
-        _check_transform(i, item, source, r.augment.input_size or 224)
+        check_transform_name(i, item, source)
+
+
+# Keys one backbone entry may not vary: the run reads them once, for every member
+RUN_WIDE_KEYS = {
+    ("train", "seed"): "each member's seed comes from ensemble.seeds (or the top-level train.seed), the same for "
+                       "every backbone, so that configurations pair up by seed",
+    ("train", "metric"): "one metric scores, chooses and blends the whole run; set the top-level train.metric",
+    ("train", "device"): "the run trains on one device; set the top-level train.device",
+}
+
+
+def check_transform_name(i: int, item: dict, source: str) -> None:
+    """augment.train[i] names an albumentations transform class (its parameters are checked by the plan, which
+    builds it at the model's input size: kit.data.transforms.check_augment)."""
+    import albumentations as A
+    if not isinstance(item, dict) or len(item) != 1:
+        raise RecipeError(f"recipe key 'augment.train[{i}]' in {source}: each entry is one mapping "
+                          f"{{TransformName: {{param: value}}}}, got {_short(item)}")
+    (name, _), = item.items()
+    if not usable_transform(A, name):
+        close = difflib.get_close_matches(name, [n for n in dir(A) if n[:1].isupper() and usable_transform(A, n)],
+                                          n=3)
+        raise RecipeError(f"recipe key 'augment.train[{i}].{name}' in {source}: not an albumentations transform"
+                          + (f"; did you mean {', '.join(close)}?" if close else ""))
+
+
+def usable_transform(A, name: str) -> bool:
+    """A transform class, not one of albumentations' base classes (they build, then cannot run)."""
+    c = getattr(A, name, None)
+    return (isinstance(c, type) and issubclass(c, A.BasicTransform)
+            and (name == "NoOp" or not c.__module__.endswith("transforms_interface")))
 
 
 def _check_backbone_keys(i: int, over: dict, source: str) -> None:
@@ -152,6 +182,9 @@ def _check_backbone_keys(i: int, over: dict, source: str) -> None:
             if k not in sections[section].model_fields:
                 raise RecipeError(_unknown_key(("ensemble", "backbones", i, section, k),
                                                list(sections[section].model_fields), source))
+            if (section, k) in RUN_WIDE_KEYS:
+                raise RecipeError(f"recipe key '{where}.{section}.{k}' in {source}: {RUN_WIDE_KEYS[section, k]}; "
+                                  f"remove it from the backbone entry")
 
 
 def _check_backbone(name: str, key: str, source: str) -> None:
@@ -161,93 +194,6 @@ def _check_backbone(name: str, key: str, source: str) -> None:
         raise RecipeError(f"recipe key '{key}' in {source}: {name!r} is not a timm model"
                           + (f"; did you mean {', '.join(close)}?" if close else ".")
                           + " List them with python -c \"import timm; print(timm.list_models('*pattern*'))\"")
-
-
-@lru_cache(maxsize=64)
-def _stage_layout(spec: ModelSpec) -> tuple[tuple[str, ...], int] | None:
-    """(the modules of timm's feature_info, which cut_at indexes; the number of stages frozen_stages counts) of
-    the model training would build, or None when it cannot be built without memory. Built on the meta device:
-    no weights are allocated (efficientnet_lite0: 0.03 s, vit_huge: 0.2 s)."""
-    import timm
-    import torch
-    from kit.models.backbone import build_model
-    from kit.models.strategies import stage_groups
-    try:
-        with torch.device("meta"):
-            info = getattr(timm.create_model(spec.backbone, pretrained=False), "feature_info", None) or []
-            names = tuple(str(f.get("module", i)) for i, f in enumerate(info))
-            if spec.cut_at is not None and spec.cut_at >= len(names):
-                return names, 0
-            model, _ = build_model(spec, None, load_weights=False)
-            return names, len(stage_groups(model))
-    except Exception:  # e.g. a model that calls .item() while it is built: training builds it and checks again
-        return None
-
-
-def _check_stages(m: ModelSpec, source: str) -> None:
-    """model.cut_at and model.frozen_stages within the backbone's stages (they fail once training starts)."""
-    frozen = m.frozen_stages > 0 and m.strategy in ("finetune", "cut_at")
-    if m.cut_at is None and not frozen:
-        return
-    layout = _stage_layout(m)
-    if layout is None:
-        return
-    names, n_stages = layout
-    if m.cut_at is not None and m.cut_at >= len(names):
-        stages = ", ".join(f"{i}: {n}" for i, n in enumerate(names)) or "none"
-        raise RecipeError(f"recipe key 'model.cut_at' in {source}: {m.cut_at} is out of range for {m.backbone}, "
-                          f"whose stages (timm feature_info) are {stages}; use 0..{len(names) - 1}"
-                          if names else f"recipe key 'model.cut_at' in {source}: {m.backbone} has no stages timm "
-                                        f"can cut at (no feature_info); use another strategy or backbone")
-    if frozen and m.frozen_stages > n_stages:
-        raise RecipeError(f"recipe key 'model.frozen_stages' in {source}: {m.frozen_stages}, but {m.backbone} has "
-                          f"{n_stages} stages (stem + blocks, timm's group_matcher); use 0..{n_stages}")
-
-
-def _check_transform(i: int, item: dict, source: str, size: int = 224) -> None:
-    """augment.train[i] built as training builds it (kit.data.transforms.build_transform, strict), so the two
-    cannot disagree; `size` fills RandomResizedCrop's size as the backbone's input size would."""
-    import inspect
-    import albumentations as A
-    from kit.data.transforms import build_transform
-    (name, params), = item.items()
-    key = f"augment.train[{i}].{name}"
-    def usable(n):  # a transform class, not one of albumentations' base classes (they build, then cannot run)
-        c = getattr(A, n, None)
-        return (isinstance(c, type) and issubclass(c, A.BasicTransform)
-                and (n == "NoOp" or not c.__module__.endswith("transforms_interface")))
-    cls = getattr(A, name, None)
-    if not usable(name):
-        close = difflib.get_close_matches(name, [n for n in dir(A) if n[:1].isupper() and usable(n)], n=3)
-        raise RecipeError(f"recipe key '{key}' in {source}: not an albumentations transform"
-                          + (f"; did you mean {', '.join(close)}?" if close else ""))
-    try:
-        build_transform(i, item, size)
-    except ValueError as e:
-        valid = [p.name for p in inspect.signature(cls.__init__).parameters.values()
-                 if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-        unknown = [p for p in (params or {}) if p not in valid and p != "strict"]
-        if unknown:
-            hints = [f"'{u}' (did you mean '{c[0]}'?)" if (c := difflib.get_close_matches(str(u), valid, n=1))
-                     else f"'{u}'" for u in unknown]
-            why = f"unknown parameter {', '.join(hints)}; parameters of {name}: {', '.join(valid)}"
-        else:
-            why = f"invalid parameters {params}: {_transform_error(e)}"
-        raise RecipeError(f"recipe key '{key}' in {source}: {why}") from None
-
-
-def _transform_error(e: ValueError) -> str:
-    """albumentations' pydantic error (kept as build_transform's __context__) in one line, by parameter."""
-    inner = e.__context__
-    while inner is not None and not isinstance(inner, ValidationError) and inner.__context__ is not None:
-        inner = inner.__context__  # albumentations re-raises pydantic's error as a ValueError
-    if isinstance(inner, ValidationError):
-        by_param: dict[str, list[str]] = {}
-        for err in inner.errors():
-            name = f"{err['loc'][0]}" if err["loc"] else "parameters"
-            by_param.setdefault(name, [f"got {_short(err.get('input'))}"]).append(err["msg"])
-        return "; ".join(f"{k}: {' or '.join(dict.fromkeys(v[1:]))} ({v[0]})" for k, v in by_param.items())
-    return " ".join(str(inner or e).split())
 
 
 def _check_search_param(r: Recipe, key: str, p: SearchParam, source: str) -> None:

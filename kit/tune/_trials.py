@@ -22,7 +22,10 @@ def trial_recipe(recipe: Recipe, params: dict, number: int, study_name: str | No
 
 
 def _objective(recipe: Recipe, name: str):
-    from kit.members import choose_tta, config_oofs, prepare_run, train_member
+    from kit.choice import choose_tta
+    from kit.context import prepare_run
+    from kit.member_train import train_member
+    from kit.pool import config_oofs
     metric = recipe.train.metric
 
     def objective(trial: optuna.Trial) -> float:
@@ -47,7 +50,7 @@ def _objective(recipe: Recipe, name: str):
             trial.set_user_attr("fail_reason", _fail_reason(e))
             raise
         # one member's pooled out-of-fold rows are its fold's: the same rule as the run summary's
-        tta = choose_tta(config_oofs(r.run_dir, [member], {member.name: rec}), metric, member.recipe.tta.mode).mode
+        tta = choose_tta(config_oofs(r.run_dir, [member], {member.name: rec}), metric, member.recipe.tta.mode).name
         trial.set_user_attr("member", member.name)
         trial.set_user_attr("tta", tta)
         trial.set_user_attr("scores", rec["scores"][tta])

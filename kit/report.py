@@ -1,0 +1,94 @@
+"""ensemble/report.json (and ensemble/round<k>/report.json of a pseudo-label round): what a blend chose, written
+by one function and read back by one, for kit submit, the pseudo-label and distillation teacher (kit.pseudo),
+kit.load and bundles (kit.inference) alike.
+
+    {"metric", "round", "chosen", "why", "members": [config, ...], "tta": {config: mode},
+     "temperatures": [T per member] | null, "best_member", "best_member_score",
+     "methods": {method: {"weights", "oof_score", "nested_score", "params"?}}}
+
+`chosen` is null when fewer than two configurations finished (the best member is the prediction). Temperatures
+(ensemble.temperature) are those the methods were fitted on: every reader applies them before the blend.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kit.errors import RunDirError
+from kit.rundir import read_json, write_json_atomic
+
+REPORT_FILE = "report.json"
+
+
+@dataclass(frozen=True)
+class BlendReport:
+    metric: str
+    chosen: str | None
+    why: str
+    members: list  # configuration names, in the blend's order
+    tta: dict  # configuration -> its TTA mode
+    temperatures: list | None  # one per member, or None
+    methods: dict  # method -> {"weights", "oof_score", "nested_score", "params"?}
+    best_member: str | None = None
+    best_member_score: float | None = None
+    round: int | None = None
+
+    def method(self, name: str | None = None):
+        """The kit.ensemble.MethodResult of `name` (default: the chosen method), or None without a blend."""
+        from kit.ensemble import MethodResult
+        name = name or self.chosen
+        if name is None:
+            return None
+        res = self.methods[name]
+        return MethodResult(name, np.asarray(res["weights"], dtype=np.float64), res["oof_score"],
+                            res["nested_score"], res.get("params"))
+
+    @property
+    def score(self) -> float | None:
+        """The validation estimate of what this blend submits: the chosen method's nested score, or the best
+        member's score."""
+        return self.methods[self.chosen]["nested_score"] if self.chosen else self.best_member_score
+
+
+def write_report(out: Path, report: BlendReport) -> Path:
+    return write_json_atomic(Path(out) / REPORT_FILE, {
+        "metric": report.metric, "round": report.round, "chosen": report.chosen, "why": report.why,
+        "members": list(report.members), "tta": dict(report.tta),
+        "temperatures": None if report.temperatures is None else [float(t) for t in report.temperatures],
+        "best_member": report.best_member, "best_member_score": report.best_member_score,
+        "methods": report.methods})
+
+
+def method_dict(res) -> dict:
+    """A kit.ensemble.MethodResult as report.json holds it."""
+    return {"weights": np.asarray(res.weights).tolist(), "oof_score": res.oof_score, "nested_score": res.nested_score,
+            **({"params": res.params} if res.params else {})}
+
+
+def read_report(path, fix: str) -> BlendReport:
+    """A report.json checked for the fields and types readers use; RunDirError naming the file and `fix`."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunDirError(f"{path} is missing; {fix}")
+    try:
+        d = read_json(path)
+        if not isinstance(d, dict):
+            raise TypeError(f"a JSON {type(d).__name__}, not an object")
+        members, methods, tta = list(d["members"]), dict(d.get("methods") or {}), dict(d.get("tta") or {})
+        chosen = d.get("chosen")
+        if chosen is not None and chosen not in methods:
+            raise KeyError(f"chosen method {chosen!r} has no entry in methods")
+        temps = d.get("temperatures")
+        if temps is not None and len(temps) != len(members):
+            raise ValueError(f"{len(temps)} temperatures for {len(members)} members")
+        for name, res in methods.items():
+            if len(res["weights"]) != len(members):
+                raise ValueError(f"method {name} has {len(res['weights'])} weights for {len(members)} members")
+        return BlendReport(str(d.get("metric")), chosen, str(d.get("why") or ""), [str(m) for m in members],
+                           {str(k): str(v) for k, v in tta.items()}, None if temps is None else
+                           [float(t) for t in temps], methods, d.get("best_member"), d.get("best_member_score"),
+                           d.get("round"))
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
+        raise RunDirError(f"cannot read {path} ({type(e).__name__}: {str(e)[:200]}); {fix}") from None
