@@ -205,15 +205,19 @@ def _advice_key(recipe: Recipe) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+ADVICE_SCHEMA = {"strategy": str, "recipe_keys": dict, "measurements": dict, "reasoning": [str]}
+
+
 def cached_advice(recipe: Recipe, sources=None) -> Advice:
     """advise(recipe), measured once per (data, backbone, weights, input transform) and kept in
     $KIT_CACHE_DIR/advice/ (JSON), so that plans of the same data and backbone (tuning trials) resolve alike.
     Called by kit.plan only: a planned member never resolves `auto` again."""
     from kit.features import kit_cache_dir
+    from kit.readers import read_json
     from kit.rundir import write_json_atomic
     path = kit_cache_dir() / "advice" / f"{_advice_key(recipe)}.json"
     if path.is_file():
-        return Advice(**json.loads(path.read_text()))
+        return Advice(**read_json(path, fix="remove it (the advisor measures again)", schema=ADVICE_SCHEMA))
     advice = advise(recipe, sources)
     write_json_atomic(path, asdict(advice))
     return advice

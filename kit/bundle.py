@@ -78,6 +78,8 @@ def _write_bundle(ens, run_dir: Path, folder: Path) -> None:
     raw = plan_to_dict(ens.plan)
     exported = {m.name for c in ens.configs for m in c.members}
     raw["members"] = [m for m in raw["members"] if m["name"] in exported]
+    for recipe in (raw["recipe"], *(m["recipe"] for m in raw["members"])):
+        _without_databases(recipe)
     (folder / PLAN_FILE).write_text(json.dumps(raw, indent=1, sort_keys=True) + "\n")
     manifest = {
         "format": BUNDLE_FORMAT, "name": ens.recipe.name, "source_run": str(run_dir.resolve()),
@@ -92,6 +94,13 @@ def _write_bundle(ens, run_dir: Path, folder: Path) -> None:
     manifest["files"] = {p.relative_to(folder).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
                          for p in sorted(folder.rglob("*")) if p.is_file()}
     (folder / BUNDLE_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def _without_databases(recipe: dict) -> None:
+    """A bundle is made to be shared: the recipes in it name no database (the leaderboard's, a study's storage),
+    with or without credentials; where its run recorded its results is none of its readers' business."""
+    recipe["leaderboard"] = None
+    recipe.setdefault("search", {})["storage"] = None
 
 
 def _zip(folder: Path, f) -> None:
@@ -109,21 +118,22 @@ def bundle_size(path) -> int:
 
 
 def readme(ens, manifest: dict, name: str) -> str:
+    from kit.leaderboard import markdown_text as md  # names are text: HTML and Markdown in them escaped
     v, metric = manifest["versions"], ens.metric
     blend = ens.blend.method or "none (one configuration)"
-    lines = [f"# {ens.recipe.name}: a kit bundle", "",
-             f"Exported from `{manifest['source_run']}` on {manifest['created']} with kit {v['kit']} "
+    lines = [f"# {md(ens.recipe.name)}: a kit bundle", "",
+             f"Exported from {md(manifest['source_run'])} on {manifest['created']} with kit {v['kit']} "
              f"(torch {v['torch']}, timm {v['timm']}).", "",
-             f"Classes ({len(ens.classes)}): {', '.join(ens.classes)}", "",
+             f"Classes ({len(ens.classes)}): {md(', '.join(ens.classes))}", "",
              f"Blend: {blend}" + (f"; validation {metric} {ens.blend.nested_score:.4f} nested, "
                                   f"{ens.blend.oof_score:.4f} out-of-fold" if ens.blend.method else ""), "",
              f"| configuration | backbone | fold models | TTA | weight | validation {metric} |",
              "|---|---|---|---|---|---|"]
     for c in ens.configs:
-        lines.append(f"| {c.name} | {c.members[0].recipe.model.backbone} | {len(c.members)} | {c.tta} | "
+        lines.append(f"| {md(c.name)} | {md(c.members[0].recipe.model.backbone)} | {len(c.members)} | {c.tta} | "
                      f"{c.weight:.3f} | {c.score:.4f} |")
     if ens.left_out:
-        lines += ["", f"Left out (no weight in the blend): {', '.join(ens.left_out)}"]
+        lines += ["", f"Left out (no weight in the blend): {md(', '.join(ens.left_out))}"]
     lines += ["", "## Predict", "", "```bash",
               f"kit predict {name} --images test/ --output submission.csv  # --sample CSV: ids and order checked",
               f"kit predict {name} --csv test.csv --image-dir test/ --members 1 --tta none   # on a time budget",

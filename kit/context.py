@@ -14,7 +14,8 @@ import numpy as np
 from kit.errors import RecipeError, RunDirError
 from kit.plan import PLAN_FILE, MemberPlan, RunPlan, check_recipe_models, check_same_recipe, plan_run, save_plan
 from kit.recipe import Recipe
-from kit.rundir import member_dir, read_json, write_text_atomic
+from kit.readers import read_json
+from kit.rundir import member_dir, write_if_changed
 
 
 @dataclass
@@ -84,9 +85,16 @@ def prepare_run(recipe: Recipe, *, write: bool = True) -> RunContext:
         folds = make_folds(sources.train.labels, recipe.data, classes=sources.train.classes)
     if not write:
         return RunContext(plan, run_dir, sources, np.asarray(folds), bad)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-    write_text_atomic(run_dir / "recipe.hash", plan.recipe_hash + "\n")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot create the run directory {run_dir} ({e.strerror or e}); set output_dir to a "
+                          f"folder you can write") from None
+    # each written only when its content changes: a command with nothing new (kit submit, kit predict --tta on
+    # predicted modes) writes nothing, and works on a run directory it can only read
+    if _recipe_changed(run_dir / "recipe.yaml", recipe):
+        write_if_changed(run_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    write_if_changed(run_dir / "recipe.hash", plan.recipe_hash + "\n")
     if not (run_dir / PLAN_FILE).exists():
         save_plan(plan, run_dir / PLAN_FILE)
     if not folds_file.exists():
@@ -94,6 +102,18 @@ def prepare_run(recipe: Recipe, *, write: bool = True) -> RunContext:
     if bad:
         _write_bad_images(run_dir / "bad_images.csv", bad)
     return RunContext(plan, run_dir, sources, np.asarray(folds), bad)
+
+
+def _recipe_changed(path: Path, recipe: Recipe) -> bool:
+    """Whether recipe.yaml would say something new. Where the run directory lies (output_dir) is not news: a
+    moved or copied run (a teammate's, mounted read-only) is read where it is (load_run_recipe)."""
+    import yaml
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError, RecursionError):
+        return True
+    now = recipe.to_dict()
+    return not isinstance(saved, dict) or {**saved, "output_dir": None} != {**now, "output_dir": None}
 
 
 def _teacher_folds(recipe: Recipe, sources) -> np.ndarray:
@@ -117,12 +137,30 @@ def _write_bad_images(path: Path, bad: list) -> None:
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
     w.writeheader()
     w.writerows(rows)
-    write_text_atomic(path, buf.getvalue())
+    write_if_changed(path, buf.getvalue())
+
+
+# done.json, a finished member's record (kit.member_train writes it): what its readers use, checked on reading
+DONE_SCHEMA = {"member": str, "seed": int, "fold": int, "backbone": str, "strategy": str, "epochs": int,
+               "best_epoch": (int, type(None)), "wall_time_s": (int, float), "device": str,
+               "scores": {"*": {"*": (int, float)}}, "refit_of?": (str, type(None))}
 
 
 def member_done(run_dir, member: MemberPlan) -> dict | None:
+    """The done.json record of a finished member, or None; a corrupt or foreign one is an UnsafeFileError."""
     f = member_dir(run_dir, member.name) / "done.json"
-    return read_json(f) if f.exists() else None
+    if not f.exists():
+        return None
+    return read_done(f, member.name)
+
+
+def read_done(path: Path, name: str) -> dict:
+    fix = f"remove {path.parent} to train member {name} again"
+    rec = read_json(path, fix=fix, schema=DONE_SCHEMA)
+    if rec["member"] != name:
+        from kit.errors import UnsafeFileError
+        raise UnsafeFileError(f"{path} is the record of member {rec['member']!r}, not of {name!r}; {fix}")
+    return rec
 
 
 def learns_from_teacher(member: MemberPlan) -> bool:
@@ -131,8 +169,18 @@ def learns_from_teacher(member: MemberPlan) -> bool:
 
 
 def _saved_hash(run_dir: Path) -> str | None:
+    """The hash in recipe.hash (16 hex digits), or None without one; UnsafeFileError for anything else."""
+    import re
+    from kit.errors import UnsafeFileError
     f = Path(run_dir) / "recipe.hash"
-    return f.read_text().strip() if f.is_file() else None
+    if not f.is_file():
+        return None
+    with open(f, "rb") as fh:
+        text = fh.read(64).decode("ascii", errors="replace").strip()
+    if not re.fullmatch(r"[0-9a-f]{16}", text):
+        raise UnsafeFileError(f"{f} does not hold a recipe hash (16 hex digits); restore it, or remove it if "
+                              f"recipe.yaml is the recipe this run was made with (kit writes it again)")
+    return text
 
 
 def load_run_recipe(run_dir, overrides=()) -> Recipe:

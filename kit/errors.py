@@ -31,6 +31,11 @@ class UnsafeFileError(KitError):
     """A file kit refused to read: it could run code when loaded (a pickle), or it is corrupt."""
 
 
+class LeaderboardError(KitError):
+    """The leaderboard's database cannot be reached, opened or read (a damaged SQLite file, a server down, no
+    driver); the message names it (without its password) and the fix."""
+
+
 class SubmissionError(KitError, ValueError):
     """A submission that Kaggle would reject or score wrongly."""
 
@@ -39,5 +44,26 @@ class DiskFullError(KitError, OSError):
     """No space left while writing a file; what was on disk before is unchanged."""
 
 
+class KitWarning(UserWarning):
+    """Something the user should know that stops nothing (a result kept to be recorded later); the CLI prints it
+    as one line."""
+
+
+class NotWritableError(KitError, PermissionError):
+    """A file kit must write sits where it may not (a read-only mount, an immutable run directory, another
+    user's folder); the message names it. A PermissionError still, for callers that let such a write fail."""
+
+
 class OutOfMemory(KitError, MemoryError):
     """The accelerator ran out of memory even at one image a pass (kit halves the batch before it gives up)."""
+
+
+def printable(text) -> str:
+    """`text` with control characters (an ANSI escape, a carriage return, a terminal hyperlink) written as escapes
+    such as \\x1b: a name read from a file or a recipe is shown as text and cannot drive the terminal. Newlines and
+    tabs stay."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in "\n\t" else c.encode("unicode_escape").decode("ascii")
+                   for c in text)

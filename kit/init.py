@@ -54,24 +54,27 @@ def init_recipe(data_dir, *, out=None, force: bool = False, label_column: Option
     if budget is not None and not budget > 0:
         raise RecipeError(f"--budget {budget}: give the minutes kit run may take here (e.g. 30), or leave it out")
     from kit.data import load_sources
+    from kit.data.scan import apply_bad_images, scan_sources
     from kit.recipe import recipe_from_dict
-    from kit.rundir import write_text_atomic
+    from kit.rundir import check_new_file, write_new_file
     root = Path(data_dir)
     if not root.is_dir():
         raise DataError(f"{root} is not a folder (resolved to {root.resolve()}); give the dataset folder")
-    if out is not None and Path(out).exists() and not force:
-        raise RecipeError(f"{out} already exists; pass --force to replace it, or -o another file")
+    if out is not None:  # refused before the folder is read
+        check_new_file(out, force=force, option="-o")
     layout = detect_layout(root, label_column=label_column, id_column=id_column, path_column=path_column)
-    sources = load_sources(DataSpec(**layout.data))  # every image path checked as training will check it
+    sources = load_sources(DataSpec(**layout.data))  # every problem of the folder at once, as training checks it
+    bad = scan_sources(sources)  # the scan kit run makes (cached for it): unreadable files are left out
+    sources = apply_bad_images(sources, bad, "skip", where=f"kit init {root}")
     if len(sources.train.classes) < 2:
         raise DataError(f"the labelled images of {root} have one class, {sources.train.classes}; a classifier "
                         f"needs two or more: add the other classes' images (or pass --label-column)")
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", root.resolve().name).strip("._") or "dataset"
-    text = render_recipe(name, root, layout, sources, out or "recipe.yaml", budget=budget)
+    text = render_recipe(name, root, layout, sources, out or "recipe.yaml", budget=budget, bad=bad)
     source = str(out) if out is not None else f"kit init {root}"
     recipe = recipe_from_dict(yaml.safe_load(text), source=source)
     if out is not None:
-        write_text_atomic(out, text)
+        write_new_file(out, text, force=force, option="-o")
     return text, recipe
 
 
@@ -211,7 +214,7 @@ def _augment_lines(size: Optional[int], why: str) -> list[str]:
 
 
 def render_recipe(name: str, root: Path, layout: Layout, sources, out="recipe.yaml",
-                  budget: Optional[float] = None) -> str:
+                  budget: Optional[float] = None, bad=()) -> str:
     """The commented recipe: only what differs from the defaults (kit/recipe/_specs.py), each choice with its reason."""
     from kit.models.pretrained import offline_data_config
     train = sources.train
@@ -230,6 +233,13 @@ def render_recipe(name: str, root: Path, layout: Layout, sources, out="recipe.ya
         why = {"root": "relative paths are read from the directory kit runs in",
                "test_dir": "no test images found" if value is None else ""}.get(key, "")
         lines.append(_kv(key, value, why))
+    if bad:
+        shown = "; ".join(f"{b.path} ({b.reason})" for b in bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3
+                                                                       else "")
+        n = f"{len(bad)} images could not be read and are" if len(bad) != 1 else "1 image could not be read and is"
+        lines += _comment(f"{n} left out: {shown}. kit run trains without them and lists them in runs/{name}/"
+                          f"bad_images.csv; replace them with readable files and remove this key to use them")
+        lines.append(_kv("bad_images", "skip"))
     keys, why = split(train.labels, train.classes)
     lines += _comment(why) + [_kv(k, v) for k, v in keys.items()]
     default_side = offline_data_config(BACKBONE)["input_size"][-1]

@@ -15,7 +15,7 @@ from kit.context import RunContext, member_done
 from kit.errors import RunDirError
 from kit.plan import MemberPlan, RunPlan
 from kit.predictions import Predictions, save_predictions
-from kit.rundir import member_dir, pred_path, write_json_atomic
+from kit.rundir import member_dir, pred_path, write_json_if_changed
 
 
 def apply_environment(plan: RunPlan, device) -> None:
@@ -119,5 +119,5 @@ def repredict_member(ctx: RunContext, member: MemberPlan, modes: list[str], devi
     apply_environment(ctx.plan, device)
     model, cfg, channels_last = load_member_model(ctx, member, device)
     done["scores"].update(predict_member(ctx, member, model, cfg, device, channels_last, modes=modes))
-    write_json_atomic(member_dir(ctx.run_dir, member.name) / "done.json", done)
+    write_json_if_changed(member_dir(ctx.run_dir, member.name) / "done.json", done)  # nothing new: nothing written
     return done

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kit.context import RunContext, learns_from_teacher, member_done
+from kit.context import RunContext, learns_from_teacher, member_done, read_done
 from kit.errors import RecipeError, RunDirError
 from kit.member_predict import apply_environment, eval_transform, predict_member
 from kit.plan import MemberPlan
-from kit.rundir import member_dir, read_json, write_json_atomic
+from kit.rundir import member_dir, write_json_atomic
 
 
 def _loaders(ctx: RunContext, member: MemberPlan, device=None, log=None):
@@ -120,7 +120,7 @@ def _train_member(ctx, member: MemberPlan, out: Path, resume, on_epoch_end, prog
         model.load_state_dict(load_checkpoint(out / "best.pt")["model"])
     if not distributed.is_main():  # rank 0 predicts and writes the record; the others take it from disk
         distributed.barrier()
-        return read_json(out / "done.json")
+        return read_done(out / "done.json", member.name)
     scores = predict_member(ctx, member, model, member.data_config, device, member.channels_last, log=log)
     record = {"member": member.name, "index": member.index, "config": member.config, "seed": member.seed,
               "fold": member.fold, "backbone": r.model.backbone, "strategy": r.model.strategy,
@@ -143,8 +143,7 @@ def _train_spec(ctx: RunContext, member: MemberPlan):
     a number the plan states as that rule and the validated member's done.json settles."""
     if member.refit_of is None:
         return member.recipe.train
-    done = read_json(member_dir(ctx.run_dir, member.refit_of) / "done.json") \
-        if (member_dir(ctx.run_dir, member.refit_of) / "done.json").exists() else None
+    done = next((member_done(ctx.run_dir, m) for m in ctx.plan.members if m.name == member.refit_of), None)
     if done is None:
         raise RunDirError(f"member {member.name} refits {member.refit_of} on every labelled image for its chosen "
                           f"number of epochs: train {member.refit_of} first (kit train {ctx.run_dir})")

@@ -216,8 +216,10 @@ def make_plan(recipe: Recipe, sources) -> RunPlan:
     """Expand and resolve every member of `recipe` (see the module docstring). `sources`: kit.data.Sources."""
     import torch
     from kit.runtime import resolve_device
+    from kit.data import make_folds
     device = resolve_device(recipe.train.device)
     check_recipe_models(recipe)
+    make_folds(sources.train.labels, recipe.data, classes=sources.train.classes)  # kit run's split checks, now
     num_classes = len(sources.train.classes)
     folds, names, advice = fold_ids_of(recipe), _backbone_names(recipe), {}
     members = []
@@ -293,10 +295,23 @@ def plan_from_dict(d: dict, source: str = PLAN_FILE, output_dir: str | None = No
     validated as types only, since the data paths they name need not exist where a plan is read (a bundle on a
     machine without the training data; `kit predict`). `output_dir` relocates the run (not hashed)."""
     from pydantic import ValidationError
+    from kit.recipe import TTA_MODES
+    from kit.readers import check_schema
     if not isinstance(d, dict) or d.get("format") != PLAN_FORMAT:
         got = d.get("format") if isinstance(d, dict) else None
         raise RunDirError(f"{source} is a plan of format {got}, this kit reads format {PLAN_FORMAT}; plan the run "
                           f"again in a new run directory")
+    try:
+        check_schema(d, PLAN_SCHEMA)
+        for m in d["members"]:
+            if not _one_folder_name(m["name"]) or not _one_folder_name(m["config"]):
+                raise ValueError(f"member name {m['name']!r} is not one folder name")
+            bad = [t for t in m["tta_modes"] if t not in TTA_MODES]
+            if bad:
+                raise ValueError(f"member {m['name']} names unknown TTA modes {bad[:3]}")
+    except ValueError as e:
+        raise RunDirError(f"{source} is not a plan this kit can read ({str(e)[:200]}); plan the run again in a new "
+                          f"run directory, or export the bundle again") from None
 
     def recipe(raw):
         return Recipe.model_validate(dict(raw, **({"output_dir": output_dir} if output_dir else {})))
@@ -310,18 +325,32 @@ def plan_from_dict(d: dict, source: str = PLAN_FILE, output_dir: str | None = No
                           f"plan the run again in a new run directory, or export the bundle again") from None
 
 
+_NUMBER = (int, float)
+_MEMBER_SCHEMA = {"index": int, "name": str, "config": str, "backbone_index": int, "seed": int, "fold": int,
+                  "recipe": dict, "pretrained_cfg": dict, "channels_last": bool, "tta_modes": [str], "weights": str,
+                  "data_config": {"input_size": int, "mean": [_NUMBER], "std": [_NUMBER], "crop_pct": _NUMBER,
+                                  "interpolation": str},
+                  "round?": int, "refit_of?": (str, type(None)), "depthwise_taps?": bool, "n_stages?": int,
+                  "param_groups?": [dict], "frozen_stages?": [int]}
+# what plan_from_dict reads, checked before anything uses it (a plan.json is also read from a shared bundle)
+PLAN_SCHEMA = {"format": int, "recipe_hash": str, "recipe": dict, "folds": [int], "environment": dict,
+               "data": {"n_train": int, "n_test": int, "classes": [str]}, "advice?": dict,
+               "members": [_MEMBER_SCHEMA]}
+
+
+def _one_folder_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
+
+
 def save_plan(plan: RunPlan, path) -> Path:
     from kit.rundir import write_json_atomic
     return write_json_atomic(path, plan_to_dict(plan))
 
 
 def load_plan(path, output_dir: str | None = None) -> RunPlan:
+    from kit.readers import read_json
     path = Path(path)
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError) as e:
-        raise RunDirError(f"cannot read the run plan {path}: {type(e).__name__}: {str(e)[:200]}; remove it to plan "
-                          f"the run again") from None
+    d = read_json(path, fix="remove it to plan the run again (or export the bundle again)")
     return plan_from_dict(d, str(path), output_dir)
 
 

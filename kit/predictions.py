@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kit.errors import UnsafeFileError
+from kit.readers import read_npz
 from kit.rundir import atomic_write
 
 
@@ -49,15 +51,42 @@ class Predictions:
         return Predictions(ids, self.probs[rows], self.classes, labels)
 
 
+PRED_ARRAYS = {"ids": ("US", 1), "probs": ("f", 2), "classes": ("US", 1), "labels?": ("iu", 1)}
+
+
 def save_predictions(pred: Predictions, path) -> Path:
+    """Write `pred` atomically, unless `path` holds these very predictions already: a command with nothing new to
+    predict writes nothing into the run directory."""
     path = Path(path)
     arrays = dict(ids=pred.ids, probs=pred.probs, classes=np.asarray(pred.classes, dtype=str))
     if pred.labels is not None:
         arrays["labels"] = pred.labels
+    if path.is_file() and _same(path, pred):
+        return path
     return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def load_predictions(path) -> Predictions:
-    with np.load(path, allow_pickle=False) as z:
-        labels = z["labels"] if "labels" in z.files else None
-        return Predictions(z["ids"], z["probs"], tuple(z["classes"].tolist()), labels)
+def _same(path: Path, pred: Predictions) -> bool:
+    try:
+        old = load_predictions(path)
+    except Exception:  # unreadable: replaced
+        return False
+    return (old.classes == pred.classes and np.array_equal(old.ids, pred.ids) and old.probs.dtype == pred.probs.dtype
+            and np.array_equal(old.probs, pred.probs)
+            and (old.labels is None) == (pred.labels is None)
+            and (old.labels is None or np.array_equal(old.labels, pred.labels)))
+
+
+def load_predictions(path, fix: str | None = None) -> Predictions:
+    """Predictions saved by save_predictions, through the one .npz reader (kit.rundir.read_npz: no pickle, keys,
+    dtypes and shapes checked); UnsafeFileError naming the file and the fix otherwise."""
+    fix = fix or ("remove it and predict again (kit predict RUN --tta MODE for a member's, kit submit RUN for a "
+                  "blend's)")
+    z = read_npz(path, PRED_ARRAYS, fix=fix)
+    try:
+        pred = Predictions(z["ids"], z["probs"], tuple(z["classes"].tolist()), z.get("labels"))
+    except ValueError as e:
+        raise UnsafeFileError(f"cannot read {path}: {e}; {fix}") from None
+    if not np.isfinite(pred.probs).all():
+        raise UnsafeFileError(f"cannot read {path}: its probabilities are not all finite numbers; {fix}")
+    return pred

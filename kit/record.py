@@ -6,7 +6,11 @@ blend): re-running `kit run`, `kit submit` or `kit predict` never counts a resul
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from kit.errors import KitError, KitWarning, UnsafeFileError
 
 
 def _base_entry(ctx) -> dict:
@@ -28,12 +32,74 @@ def environment_choices(ctx, members=None) -> dict:
     return env
 
 
+PENDING_DIR = "leaderboard_pending"  # rows that could not be recorded yet, one JSON file per attempt
+
+
 def _record(ctx, entries) -> None:
-    from kit.leaderboard import environment, record
+    """Record `entries`, after any rows this run kept from an earlier attempt. A leaderboard that cannot take them
+    (a damaged database, a server down) stops nothing: the rows are kept in the run directory (PENDING_DIR) and
+    recorded by the next command that records for this run, never lost; a KitWarning says so."""
+    from kit.leaderboard import environment
     env = environment()
     for e in entries:
         e.versions, e.git_commit = env.get("versions", {}), env.get("git_commit")
-    record(entries, url=ctx.recipe.leaderboard)
+    try:
+        record_pending(ctx.run_dir, ctx.recipe.leaderboard)
+        _store(entries, ctx.recipe.leaderboard)
+    except KitError as err:
+        _keep(ctx.run_dir, entries, err)
+
+
+def _store(entries, url) -> None:
+    from kit.leaderboard import record
+    if entries:
+        record(entries, url=url)
+
+
+def _keep(run_dir, entries, err: Exception) -> None:
+    import json
+    import time
+    import uuid
+    import warnings
+    from dataclasses import asdict
+    from kit.leaderboard._store import _json_default
+    from kit.rundir import write_text_atomic
+    folder = Path(run_dir) / PENDING_DIR
+    path = folder / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.json"
+    if entries:
+        write_text_atomic(path, json.dumps([asdict(e) for e in entries], default=_json_default))
+    waiting = len(list(folder.glob("*.json"))) if folder.is_dir() else 0
+    warnings.warn(KitWarning(f"{err}. The run goes on: its {len(entries)} new leaderboard row(s) are kept in {folder} "
+                             f"({waiting} file(s) waiting) and recorded by the next kit run / kit submit / kit predict "
+                             f"of {run_dir} once the leaderboard works"), stacklevel=3)
+
+
+def record_pending(run_dir, url) -> int:
+    """Record the rows an earlier command of this run kept (PENDING_DIR), oldest first, removing each file once
+    recorded; returns how many rows. A LeaderboardError (the database still down) leaves them in place."""
+    from kit.leaderboard import Entry
+    from kit.readers import read_json
+    folder = Path(run_dir) / PENDING_DIR
+    n = 0
+    for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        rows = read_json(f, schema=[dict], fix=f"remove it (its rows are then not recorded) or restore it")
+        try:
+            entries = [Entry(**row) for row in rows]
+        except (TypeError, ValueError) as e:
+            raise UnsafeFileError(f"{f} does not hold leaderboard rows kit kept ({str(e)[:200]}); remove it (its rows "
+                                  f"are then not recorded)") from None
+        _store(entries, url)
+        n += len(entries)
+        try:  # recorded; a file that cannot be removed (a read-only run) is recorded again next time: idempotent
+            f.unlink()
+        except OSError:
+            pass
+    try:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    except OSError:
+        pass
+    return n
 
 
 def record_member(ctx, rec: dict) -> None:
@@ -78,18 +144,19 @@ def record_ensemble(ctx, s, suffix: str = "") -> None:
 
 def record_submission(ctx, s) -> dict | None:
     """Record the submission; where the test answers are known (digits), score it like a competition site."""
-    from kit.leaderboard import Entry, record_score, score_submission
+    from kit.leaderboard import Entry, score_entry, score_submission
+    from kit.rundir import write_if_changed
     result = None
     solution = ctx.sources.test_solution
     base = dict(_ensemble_base(ctx, s), blend_method=s.chosen)
     extra = {"submission": str(s.submission), "env": environment_choices(ctx)}
     if solution is not None:
         sol_path = ctx.run_dir / "solution.csv"
-        solution.to_csv(sol_path, index=False)
+        write_if_changed(sol_path, solution.to_csv(index=False))
         result = score_submission(s.submission, sol_path, ctx.recipe.train.metric)
         base.pop("metric")
-        record_score(result, name=f"{ctx.recipe.name}:submission", url=ctx.recipe.leaderboard,
-                     score=s.validation_score(), extra=extra, **base)
+        _record(ctx, [score_entry(result, name=f"{ctx.recipe.name}:submission", score=s.validation_score(),
+                                  extra=extra, **base)])
     else:
         _record(ctx, [Entry(kind="submission", name=f"{ctx.recipe.name}:submission", score=None, extra=extra,
                             **base)])

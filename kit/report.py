@@ -17,9 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from kit.errors import RunDirError
-from kit.rundir import read_json, write_json_atomic
+from kit.readers import read_json
+from kit.rundir import write_json_if_changed
 
 REPORT_FILE = "report.json"
+_NUMBER = (int, float)
+REPORT_SCHEMA = {"members": [str], "methods": {"*": {"weights": [_NUMBER], "oof_score": _NUMBER,
+                                                    "nested_score": _NUMBER}},
+                 "tta?": {"*": str}, "chosen?": (str, type(None)), "best_member?": (str, type(None)),
+                 "best_member_score?": (int, float, type(None)), "round?": (int, type(None))}
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,7 @@ class BlendReport:
 
 
 def write_report(out: Path, report: BlendReport) -> Path:
-    return write_json_atomic(Path(out) / REPORT_FILE, {
+    return write_json_if_changed(Path(out) / REPORT_FILE, {
         "metric": report.metric, "round": report.round, "chosen": report.chosen, "why": report.why,
         "members": list(report.members), "tta": dict(report.tta),
         "temperatures": None if report.temperatures is None else [float(t) for t in report.temperatures],
@@ -73,7 +79,7 @@ def read_report(path, fix: str) -> BlendReport:
     if not path.is_file():
         raise RunDirError(f"{path} is missing; {fix}")
     try:
-        d = read_json(path)
+        d = read_json(path, fix=fix, schema=REPORT_SCHEMA)
         if not isinstance(d, dict):
             raise TypeError(f"a JSON {type(d).__name__}, not an object")
         members, methods, tta = list(d["members"]), dict(d.get("methods") or {}), dict(d.get("tta") or {})

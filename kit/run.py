@@ -21,7 +21,7 @@ from kit.recipe import TTA_MODES, Recipe
 from kit.record import record_ensemble, record_member, record_submission
 from kit.results import (ConfigResult, Summary, best_config, blend, collect,  # noqa: F401 (API)
                          final_test_predictions, summary_dict)
-from kit.rundir import write_json_atomic
+from kit.rundir import write_if_changed, write_json_if_changed
 
 
 def all_members(ctx: RunContext) -> list[MemberPlan]:
@@ -57,11 +57,13 @@ def submit(ctx: RunContext, pred: Predictions, *, path=None, force: bool = False
         return None
     sample_path = src.sample_submission_path
     if sample_path is None or not Path(sample_path).exists():  # built in memory (digits): keep a copy
-        sample_path = ctx.run_dir / "sample_submission.csv"
-        src.sample_submission.to_csv(sample_path, index=False)
+        sample_path = write_if_changed(ctx.run_dir / "sample_submission.csv", src.sample_submission.to_csv(index=False))
     df = make_submission(pred, sample_path, fmt=ctx.recipe.submit.format)
-    path = Path(path) if path else ctx.run_dir / ctx.recipe.submit.path
-    if path.exists() and not force and path.read_text() == df.to_csv(index=False):
+    if not path:  # submit.path, inside the run directory
+        path = ctx.run_dir / ctx.recipe.submit.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    if path.is_file() and path.read_text() == df.to_csv(index=False):
         return path  # the same submission again: nothing to replace
     return write_submission(df, path, overwrite=force)
 
@@ -92,7 +94,7 @@ def finish(ctx: RunContext, *, force: bool = False, t0: float | None = None, pat
                       bad_images=len(ctx.bad_images), chosen_why=why)
     if path is not None:
         summary.test_scores = record_submission(ctx, summary)
-    write_json_atomic(ctx.run_dir / "summary.json", summary_dict(summary))
+    write_json_if_changed(ctx.run_dir / "summary.json", summary_dict(summary), ignore=("wall_time_s",))
     record_ensemble(ctx, summary)
     return summary
 

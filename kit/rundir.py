@@ -8,6 +8,9 @@ runs/<name>/
   members/<member>/preds/         <split>_<tta>.npz  (split: oof | test)
   ensemble/                       report.json, oof_<method>.npz, test_<method>.npz
   submission.csv, summary.json
+
+Writers of files a user names (write_new_file: never onto an existing file without force) and of files a command may
+have nothing new for (write_if_changed) are here too; every file kit reads back is read by kit.readers.
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ import stat
 import tempfile
 from pathlib import Path
 
-from kit.errors import DiskFullError
+from kit.errors import DiskFullError, NotWritableError, RunDirError
+from kit.readers import read_json  # noqa: F401  (kit.rundir.read_json: the one JSON reader, kit.readers)
 
 
 def atomic_write(path, write) -> Path:
@@ -49,6 +53,11 @@ def atomic_write(path, write) -> Path:
             raise DiskFullError(f"no space left on device while writing {path}; nothing earlier was changed "
                                 f"(the temporary file is removed{', the previous file is intact' * path.exists()})"
                                 f"; free space on that disk (or set output_dir to another one) and run again") from e
+        if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            err = NotWritableError(f"cannot write {path} ({e.strerror}); this command has something new to write "
+                                   f"there: make {path.parent} writable, or work on a copy")
+            err.errno = e.errno  # still an OSError of its kind, for callers that let a cache write fail
+            raise err from e
         raise
     return path
 
@@ -115,6 +124,69 @@ def write_json_atomic(path, obj) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
 
 
+def write_if_changed(path, data: bytes | str) -> Path:
+    """Write `data` atomically unless `path` already holds exactly that: a command with nothing new to say writes
+    nothing, so it works on a run directory it may only read (a teammate's, a read-only mount)."""
+    path = Path(path)
+    data = data.encode() if isinstance(data, str) else data
+    try:
+        if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+            return path
+    except OSError:
+        pass
+    return write_bytes_atomic(path, data)
+
+
+def write_json_if_changed(path, obj, ignore=()) -> Path:
+    """write_json_atomic unless `path` holds the same JSON apart from the top-level keys in `ignore` (a wall time):
+    what a command with nothing new would rewrite stays as it is."""
+    path = Path(path)
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+            new = json.loads(json.dumps(obj, default=_jsonable))
+            if isinstance(old, dict) and isinstance(new, dict) and _without(old, ignore) == _without(new, ignore):
+                return path
+        except (OSError, ValueError, RecursionError):
+            pass
+    return write_json_atomic(path, obj)
+
+
+def _without(d: dict, keys) -> dict:
+    return {k: v for k, v in d.items() if k not in keys}
+
+
+def write_new_file(path, data: bytes | str, *, force: bool = False, option: str = "--output",
+                   protect=()) -> Path:
+    """The one writer of a file a user names (an export, predictions, a submission, a recipe): check_new_file's
+    refusals, then an atomic write."""
+    check_new_file(path, force=force, option=option, protect=protect)
+    return write_bytes_atomic(path, data.encode() if isinstance(data, str) else data)
+
+
+def check_new_file(path, *, force: bool = False, option: str = "--output", protect=()) -> Path:
+    """RunDirError for a path write_new_file must not write: a folder, a missing parent folder (none is made:
+    it is a typo more often than not), something that is not a plain file, an existing file unless `force`, and
+    any of `protect` (the database a command reads) even with it."""
+    path = Path(path)
+    if path.is_dir():
+        raise RunDirError(f"{option} {path} is a folder; give a file path, e.g. {path / 'out.csv'}")
+    if not path.parent.is_dir():
+        raise RunDirError(f"{option} {path}: the folder {path.parent} does not exist; create it first, or pick "
+                          f"another path")
+    for p in protect:
+        if p is not None and os.path.exists(p) and path.exists() and os.path.samefile(p, path):
+            raise RunDirError(f"{option} {path} is {p}, which this command reads; it is never overwritten, even with "
+                              f"--force: pick another path")
+    if path.exists() or path.is_symlink():
+        if not path.is_file():
+            raise RunDirError(f"{option} {path} exists and is not a plain file; pick another path")
+        if not force:
+            raise RunDirError(f"{option} {path} already exists and was not overwritten; pass --force to replace it, "
+                              f"or pick another path")
+    return path
+
+
 def write_csv_atomic(path, rows: list[dict]) -> Path:
     buf = io.StringIO()
     if rows:
@@ -125,8 +197,21 @@ def write_csv_atomic(path, rows: list[dict]) -> Path:
     return write_text_atomic(path, buf.getvalue())
 
 
-def read_json(path):
-    return json.loads(Path(path).read_text())
+def check_output_dir(output_dir) -> None:
+    """output_dir can hold run folders: not a file, not inside /proc, /sys or /dev, and where it exists, a folder;
+    a RunDirError saying so otherwise (before any work starts)."""
+    p = Path(output_dir)
+    real = Path(os.path.realpath(p))
+    special = next((s for s in ("/proc", "/sys", "/dev") if real == Path(s) or Path(s) in real.parents), None)
+    if special:
+        raise RunDirError(f"output_dir {output_dir} is inside {special} (resolved {real}), which holds no run folders; "
+                          f"set output_dir to a folder on a disk, e.g. runs")
+    for q in (real, *real.parents):
+        if q.exists():
+            if not q.is_dir():
+                raise RunDirError(f"output_dir {output_dir}: {q} is a file, not a folder; set output_dir to a folder "
+                                  f"(e.g. runs), or move the file")
+            return
 
 
 def _jsonable(o):

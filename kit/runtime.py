@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import os
 import random
 import time
@@ -132,8 +131,9 @@ def _model_key(model: torch.nn.Module, input_size: int) -> str:
 
 def _cached_times(name: str, key: str, measure) -> dict:
     """{variant: seconds a step} for `key` from $KIT_CACHE_DIR/<name>, measured (and kept) the first time."""
+    from kit.readers import read_json
     cache = cache_dir() / name
-    known = json.loads(cache.read_text()) if cache.exists() else {}
+    known = read_json(cache, fix="remove it (kit times again)", schema={"*": dict}) if cache.exists() else {}
     if key not in known:
         known[key] = measure()
         write_json_atomic(cache, known)

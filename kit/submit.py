@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 
 from kit.predictions import Predictions
-from kit.rundir import atomic_write
 
 FORMATS = ("label", "proba")
 
@@ -21,7 +20,8 @@ from kit.errors import SubmissionError, RunDirError  # noqa: E402  (re-exported:
 
 def read_sample(path) -> pd.DataFrame:
     # keep_default_na=False: an id or class literally named 'NA' or 'None' must stay a string, not become NaN
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
+    from kit.readers import read_csv
+    return read_csv(path, fix="give the competition's sample submission (UTF-8 CSV, the id column first)")
 
 
 def _where(sample_path) -> str:
@@ -170,8 +170,5 @@ def make_submission(pred: Predictions, sample_submission_path=None, fmt: str = "
 
 def write_submission(df: pd.DataFrame, path, overwrite: bool = False) -> Path:
     """Write atomically (temp file in the same folder, fsync, rename): a reader sees the old file or the new one."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise RunDirError(f"{path} exists and was not overwritten; pass --force (overwrite=True) to replace it, "
-                              "or pick another path")
-    return atomic_write(path, lambda f: f.write(df.to_csv(index=False).encode()))
+    from kit.rundir import write_new_file
+    return write_new_file(path, df.to_csv(index=False), force=overwrite, option="submission file")

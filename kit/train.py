@@ -288,7 +288,7 @@ _DELETE_TO_RETRAIN = "delete it to retrain that member"
 def load_checkpoint(path, fix: str = _DELETE_TO_RETRAIN) -> dict:
     """A checkpoint kit wrote (last.pt, best.pt), tensors only, on the CPU; UnsafeFileError names a file that
     holds anything else, or is corrupt, and `fix` says what to do."""
-    return load_tensor_file(path, fix=fix)
+    return load_tensor_file(path, fix=fix, legacy=False)  # kit writes torch zip archives only
 
 
 def _resume(last: Path, model, s: Setup, device) -> tuple[History, int, int]:

@@ -12,7 +12,7 @@ import yaml
 
 from conftest import KAGGLE_CLASSES, _save, class_image
 from kit.cli import main
-from kit.errors import DataError, RecipeError
+from kit.errors import DataError, RecipeError, RunDirError
 import kit.init as kit_init
 from kit.init import epochs_for_budget, init_recipe, input_size, split, strategy, work
 from kit.context import load_checked_sources
@@ -224,7 +224,7 @@ def test_what_kit_init_writes_plans_whatever_the_advisor_decides(kaggle_root, tm
 def test_refuses_to_overwrite_without_force(kaggle_root, tmp_path):
     out = tmp_path / "recipe.yaml"
     out.write_text("keep me\n")
-    with pytest.raises(RecipeError, match="recipe.yaml already exists.*--force"):
+    with pytest.raises(RunDirError, match="recipe.yaml already exists.*--force"):
         init_recipe(kaggle_root, out=out)
     assert out.read_text() == "keep me\n"
     init_recipe(kaggle_root, out=out, force=True)

@@ -115,7 +115,11 @@ def test_fixture_datasets_load(tmp_path, imagefolder_root, kaggle_root):
 def test_bad_weights_path(tmp_path):
     with pytest.raises(RecipeError, match=r"model\.weights.*does not exist.*auto, hub, offline, none"):
         load_recipe(write(tmp_path, f"model:\n  weights: {tmp_path / 'w.pth'}\n"))
-    (tmp_path / "w.pth").write_bytes(b"")
+    (tmp_path / "w.pth").write_bytes(b"")  # not a file of tensors: refused before the plan (kit.readers)
+    with pytest.raises(RecipeError, match=r"model\.weights.*w\.pth is corrupt or not a torch file of tensors"):
+        load_recipe(write(tmp_path, f"model:\n  weights: {tmp_path / 'w.pth'}\n"))
+    import torch
+    torch.save({"weight": torch.zeros(1)}, tmp_path / "w.pth")
     assert load_recipe(write(tmp_path, f"model:\n  weights: {tmp_path / 'w.pth'}\n")).model.weights.endswith("w.pth")
 
 

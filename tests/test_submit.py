@@ -133,6 +133,7 @@ def test_existing_file_is_not_overwritten(pred, label_sample, tmp_path):
 
 def test_atomic_write_leaves_no_temp_files(pred, label_sample, tmp_path):
     out = tmp_path / "subs"
+    out.mkdir()  # kit's writer makes no folders: a missing parent is a typo (kit.rundir.write_new_file)
     write_submission(make_submission(pred, label_sample), out / "submission.csv")
     assert os.listdir(out) == ["submission.csv"]
 

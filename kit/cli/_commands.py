@@ -7,8 +7,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from kit.errors import printable
+
 console = Console(stderr=False)
 err = Console(stderr=True, soft_wrap=True)
+
+
+def _t(value) -> str:
+    """A value from a file, a recipe or the user, as terminal text: rich markup escaped (a run named
+    `r[bold]x` prints as written) and control characters shown as escapes (kit.errors.printable)."""
+    return escape(printable(value))
 
 
 def _recipe_args(p):
@@ -44,7 +52,7 @@ def _progress():
 
 
 def _log(msg):
-    console.print(msg, highlight=False)
+    console.print(_t(msg), highlight=False)
 
 
 def _executor_args(p):
@@ -67,10 +75,10 @@ def cmd_train(args):
             return 0
         with _progress() as pf:
             ctx, records = train(recipe, args.member, resume=args.resume, progress_factory=pf,
-                                 log=lambda msg: _log(escape(msg)), executor=args.executor, address=args.address)
+                                 log=_log, executor=args.executor, address=args.address)
         together = f", each member by {world.size} processes together (torchrun)" if world else ""
-        console.print(f"outputs in [bold]{ctx.run_dir}[/] (checkpoints, history.csv, predictions in members/)"
-                      f"{together}")
+        console.print(f"outputs in [bold]{_t(ctx.run_dir)}[/] (checkpoints, history.csv, predictions in members/)"
+                      f"{together}", highlight=False)
         return 0
     finally:
         distributed.stop()
@@ -90,7 +98,7 @@ def cmd_run(args):
     _not_under_torchrun("run")
     recipe = _load(args)
     with _progress() as pf:
-        summary = run(recipe, resume=True, force=args.force, progress_factory=pf, log=lambda msg: _log(escape(msg)),
+        summary = run(recipe, resume=True, force=args.force, progress_factory=pf, log=_log,
                       executor=args.executor, address=args.address)
     print_summary(summary)
     return 0
@@ -101,16 +109,14 @@ def cmd_predict(args):
         return _repredict(args)
     import time
     import warnings
-    from pathlib import Path
-    from kit.errors import RecipeError, RunDirError
+    from kit.errors import RecipeError
     from kit.inference import csv_images, folder_images, load, prepare_images, write_predictions
+    from kit.rundir import check_new_file
     if args.csv and not args.image_dir:
         raise RecipeError("--csv needs --image-dir, the folder its image paths are relative to")
     if args.tta and len(args.tta) > 1:
         raise RecipeError(f"--tta {' '.join(args.tta)}: new images are predicted at one TTA mode; pass one")
-    out = Path(args.output)
-    if out.exists() and not args.force:
-        raise RunDirError(f"{out} exists and was not overwritten; pass --force to replace it, or pick another --output")
+    out = check_new_file(args.output, force=args.force)  # refused before any model runs
     ens = load(args.run)
     ens = ens.select(args.members) if args.members is not None else ens
     ens = ens.with_tta(args.tta[0]) if args.tta else ens
@@ -121,8 +127,8 @@ def cmd_predict(args):
     device = ens.device(args.device)
     method = ens.blend.method or "one configuration"
     configs = ", ".join(f"{c.name} ({c.tta})" for c in ens.configs)
-    console.print(escape(f"{ens.source}: {method} of {configs}; {sum(len(c.members) for c in ens.configs)} models on "
-                         f"{device}"), highlight=False)
+    console.print(_t(f"{ens.source}: {method} of {configs}; {sum(len(c.members) for c in ens.configs)} models on "
+                     f"{device}"), highlight=False)
     per_1000 = ens.time_per_1000(batch_size=args.batch_size, device=device)
     console.print(f"estimated {per_1000:.1f} s per 1,000 images (timing pass, decoding not included): about "
                   f"{per_1000 * len(table) / 1000:.0f} s for these {len(table):,}", highlight=False)
@@ -132,10 +138,10 @@ def cmd_predict(args):
         probs = ens.predict(table, batch_size=args.batch_size, device=device, progress=update)
     seconds = time.perf_counter() - t0
     for note in notes:
-        console.print(f"[yellow]note:[/] {escape(str(note.message))}", highlight=False)
+        console.print(f"[yellow]note:[/] {_t(note.message)}", highlight=False)
     path = write_predictions(ens, probs, out, sample=args.sample, force=args.force)
     console.print(f"{len(table):,} images in {seconds:.1f} s ({len(table) / seconds:.1f} images/s): "
-                  f"[bold]{escape(str(path))}[/] ({ens.recipe.submit.format})", highlight=False)
+                  f"[bold]{_t(path)}[/] ({ens.recipe.submit.format})", highlight=False)
     return 0
 
 
@@ -165,13 +171,13 @@ def _repredict(args):
     if given:
         raise RecipeError(f"{', '.join(given)} apply to new images: pass --images DIR or --csv FILE --image-dir DIR")
     scores = predict(args.run, modes=args.tta, log=_log)
-    t = Table(title=f"validation scores by TTA mode ({args.run})")
+    t = Table(title=f"validation scores by TTA mode ({_t(args.run)})")
     t.add_column("member")
     modes = list(dict.fromkeys(m for s in scores.values() for m in s))
     for m in modes:
-        t.add_column(m, justify="right")
+        t.add_column(_t(m), justify="right")
     for member, s in scores.items():
-        t.add_row(member, *[f"{s[m]:.4f}" if m in s else "" for m in modes])
+        t.add_row(_t(member), *[f"{s[m]:.4f}" if m in s else "" for m in modes])
     console.print(t)
     return 0
 
@@ -179,8 +185,8 @@ def _repredict(args):
 def cmd_export(args):
     from kit.bundle import bundle_size, export_bundle
     path = export_bundle(args.run, args.out, as_zip=args.zip)
-    console.print(f"bundle [bold]{escape(str(path))}[/]: {bundle_size(path) / 1e6:.1f} MB; predict with: "
-                  f"kit predict {escape(str(path))} --images DIR", highlight=False)
+    console.print(f"bundle [bold]{_t(path)}[/]: {bundle_size(path) / 1e6:.1f} MB; predict with: "
+                  f"kit predict {_t(path)} --images DIR", highlight=False)
     return 0
 
 
@@ -205,15 +211,24 @@ def cmd_distill(args):
 
 def _compare_with_teacher(teacher_dir, summary) -> None:
     """The student's validation score beside its teacher's blend (both out-of-fold, same folds)."""
-    import json
     from pathlib import Path
+    from kit.errors import UnsafeFileError
     from kit.results import summary_dict
-    teacher = json.loads((Path(teacher_dir) / "summary.json").read_text())
+    from kit.readers import read_json
+    path = Path(teacher_dir) / "summary.json"
+    teacher = read_json(path, fix=f"write it again with: kit submit {teacher_dir}",
+                        schema={"methods": dict, "chosen?": (str, type(None)), "best_member?": (str, type(None)),
+                                "best_member_score?": (int, float, type(None))})
     d = summary_dict(summary)
-    t_score = (teacher["methods"][teacher["chosen"]]["oof"] if teacher.get("chosen")
-               else teacher["best_member_score"])
-    console.print(f"student {d['best_member']}: out-of-fold {summary.metric} {d['best_member_score']:.4f}; "
-                  f"teacher ({teacher.get('chosen') or teacher['best_member']}): {t_score:.4f}", highlight=False)
+    try:
+        t_score = float(teacher["methods"][teacher["chosen"]]["oof"] if teacher.get("chosen")
+                        else teacher["best_member_score"])
+    except (KeyError, TypeError, ValueError):
+        raise UnsafeFileError(f"{path} does not say the teacher's score; write it again with: kit submit "
+                              f"{teacher_dir}") from None
+    console.print(_t(f"student {d['best_member']}: out-of-fold {summary.metric} {d['best_member_score']:.4f}; "
+                     f"teacher ({teacher.get('chosen') or teacher.get('best_member')}): {t_score:.4f}"),
+                  highlight=False)
 
 
 def cmd_plan(args):
@@ -228,7 +243,7 @@ def _print_plan(recipe, planner) -> None:
     from kit.plan import format_plan
     sources, bad = load_checked_sources(recipe)
     for line in format_plan(planner(recipe, sources)):
-        console.print(escape(line), highlight=False)
+        console.print(_t(line), highlight=False)
     if bad:
         console.print(f"{len(bad)} bad images would be left out (data.bad_images: skip)", highlight=False)
 
@@ -238,7 +253,8 @@ def cmd_tune(args):
     recipe = _load(args)
     if args.create_only:
         study = create_study(recipe, args.storage, args.study)
-        console.print(f"study [bold]{study.study_name}[/] ready: {len(study.trials)} trials; start the workers")
+        console.print(f"study [bold]{_t(study.study_name)}[/] ready: {len(study.trials)} trials; start the workers",
+                      highlight=False)
         return 0
     tune(recipe, args.trials, timeout=args.timeout, storage=args.storage, study_name=args.study,
          total=args.total, log=_log)
@@ -248,7 +264,7 @@ def cmd_tune(args):
 def cmd_advise(args):
     from kit.advise import advise, format_advice
     for line in format_advice(advise(_load(args))):
-        console.print(line, highlight=False)
+        console.print(_t(line), highlight=False)
     return 0
 
 
@@ -256,7 +272,7 @@ def cmd_classify(args):
     from kit.classify import classify_images, format_topk
     results = classify_images(args.images, model_name=args.model, weights=args.weights, topk=args.topk)
     for line in format_topk(args.images, results):
-        console.print(line, highlight=False)
+        console.print(_t(line), highlight=False)
     return 0
 
 
@@ -264,11 +280,11 @@ def cmd_leaderboard(args):
     from kit.leaderboard import leaderboard_report
     filters = {k: v for k, v in dict(kind=args.kind, recipe=args.recipe, backbone=args.backbone,
                                      since=args.since, until=args.until).items() if v}
-    out = args.output
-    if args.format and not out:
-        out = f"leaderboard.{args.format}"
-    console.print(leaderboard_report(args.url, by=args.by, metric=args.metric, group_seeds=not args.no_group,
-                                     top=args.top, out=out, fmt=args.format, **filters), highlight=False)
+    text = leaderboard_report(args.url, by=args.by, metric=args.metric, group_seeds=not args.no_group, top=args.top,
+                              out=args.output, fmt=args.format, force=args.force, **filters)
+    # the table or the export itself (--format without --output: `kit leaderboard --format csv > file`), as
+    # rendered: never read again as rich markup
+    console.file.write(text if text.endswith("\n") else text + "\n")
     return 0
 
 
@@ -290,8 +306,8 @@ def cmd_init(args):
     text, _ = init_recipe(args.data_dir, out=args.output, force=args.force, label_column=args.label_column,
                           id_column=args.id_column, path_column=args.path_column,
                           budget={None: BUDGET_MINUTES, 0: None}.get(args.budget, args.budget))
-    console.print(escape(text), highlight=False, soft_wrap=True)
-    console.print(f"wrote [bold]{escape(args.output)}[/]; its plan (kit plan {escape(args.output)}):", highlight=False)
+    console.print(_t(text), highlight=False, soft_wrap=True)
+    console.print(f"wrote [bold]{_t(args.output)}[/]; its plan (kit plan {_t(args.output)}):", highlight=False)
     recipe = load_recipe(args.output)  # the file as written, as kit run will read it
     if recipe.model.strategy == "auto":
         console.print("strategy auto: the advisor measures the images once (cached for kit run)", highlight=False)
@@ -308,43 +324,46 @@ def print_summary(s) -> None:
     for m in modes:
         t.add_column(m, justify="right")
     for c in s.configs:
-        t.add_row(c.config, *[f"{c.tta_scores[m]:.4f}" + (" *" if m == c.tta else "  ") if m in c.tta_scores
-                              else "" for m in modes])
+        t.add_row(_t(c.config), *[f"{c.tta_scores[m]:.4f}" + (" *" if m == c.tta else "  ") if m in c.tta_scores
+                                  else "" for m in modes])
     console.print(t)
     for c in s.configs:  # which rule chose each configuration's TTA mode, and by how much
         if len(c.tta_scores) > 1:
-            console.print(f"TTA of {c.config}: {c.tta}, {c.tta_why}", highlight=False)
+            console.print(_t(f"TTA of {c.config}: {c.tta}, {c.tta_why}"), highlight=False)
     if s.configs:
-        console.print(f"mean ± std across members: {d['member_mean']:.4f} ± {d['member_std']:.4f} "
-                      f"(n={len(s.configs)}); best member: {d['best_member']} {d['best_member_score']:.4f}")
+        console.print(_t(f"mean ± std across members: {d['member_mean']:.4f} ± {d['member_std']:.4f} "
+                         f"(n={len(s.configs)}); best member: {d['best_member']} {d['best_member_score']:.4f}"),
+                      highlight=False)
     if s.methods:
         t = Table(title="blending (weights fitted on out-of-fold predictions; nested = fitted on other folds)")
         for col in ("method", "oof", "nested", "weights"):
             t.add_column(col, justify="left" if col in ("method", "weights") else "right")
         for name, res in s.methods.items():
             w = " ".join(f"{x:.2f}" for x in res.weights)
-            t.add_row(name + (" *" if name == s.chosen else ""), f"{res.oof_score:.4f}", f"{res.nested_score:.4f}", w)
+            t.add_row(_t(name) + (" *" if name == s.chosen else ""), f"{res.oof_score:.4f}", f"{res.nested_score:.4f}",
+                      w)
         console.print(t)
-        console.print(f"blend chosen: {s.chosen}, {s.chosen_why}", highlight=False)
+        console.print(_t(f"blend chosen: {s.chosen}, {s.chosen_why}"), highlight=False)
         if s.chosen != "best" and "gain_nested" in d:
             console.print(f"gain over the best member: {d['gain_nested']:+.4f} nested, {d['gain_oof']:+.4f} "
                           f"out-of-fold", highlight=False)
     for c in s.configs:
         if c.refits:
             what = "its refit" if len(c.refits) == 1 else f"the mean of its {len(c.refits)} refits"
-            console.print(f"test predictions of {c.config}: {what} on every labelled image, at {c.tta} "
-                          f"({', '.join(c.refits)}; not validated)", highlight=False)
+            console.print(_t(f"test predictions of {c.config}: {what} on every labelled image, at {c.tta} "
+                             f"({', '.join(c.refits)}; not validated)"), highlight=False)
     if s.bad_images:
         console.print(f"[yellow]{s.bad_images} bad images left out[/] (data.bad_images: skip): "
-                      f"{s.run_dir / 'bad_images.csv'}")
+                      f"{_t(s.run_dir / 'bad_images.csv')}", highlight=False)
     if s.pending:
-        console.print(f"[yellow]{len(s.pending)} members not finished[/]: {', '.join(s.pending[:5])}")
+        console.print(f"[yellow]{len(s.pending)} members not finished[/]: {_t(', '.join(s.pending[:5]))}",
+                      highlight=False)
     if s.submission:
-        console.print(f"submission: [bold]{s.submission}[/]")
+        console.print(f"submission: [bold]{_t(s.submission)}[/]", highlight=False)
     if s.test_scores:
         t = s.test_scores
         console.print(f"submission scored against the known answers: {t['metric']} public {t['public']:.4f} "
                       f"(n={t['n_public']}), private {t['private']:.4f} (n={t['n_private']})")
-    console.print(f"run directory: [bold]{s.run_dir}[/]  ({s.wall_time_s:.0f} s)")
+    console.print(f"run directory: [bold]{_t(s.run_dir)}[/]  ({s.wall_time_s:.0f} s)", highlight=False)
 
 

@@ -122,7 +122,8 @@ def _add_result_commands(sub) -> None:
     s.add_argument("--top", type=int)
     s.add_argument("--no-group", action="store_true", help="one row per seed instead of mean ± std")
     s.add_argument("--format", choices=["csv", "md", "html"])
-    s.add_argument("--output", help="file to export to (format from its suffix)")
+    s.add_argument("--output", help="file to export to (format from its suffix); default: standard output")
+    s.add_argument("--force", action="store_true", help="replace an existing --output file")
     s.set_defaults(fn=cmd_leaderboard)
 
     s = sub.add_parser("score", help="score a submission against a solution with a Public/Private Usage column")

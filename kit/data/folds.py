@@ -94,8 +94,14 @@ def save_folds(path, ids, labels, folds) -> None:
 
 def load_folds(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids as str, labels as int64, folds as int64) from a file written by save_folds."""
-    df = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
+    from kit.readers import read_csv
+    fix = "remove it to split again (only in a run with no finished member: the split must not change under one)"
+    df = read_csv(path, fix=fix)
     missing = [c for c in ("id", "label", "fold") if c not in df.columns]
     if missing:
         raise FoldError(f"{path} is not a folds file: columns {missing} missing (has {list(df.columns)})")
-    return df["id"].to_numpy(dtype=str), df["label"].to_numpy(dtype=np.int64), df["fold"].to_numpy(dtype=np.int64)
+    try:
+        return (df["id"].to_numpy(dtype=str), df["label"].to_numpy(dtype=np.int64),
+                df["fold"].to_numpy(dtype=np.int64))
+    except (ValueError, OverflowError):
+        raise FoldError(f"{path} is not a folds file: its label and fold columns must hold integers; {fix}") from None

@@ -166,7 +166,7 @@ def _load_cache(path: Path) -> dict:
     """{absolute path: [size, mtime_ns, reason or None]}; empty when missing, unreadable or from another version."""
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # a cache: a damaged one is rebuilt
         return {}
     if not isinstance(data, dict) or data.get("header") != _cache_header() or not isinstance(data.get("images"), dict):
         return {}

@@ -14,6 +14,7 @@ test images): a CSV row such as `../../etc/passwd` is refused, never opened.
 """
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import re
@@ -28,6 +29,7 @@ import pandas as pd
 from kit.data.images import load_item
 from kit.errors import DataError
 from kit.recipe import DataSpec
+from kit.readers import read_csv
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 DIGITS_SPLIT_SEED = 0  # the digits test set is part of the "competition", fixed whatever data.seed says
@@ -141,20 +143,23 @@ def _load_imagefolder(spec: DataSpec) -> Sources:
         raise DataSourceError(f"no class folders in {train_root}; an imagefolder dataset is "
                               f"{train_root}/<class name>/<image files>")
     classes = sort_classes(d.name for d in class_dirs)
-    ids, items, labels = [], [], []
+    ids, items, labels, empty, problems = [], [], [], [], []
     for k, name in enumerate(classes):
         files = sorted(p for p in (train_root / name).rglob("*") if _is_image(p))
         if not files:
-            raise DataSourceError(f"class folder {train_root / name} holds no images "
-                                  f"(looked for {', '.join(IMAGE_EXTENSIONS)}); remove the folder or add images")
+            empty.append(str(train_root / name))
         ids += [p.relative_to(train_root).as_posix() for p in files]
         items += [str(p) for p in files]
         labels += [k] * len(files)
-    _check_folder_inside(items, train_root)
+    if empty:
+        problems.append(f"class folder{'s' * (len(empty) > 1)} {_listing(empty)} hold{'s' * (len(empty) == 1)} no "
+                        f"images (looked for {', '.join(IMAGE_EXTENSIONS)}); remove the folder or add images")
+    _collect(problems, _check_folder_inside, items, train_root)
     train = ImageTable(np.array(ids), items, np.array(labels, dtype=np.int64), classes)
     test = None
     if spec.test_dir and (root / spec.test_dir).is_dir():
-        test = _folder_table(root / spec.test_dir, classes, lambda p: p.stem)
+        test = _collect(problems, _folder_table, root / spec.test_dir, classes, lambda p: p.stem)
+    _raise_all(problems, root)
     sample, sample_path = _read_sample_submission(root, spec)
     return Sources(train, test, sample, sample_path)
 
@@ -176,7 +181,7 @@ def _read_sample_submission(root: Path, spec: DataSpec):
     if not spec.sample_submission or not (root / spec.sample_submission).is_file():
         return None, None
     path = root / spec.sample_submission
-    return pd.read_csv(path, dtype=str, keep_default_na=False), str(path)
+    return read_csv(path, fix="save it as UTF-8 CSV (id column first), or set data.sample_submission: null"), str(path)
 
 
 # ---------------------------------------------------------------- kaggle
@@ -187,42 +192,72 @@ def _load_kaggle(spec: DataSpec) -> Sources:
     if not csv.is_file():
         raise DataSourceError(f"{csv} does not exist; set data.train_csv to the labels CSV inside {root}")
     # Only empty cells count as missing: a class may well be called "NA" or "None".
-    df = pd.read_csv(csv, dtype=str, keep_default_na=False, na_values=[""])
+    df = read_csv(csv, na_values=[""], fix="set data.train_csv to the labels CSV (UTF-8, an id and a label column)")
     for key, col in (("id_column", spec.id_column), ("label_column", spec.label_column),
                      ("path_column", spec.path_column)):
         if col is not None and col not in df.columns:
             raise DataSourceError(f"{csv} has no column {col!r} (data.{key}); its columns are "
                                   f"{list(df.columns)}; set data.{key} to one of them")
-    _check_column_values(df, csv, spec)
+    problems = []  # every problem of the folder, in one message (kit init and kit run alike)
+    _collect(problems, _check_empty_cells, df, csv, spec)
+    _collect(problems, _check_duplicate_ids, df, csv, spec)
     image_dir = root / spec.image_dir
-    names = df[spec.path_column] if spec.path_column else df[spec.id_column] + spec.image_suffix
+    names = (df[spec.path_column] if spec.path_column else df[spec.id_column] + spec.image_suffix).fillna("")
     paths = [image_dir / n for n in names]
     column = spec.path_column or spec.id_column
-    _check_csv_inside(paths, names.tolist(), image_dir, csv, f"column {column!r}", _train_fix(spec))
-    _check_train_files(paths, df, csv, spec, image_dir)
-    classes = sort_classes(df[spec.label_column])
+    _collect(problems, _check_csv_inside, paths, names.tolist(), image_dir, csv, f"column {column!r}",
+             _train_fix(spec))
+    _collect(problems, _check_train_files, paths, df, csv, spec, image_dir)
+    classes = sort_classes(df[spec.label_column].dropna())
+    sample, sample_path = _read_sample_submission(root, spec)
+    ids = df[spec.id_column].fillna("").to_numpy(dtype=str)
+    test = _collect(problems, _kaggle_test, root, spec, classes, sample, sample_path, ids)
+    _raise_all(problems, root)
     index = {c: k for k, c in enumerate(classes)}
     labels = np.array([index[v] for v in df[spec.label_column]], dtype=np.int64)
-    train = ImageTable(df[spec.id_column].to_numpy(dtype=str), [str(p) for p in paths], labels, classes)
-    sample, sample_path = _read_sample_submission(root, spec)
-    test = _kaggle_test(root, spec, classes, sample, sample_path, train.ids)
+    train = ImageTable(ids, [str(p) for p in paths], labels, classes)
     return Sources(train, test, sample, sample_path)
 
 
-def _check_column_values(df: pd.DataFrame, csv: Path, spec: DataSpec) -> None:
-    def line(i):  # row i of the data is line i + 2 of the file (1-based, after the header)
-        return f"row {i} (line {i + 2} of {csv})"
+def _collect(problems: list, check, *args):
+    """check(*args), its DataSourceError's message added to `problems` instead of raised (None then)."""
+    try:
+        return check(*args)
+    except DataSourceError as e:
+        problems.append(str(e))
+        return None
 
+
+def _raise_all(problems: list, root) -> None:
+    """One DataSourceError listing every problem found in the dataset at `root` (none: nothing raised)."""
+    if len(problems) == 1:
+        raise DataSourceError(problems[0])
+    if problems:
+        raise DataSourceError(f"{len(problems)} problems with the dataset in {root}: "
+                              + " ".join(f"({i}) {p}" for i, p in enumerate(problems, 1)))
+
+
+def _line(i: int, csv: Path) -> str:  # row i of the data is line i + 2 of the file (1-based, after the header)
+    return f"row {i} (line {i + 2} of {csv})"
+
+
+def _check_empty_cells(df: pd.DataFrame, csv: Path, spec: DataSpec) -> None:
+    found = []
     for key, col in (("id_column", spec.id_column), ("label_column", spec.label_column),
                      ("path_column", spec.path_column)):
         if col is None:
             continue
         missing = np.flatnonzero(df[col].isna().to_numpy())
         if len(missing):
-            raise DataSourceError(f"{csv}: column {col!r} (data.{key}) is empty at {line(missing[0])}"
-                                  f"{f' and {len(missing) - 1} more rows' if len(missing) > 1 else ''}; "
-                                  f"every labelled image needs an id and a label")
-    dup = df[spec.id_column].duplicated(keep=False).to_numpy()
+            found.append(f"column {col!r} (data.{key}) is empty at {_line(missing[0], csv)}"
+                         f"{f' and {len(missing) - 1} more rows' if len(missing) > 1 else ''}")
+    if found:
+        raise DataSourceError(f"{csv}: {'; '.join(found)}; every labelled image needs an id and a label")
+
+
+def _check_duplicate_ids(df: pd.DataFrame, csv: Path, spec: DataSpec) -> None:
+    line = functools.partial(_line, csv=csv)
+    dup = df[spec.id_column].duplicated(keep=False).to_numpy() & df[spec.id_column].notna().to_numpy()
     if dup.any():
         first = np.flatnonzero(dup)
         raise DataSourceError(f"{csv}: id {df[spec.id_column].iloc[first[0]]!r} appears more than once "

@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from kit.errors import UnsafeFileError
 from kit.recipe import RecipeError
+from kit.readers import read_npy
 from kit.rundir import publish_dir, remove_stale_tmp, sha256_file
 from kit.runtime import cache_dir
 
@@ -113,11 +115,20 @@ class CachedEmbeddings:
 
 
 def read_entry(path: Path, n_rows: int | None = None) -> np.ndarray | None:
-    """The embeddings of a complete entry (memory-mapped), or None: missing, unfinished or of another size."""
+    """The embeddings of a complete entry (memory-mapped), or None: missing, unfinished or of another size. A
+    corrupt or planted embeddings.npy (objects, another dtype or shape) is an UnsafeFileError naming it."""
     if not (path / "complete").is_file():
         return None
-    x = np.load(path / "embeddings.npy", mmap_mode="r")
+    x = read_npy(path / "embeddings.npy", kinds="f", ndim=2, mmap=True,
+                 fix=f"remove the cache entry {path} (kit extracts its embeddings again)")
     return x if n_rows is None or len(x) == n_rows else None
+
+
+def _complete(path: Path) -> bool:
+    try:
+        return read_entry(path) is not None
+    except UnsafeFileError:  # a corrupt entry where a finished one is published: replaced
+        return False
 
 
 def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -203,7 +214,7 @@ def _extract(model, loader, n: int, targets: dict, meta: dict, device, channels_
             f.close()
             (tmp / "meta.json").write_text(json.dumps({**meta, "view": view, "seconds": seconds}, indent=2))
             (tmp / "complete").write_text("")  # last: an entry without it is never read
-            publish_dir(tmp, targets[view], lambda t: read_entry(t) is not None)
+            publish_dir(tmp, targets[view], _complete)
     finally:
         model.train(was_training)
         for f in files.values():

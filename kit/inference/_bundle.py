@@ -4,7 +4,6 @@ refused (UnsafeFileError), naming it, and never opened by an unpickler.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import zipfile
@@ -37,19 +36,34 @@ def open_bundle(path):
     return folder, manifest, keep
 
 
+_NUMBER = (int, float)
+# what readers of bundle.json use, checked before anything reads a field
+MANIFEST_SCHEMA = {"format": int, "classes": [str], "versions": dict, "left_out?": [str],
+                   "blend": {"method": (str, type(None)), "oof_score?": (int, float, type(None)),
+                             "nested_score?": (int, float, type(None)), "params?": (dict, type(None))},
+                   "configs": [{"name": str, "tta": str, "weight": _NUMBER, "score": _NUMBER,
+                                "temperature?": (int, float, type(None)), "members": [str]}],
+                   "files": {"*": {"sha256": str, "bytes": int}}}
+
+
 def _read_manifest(path: Path) -> dict:
+    from kit.recipe import TTA_MODES
+    from kit.readers import check_schema, read_json
     if not path.is_file():
         raise RunDirError(f"{path.parent} is not a kit bundle (no {BUNDLE_FILE}); make one with kit export RUN OUT")
-    if path.stat().st_size > MAX_MANIFEST_BYTES:
-        raise UnsafeFileError(f"{path} is {path.stat().st_size:,} bytes, not a bundle manifest; export the run again")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UnsafeFileError(f"{path} is not JSON ({e}); export the run again") from None
+    fix = "export the run again"
+    manifest = read_json(path, fix=fix, max_bytes=MAX_MANIFEST_BYTES)
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         got = manifest.get("format") if isinstance(manifest, dict) else None
         raise RunDirError(f"{path} is a bundle of format {got}, this kit reads format {BUNDLE_FORMAT}; export "
                           f"the run again with this kit")
+    try:
+        check_schema(manifest, MANIFEST_SCHEMA)
+        bad = [c["tta"] for c in manifest["configs"] if c["tta"] not in TTA_MODES]
+        if bad:
+            raise ValueError(f"unknown TTA mode {bad[0]!r}")
+    except ValueError as e:
+        raise UnsafeFileError(f"{path} is not a bundle manifest this kit reads ({str(e)[:200]}); {fix}") from None
     return manifest
 
 
@@ -75,6 +89,9 @@ def _verify(folder: Path, manifest: dict) -> None:
         p = folder / _safe_name(rel, folder / BUNDLE_FILE)
         if not p.is_file() or p.is_symlink():
             raise UnsafeFileError(f"{p} is missing from the bundle (or is not a plain file); {fix}")
+        linked = next((q for q in p.parents if q != folder and folder in q.parents and q.is_symlink()), None)
+        if linked is not None:  # a folder of the bundle leading elsewhere: its files are not the bundle's
+            raise UnsafeFileError(f"{linked} is a symlink (to {linked.resolve()}), not a folder of the bundle; {fix}")
         if p.stat().st_size != info["bytes"] or sha256_file(p) != info["sha256"]:
             raise UnsafeFileError(f"{p} is not the file that was exported (its size or sha256 differs from "
                                   f"{BUNDLE_FILE}); {fix}")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kit.errors import DataError, RunDirError
+from kit.errors import DataError
 
 
 def prepare_images(images, ids=None, classes=(), suffix: str = ""):
@@ -95,10 +95,8 @@ def csv_images(csv, image_dir, id_column: str | None = None, path_column: str | 
     (default: id + suffix), relative to image_dir and resolving inside it (a DataError names each other row)."""
     from kit.data.sources import outside
     csv, image_dir = Path(csv), Path(image_dir)
-    try:
-        df = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read --csv {csv}: {e}") from None
+    from kit.readers import read_csv
+    df = read_csv(csv, fix="--csv takes a UTF-8 CSV with an id column (and a path column, or ids + suffix)")
     if not image_dir.is_dir():
         raise DataError(f"--image-dir {image_dir} is not a folder; pass the folder the CSV's paths are relative to")
     id_column = id_column or (str(df.columns[0]) if len(df.columns) else None)
@@ -126,10 +124,8 @@ def write_predictions(ens, probs: pd.DataFrame, path, *, sample=None, force: boo
     against `sample` (its ids, order and columns, kit.submit) when given. An existing file is kept unless force."""
     from kit.predictions import Predictions
     from kit.submit import make_submission, write_submission
-    path = Path(path)
-    if path.exists() and not force:
-        raise RunDirError(f"{path} exists and was not overwritten; pass --force to replace it, or pick another "
-                          f"--output")
+    from kit.rundir import check_new_file
+    path = check_new_file(path, force=force)  # before the submission is made; write_submission checks again
     pred = Predictions(probs.index.astype(str), probs.to_numpy(), ens.classes)
     data = ens.recipe.data
     df = make_submission(pred, sample, fmt=ens.recipe.submit.format,

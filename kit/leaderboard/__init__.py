@@ -26,27 +26,36 @@ from kit.errors import SubmissionError
 from kit.metrics import get_metric, score as metric_score
 
 from ._plots import plot_all, plot_ensemble_size, plot_seed_spread, plot_tta_gain, plot_tuning_history
-from ._render import FORMATS, export, rank, render_table, resolve_metric, to_html, to_markdown
-from ._store import KINDS, URL_ENV, Entry, compute_config_key, environment, query, record, resolve_url
+from ._render import (FORMATS, export, export_text, markdown_text, rank, render_table, resolve_metric, to_html,
+                      to_markdown)
+from ._store import KINDS, URL_ENV, Entry, compute_config_key, environment, query, record, resolve_url, sqlite_path
 
-__all__ = ["Entry", "KINDS", "URL_ENV", "compute_config_key", "environment", "export", "leaderboard_report",
-           "plot_all", "plot_ensemble_size", "plot_seed_spread", "plot_tta_gain", "plot_tuning_history", "query",
-           "rank", "record", "record_score", "render_table", "resolve_metric", "resolve_url", "score_submission",
-           "to_html", "to_markdown"]
+__all__ = ["Entry", "KINDS", "URL_ENV", "compute_config_key", "environment", "export", "export_text",
+           "leaderboard_report", "markdown_text", "plot_all", "plot_ensemble_size", "plot_seed_spread", "plot_tta_gain",
+           "plot_tuning_history", "query", "rank", "record", "record_score", "render_table", "resolve_metric",
+           "resolve_url", "score_entry", "score_submission", "sqlite_path", "to_html", "to_markdown"]
 _USAGES = ("public", "private", "ignored")
 
 
 def leaderboard_report(url=None, *, by: str = "score", metric: str | None = None, group_seeds: bool = True,
                        top: int | None = None, out=None, fmt: str | None = None, color: bool | None = None,
-                       width: int | None = None, **filters) -> str:
-    """Query (filters: kind, recipe, backbone, since, until), rank, keep the best `top` rows, then either return
-    the table as terminal text (out=None; ANSI colours when stdout is a terminal) or write it to `out` (csv, md,
-    or html with the plots embedded) and return a line saying so."""
+                       width: int | None = None, force: bool = False, **filters) -> str:
+    """Query (filters: kind, recipe, backbone, since, until), rank, keep the best `top` rows, then return the table
+    as terminal text (neither out nor fmt; ANSI colours when stdout is a terminal), or the export as text (fmt
+    without out: csv, md, or html with the plots embedded), or write the export to `out` (format `fmt` or from its
+    suffix; an existing file only with force, never the database read) and return a line saying so."""
+    if out is not None:  # refused before the database is read: a typo costs nothing
+        _check_output(Path(out), url, force)
+    _check_dates(filters)
     df = query(url, **filters)
     ranked = rank(df, by=by, metric=metric, group_seeds=group_seeds)
     ranked.attrs["n_rows"] = len(ranked)
     if top is not None:
         ranked = ranked.head(top)
+    if out is None and fmt is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            plots = plot_all(df, tmp, metric=ranked.attrs["metric"]) if fmt == "html" and not df.empty else []
+            return export_text(ranked, fmt, plots=plots)
     if out is None:
         if df.empty:
             return f"no entries in {resolve_url(url)}" + (f" matching {filters}" if filters else "")
@@ -59,8 +68,27 @@ def leaderboard_report(url=None, *, by: str = "score", metric: str | None = None
     fmt = fmt or FORMATS.get(Path(out).suffix.lower())
     with tempfile.TemporaryDirectory() as tmp:
         plots = plot_all(df, tmp, metric=ranked.attrs["metric"]) if fmt == "html" and not df.empty else []
-        path = export(ranked, fmt, out, plots=plots)
+        path = export(ranked, fmt, out, plots=plots, force=force, protect=[sqlite_path(resolve_url(url))])
     return f"wrote {path}: {len(ranked)} rows from {len(df)} entries" + (f", {len(plots)} plots" if plots else "")
+
+
+def _check_dates(filters: dict) -> None:
+    from kit.errors import RecipeError
+    from ._store import _utc
+    for key in ("since", "until"):
+        if filters.get(key) is not None:
+            try:
+                _utc(filters[key])
+            except (TypeError, ValueError):
+                raise RecipeError(f"--{key} {filters[key]!r} is not an ISO date or time; write e.g. 2026-11-01 or "
+                                  f"2026-11-01T18:30") from None
+
+
+def _check_output(out: Path, url, force: bool) -> None:
+    """What export will refuse (kit.rundir.check_new_file), refused before any work: a folder, a missing parent
+    folder, an existing file without force, and the leaderboard's own database even with it."""
+    from kit.rundir import check_new_file
+    check_new_file(out, force=force, protect=[sqlite_path(resolve_url(url))])
 
 
 def score_submission(submission_csv, solution_csv, metric: str, id_column: str | None = None) -> dict:
@@ -68,7 +96,10 @@ def score_submission(submission_csv, solution_csv, metric: str, id_column: str |
     no Usage column: all public). The submission holds id + the predicted label, or id + one probability column
     per class (labels are the argmax; log_loss uses the row-normalised probabilities).
     Returns {"metric", "public", "private", "n_public", "n_private"}; a score is None when its part is empty."""
-    get_metric(metric)
+    try:
+        get_metric(metric)
+    except ValueError as e:  # an unknown name: the message lists the valid ones
+        raise SubmissionError(str(e)) from None
     sub_path, sol_path = Path(submission_csv), Path(solution_csv)
     solution, submission = _read(sol_path), _read(sub_path)
     id_column = id_column or solution.columns[0]
@@ -103,16 +134,21 @@ def score_submission(submission_csv, solution_csv, metric: str, id_column: str |
 def record_score(result: dict, *, name: str, url=None, **fields) -> int:
     """Record a score_submission() result as a kind="submission" entry; returns its id. `fields` fill in the
     rest of the Entry (recipe_name, backbone, score= the validation score if known, run_dir, device, extra...)."""
+    return record([score_entry(result, name=name, **fields)], url)[0]
+
+
+def score_entry(result: dict, *, name: str, **fields) -> Entry:
+    """The kind="submission" Entry of a score_submission() result (record_score records it)."""
     extra = {"n_public": result["n_public"], "n_private": result["n_private"], **fields.pop("extra", {})}
-    entry = Entry(**{**environment(), "score": None, **fields}, kind="submission", name=name, metric=result["metric"],
-                  public_score=result["public"], private_score=result["private"], extra=extra)
-    return record([entry], url)[0]
+    return Entry(**{**environment(), "score": None, **fields}, kind="submission", name=name, metric=result["metric"],
+                 public_score=result["public"], private_score=result["private"], extra=extra)
 
 
 def _read(path: Path) -> pd.DataFrame:
+    from kit.readers import read_csv
     if not path.is_file():
         raise SubmissionError(f"no such file: {path}")
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame = read_csv(path, fix="give a UTF-8 CSV with the id column first")
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame.apply(lambda column: column.str.strip())
 

@@ -28,7 +28,10 @@ FORMATS = {".csv": "csv", ".md": "md", ".markdown": "md", ".html": "html", ".htm
 def resolve_metric(df: pd.DataFrame, metric: str | None = None) -> str | None:
     """metric if given, else the one metric the entries were scored on (None for no entries)."""
     if metric is not None:
-        return get_metric(metric).name
+        try:
+            return get_metric(metric).name
+        except ValueError as e:  # an unknown name: the message lists the valid ones
+            raise RecipeError(str(e)) from None
     present = sorted(df["metric"].dropna().unique()) if "metric" in df else []
     if len(present) > 1:
         raise RecipeError(f"the entries were scored on several metrics ({', '.join(present)}); "
@@ -210,12 +213,13 @@ def render_table(df: pd.DataFrame, title: str | None = None, width: int | None =
     ranked = df if "rank" in df else rank(df)
     headers, numeric, rows, constant = _display(ranked, width)
     default_title, notes = describe(ranked, constant)
-    table = Table(title=title or default_title, caption="\n".join(notes), header_style="bold",
+    table = Table(title=_term(title or default_title), caption=_term("\n".join(notes)), header_style="bold",
                   caption_justify="left", title_justify="left")
     for header, is_num in zip(headers, numeric):
-        table.add_column(header, justify="right" if is_num else "left", no_wrap=is_num or header == "name")
+        table.add_column(_term(header), justify="right" if is_num else "left", no_wrap=is_num or header == "name")
     shake = headers.index("shake-up") if "shake-up" in headers else None
     for i, row in enumerate(rows):
+        row = [_term(c) for c in row]  # names are text, not rich markup
         if shake is not None and row[shake][:1] in ("▲", "▼"):
             color = "green" if row[shake].startswith("▲") else "red"
             row = [*row[:shake], f"[{color}]{row[shake]}[/]", *row[shake + 1:]]
@@ -223,22 +227,40 @@ def render_table(df: pd.DataFrame, title: str | None = None, width: int | None =
     return table
 
 
-def export(df: pd.DataFrame, fmt: str | None, path, *, plots=(), title: str | None = None) -> Path:
+def export(df: pd.DataFrame, fmt: str | None, path, *, plots=(), title: str | None = None, force: bool = False,
+           protect=()) -> Path:
     """Write df as csv (raw numbers), md (a pipe table) or html (a self-contained page with `plots`, PNG paths,
-    embedded). fmt=None takes it from the file suffix."""
+    embedded). fmt=None takes it from the file suffix. Through kit's one writer of user-named files
+    (kit.rundir.write_new_file): an existing file is kept unless force, `protect` (the database read) always."""
+    from kit.rundir import write_new_file
     path = Path(path)
     fmt = fmt or FORMATS.get(path.suffix.lower())
+    text = export_text(df, fmt, plots=plots, title=title, where=f" for {path}")
+    return write_new_file(path, text, force=force, protect=protect)
+
+
+def export_text(df: pd.DataFrame, fmt: str | None, *, plots=(), title: str | None = None, where: str = "") -> str:
+    """The csv, md or html text of df (what export writes; `kit leaderboard --format F` prints it)."""
     if fmt not in ("csv", "md", "html"):
-        raise RecipeError(f"unknown export format {fmt!r} for {path}; use csv, md or html (or a file ending in "
-                         f"{', '.join(FORMATS)})")
-    path.parent.mkdir(parents=True, exist_ok=True)
+        raise RecipeError(f"unknown export format {fmt!r}{where}; use csv, md or html (or a file ending in "
+                          f"{', '.join(FORMATS)})")
     if fmt == "csv":
-        _csv_frame(df).to_csv(path, index=False)
-    elif fmt == "md":
-        path.write_text(to_markdown(df, title), encoding="utf-8")
-    else:
-        path.write_text(to_html(df, plots=plots, title=title), encoding="utf-8")
-    return path
+        return _csv_frame(df).to_csv(index=False)
+    if fmt == "md":
+        return to_markdown(df, title)
+    return to_html(df, plots=plots, title=title)
+
+
+# Markdown renders raw HTML (escaped as entities) and reads these characters as table cells, emphasis, code and
+# links: each is escaped with a backslash
+_MD_SPECIAL = re.compile(r"([\\`*|\[\]])")
+
+
+def markdown_text(text) -> str:
+    """`text` as literal Markdown: HTML escaped (a name `<img onerror=...>` stays text), cell, emphasis, code and
+    link characters escaped, line breaks made spaces."""
+    text = html.escape(str(text), quote=True)
+    return _MD_SPECIAL.sub(r"\\\1", text).replace("\r", " ").replace("\n", " ")
 
 
 def to_markdown(df: pd.DataFrame, title: str | None = None) -> str:
@@ -247,9 +269,9 @@ def to_markdown(df: pd.DataFrame, title: str | None = None) -> str:
     default_title, notes = describe(ranked, constant)
 
     def line(cells):
-        return "| " + " | ".join(c.replace("|", "\\|").replace("*", "\\*") for c in cells) + " |"
+        return "| " + " | ".join(markdown_text(c) for c in cells) + " |"
 
-    lines = [f"## {title or default_title}", "", *notes, "", line(headers),
+    lines = [f"## {markdown_text(title or default_title)}", "", *map(markdown_text, notes), "", line(headers),
              "|" + "|".join("---:" if n else ":---" for n in numeric) + "|", *(line(r) for r in rows)]
     return "\n".join(lines) + "\n"
 
@@ -321,7 +343,25 @@ def _csv_frame(df: pd.DataFrame) -> pd.DataFrame:
     for column in out.columns:
         if out[column].map(lambda v: isinstance(v, (dict, list))).any():
             out[column] = [json.dumps(v) if isinstance(v, (dict, list)) else v for v in out[column]]
+        if out[column].map(lambda v: isinstance(v, str)).any():
+            out[column] = [_cell(v) for v in out[column]]
     return out
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads a cell starting so as a formula
+
+
+def _cell(value):
+    """A CSV text cell a spreadsheet shows as text: one starting like a formula gets a leading apostrophe (OWASP's
+    advice against CSV injection); numbers stay numbers."""
+    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
+
+
+def _term(text) -> str:
+    """A cell as terminal text: rich markup escaped, control characters shown as escapes."""
+    from rich.markup import escape
+    from kit.errors import printable
+    return escape(printable(text))
 
 
 def _is_blank(value) -> bool:

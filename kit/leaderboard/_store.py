@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import importlib.util
 import json
 import math
 import os
@@ -19,8 +18,9 @@ import pandas as pd
 from sqlalchemy import (Column, DateTime, Float, Integer, MetaData, String, Table, Text, create_engine, delete,
                         inspect, insert, select)
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError, SQLAlchemyError
 
+from kit.errors import LeaderboardError
 from kit.metrics import get_metric
 from kit.recipe import NOT_CONFIG_KEYS, drop_keys
 
@@ -146,10 +146,35 @@ COLUMNS = [c.name for c in _table.columns]
 
 
 def resolve_url(url=None) -> str:
-    """url, else $KIT_LEADERBOARD_URL, else leaderboard/leaderboard.sqlite under the cwd. A plain path means SQLite."""
+    """url, else $KIT_LEADERBOARD_URL, else leaderboard/leaderboard.sqlite under the cwd. A plain path means SQLite.
+    The URL comes back without its password (kit.dburl keeps it to connect): safe to print and to store."""
+    from kit.dburl import without_password
     url = url or os.environ.get(URL_ENV) or DEFAULT_PATH.resolve()
     url = str(url)
-    return url if "://" in url else f"sqlite:///{Path(url).expanduser().resolve()}"
+    if "://" not in url:
+        return f"sqlite:///{Path(url).expanduser().resolve()}"
+    try:
+        return without_password(url)
+    except ValueError as e:
+        raise LeaderboardError(f"leaderboard: {e}") from None
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite leaderboard URL (None for another database, or one in memory)."""
+    u = make_url(url)
+    return Path(u.database) if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:" else None
+
+
+def _db_error(e: Exception, url: str, doing: str) -> LeaderboardError:
+    """A LeaderboardError for a database error while `doing` (one line, the password masked)."""
+    from kit.dburl import mask
+    cause = getattr(e, "orig", None) or e
+    text = " ".join(str(cause).split())[:200]
+    path = sqlite_path(url)
+    fix = (f"if {path} is damaged, move it aside (kit starts a new one) or restore it from a copy"
+           if path is not None else "check that the server is up and the URL and credentials are right "
+                                    "(the password comes from $KIT_DB_PASSWORD or $PGPASSWORD)")
+    return LeaderboardError(mask(f"cannot {doing} the leaderboard {url} ({type(cause).__name__}: {text}); {fix}"))
 
 
 def record(entries: list[Entry], url=None) -> list[int]:
@@ -174,6 +199,8 @@ def record(entries: list[Entry], url=None) -> list[int]:
 
     try:
         return _retry_when_locked(attempt)
+    except SQLAlchemyError as e:
+        raise _db_error(e, resolve_url(url), "write to") from None
     finally:
         engine.dispose()
 
@@ -182,8 +209,8 @@ def query(url=None, *, metric=None, kind=None, recipe=None, backbone=None, since
     """Entries as a DataFrame (one row each, id first), oldest first. kind/recipe/backbone take a name or a list;
     since/until take a datetime or an ISO string (naive means UTC); since is inclusive, until exclusive."""
     url = resolve_url(url)
-    sqlite_path = make_url(url).database if make_url(url).get_backend_name() == "sqlite" else None
-    if sqlite_path and sqlite_path != ":memory:" and not Path(sqlite_path).exists():
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
         return _frame([])  # don't create an empty database file just to read it
     stmt = select(_table).order_by(_table.c.id)
     for column, wanted in ((_table.c.metric, metric), (_table.c.kind, kind), (_table.c.recipe_name, recipe),
@@ -200,9 +227,13 @@ def query(url=None, *, metric=None, kind=None, recipe=None, backbone=None, since
             return _frame([])
         with engine.connect() as conn:
             rows = _retry_when_locked(lambda: [dict(r) for r in conn.execute(stmt).mappings()])
+        return _frame(rows)
+    except SQLAlchemyError as e:
+        raise _db_error(e, url, "read") from None
+    except (ValueError, TypeError, RecursionError) as e:  # a row whose JSON columns are not what kit writes
+        raise _db_error(e, url, "read") from None
     finally:
         engine.dispose()
-    return _frame(rows)
 
 
 def environment() -> dict:
@@ -233,20 +264,27 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def _engine(url: str, create_dir: bool = False):
-    u = make_url(url)
-    if u.drivername == "postgresql":
-        # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg (3); kit's [postgres] extra installs psycopg2.
-        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
-            u = u.set(drivername="postgresql+psycopg2")
-        elif importlib.util.find_spec("psycopg") is None:
-            raise ImportError(f"{u.render_as_string(hide_password=True)} needs a PostgreSQL driver: "
-                              "pip install 'kit[postgres]' (psycopg2) or pip install psycopg")
-    if u.get_backend_name() != "sqlite":
-        return create_engine(u)
-    if create_dir and u.database and u.database != ":memory:":
-        Path(u.database).parent.mkdir(parents=True, exist_ok=True)
-    # A writer waits up to 30 s for another process's lock instead of failing at once.
-    return create_engine(url, connect_args={"timeout": 30})
+    """An engine for `url` (without its password: kit.dburl merges it back here, and only here); a missing
+    driver or a URL SQLAlchemy cannot use is a LeaderboardError naming the URL (masked) and the fix."""
+    from kit.dburl import connect_url, mask
+    try:
+        u = make_url(connect_url(url))  # the password, and the PostgreSQL driver installed
+    except ValueError as e:
+        raise LeaderboardError(f"leaderboard: {e}") from None
+    try:
+        if u.get_backend_name() != "sqlite":
+            return create_engine(u)
+        if create_dir and u.database and u.database != ":memory:":
+            Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+        # A writer waits up to 30 s for another process's lock instead of failing at once.
+        return create_engine(u, connect_args={"timeout": 30})
+    except (ImportError, ArgumentError, NoSuchModuleError) as e:
+        raise LeaderboardError(mask(f"cannot open the leaderboard {url}: {type(e).__name__}: {e}; install the "
+                                    f"database's driver (PostgreSQL: pip install 'kit[postgres]'), or give a "
+                                    f"dialect[+driver]:// URL SQLAlchemy knows")) from None
+    except OSError as e:
+        raise LeaderboardError(f"cannot create the folder of the leaderboard {mask(url)} ({e.strerror or e}); "
+                               f"pass another URL or path") from None
 
 
 def _create_table(engine):

@@ -130,13 +130,15 @@ _WEIGHTS_FIX = ("save it again as a plain state dict of tensors (torch.save(mode
                 ".safetensors, in a Python session you trust, or use weights: hub / offline")
 
 
-def load_tensor_file(path, *, fix: str):
+def load_tensor_file(path, *, fix: str, legacy: bool = True):
     """torch.load(weights_only=True) of `path` on the CPU: tensors, numbers, strings and containers of them, and
     nothing that could run code. A file holding anything else, or a corrupt one, is refused without running any
-    of it: UnsafeFileError naming the file, the reason, and `fix` (what the user can do about it)."""
+    of it: UnsafeFileError naming the file, the reason, and `fix` (what the user can do about it). The file must
+    be a torch zip archive first (kit.rundir.check_tensor_file; with `legacy`, torch's format before 1.6 too)."""
     import pickle
     import warnings
-    import zipfile
+    from kit.readers import check_tensor_file
+    check_tensor_file(path, fix=fix, legacy=legacy)
     try:
         with warnings.catch_warnings():  # torch's note on a foreign pickle protocol: the refusal below says more
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -148,7 +150,9 @@ def load_tensor_file(path, *, fix: str):
                                   f"loaded; {detail}); kit loads only tensors: {fix}") from None
         raise UnsafeFileError(f"{path} is corrupt, or a pickle that is not a torch file of tensors ({detail}); "
                               f"kit loads only tensors: {fix}") from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as e:
+    except MemoryError:
+        raise
+    except Exception as e:  # whatever a damaged archive makes torch's reader raise (IndexError, KeyError, ...)
         if isinstance(e, OSError) and not Path(path).is_file():
             raise
         raise UnsafeFileError(f"{path} is corrupt or not a torch file ({_first_line(e)}); {fix}") from None

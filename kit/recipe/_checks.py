@@ -12,7 +12,7 @@ import math
 import os
 from pathlib import Path
 
-from kit.errors import RecipeError
+from kit.errors import KitError, RecipeError
 from kit.recipe._specs import BLEND_METHODS, TTA_MODES, AugmentSpec, ModelSpec, SearchParam, TrainSpec, TTASpec
 
 
@@ -21,6 +21,43 @@ from kit.recipe._specs import BLEND_METHODS, TTA_MODES, AugmentSpec, ModelSpec, 
 MAX_VALUES = 10_000  # values in one recipe (a recipe holds a few dozen; YAML aliases can repeat sections)
 MAX_DEPTH = 32  # levels of nesting (search.params.<key>.choices[i] is 5)
 MAX_TEXT = 4096  # characters in one string or key (PATH_MAX on Linux)
+
+
+def load_yaml(text: str):
+    """yaml.safe_load, refusing a key repeated in one mapping (PyYAML keeps the last one silently): a
+    yaml.YAMLError naming the key and its lines."""
+    import yaml
+
+    class DuplicateKey(yaml.YAMLError):
+        def __init__(self, message):
+            super().__init__(message)
+            self.problem = message  # what parse_override and read_yaml show
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *alias`: its keys may be overridden here
+                continue
+            key = loader.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                repeated = key in seen
+            except TypeError:  # an unhashable key: construct_mapping says so
+                break
+            if not repeated:
+                seen[key] = line
+            else:
+                first = seen[key]
+                where = f"both on line {line}" if first == line else f"line {first} and line {line}"
+                raise DuplicateKey(f"key {key!r} appears twice in one mapping ({where}); YAML would keep the last "
+                                   f"one silently: keep one")
+        return loader.construct_mapping(node, deep=deep)
+
+    UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return yaml.load(text, Loader=UniqueKeyLoader)
 
 
 def _key(loc) -> str:
@@ -114,8 +151,27 @@ def _check_semantics(r, source: str) -> None:
         csv = Path(r.data.root) / r.data.train_csv
         if r.data.source == "kaggle" and not _is_file(csv):
             fail("data.train_csv", f"{csv} does not exist; set data.train_csv to the labels CSV")
-    if r.model.weights not in ("auto", "hub", "offline", "none") and not _is_file(r.model.weights):
-        fail("model.weights", f"file {r.model.weights} does not exist; use auto, hub, offline, none or a weights file")
+    if r.data.source in ("imagefolder", "kaggle"):
+        for key in ("train_csv", "image_dir", "test_dir", "sample_submission"):
+            _check_inside_root(r.data, key, fail)
+    if r.data.refit and r.data.split == "kfold":
+        fail("data.refit", f"refit retrains each member validated on a holdout on every labelled image; with split: "
+                           f"kfold the fold models already cover every image and predict the test images together, "
+                           f"so refit would be ignored: remove data.refit, or set data.split: holdout")
+    if r.model.weights not in ("auto", "hub", "offline", "none"):
+        if not _is_file(r.model.weights):
+            fail("model.weights", f"file {r.model.weights} does not exist; use auto, hub, offline, none or a weights "
+                                  f"file")
+        from kit.readers import check_tensor_file
+        try:
+            check_tensor_file(r.model.weights, fix="give a .pth/.pt file saved by torch.save or a .safetensors file")
+        except KitError as e:
+            fail("model.weights", str(e))
+    from kit.rundir import check_output_dir
+    try:
+        check_output_dir(r.output_dir)
+    except KitError as e:
+        fail("output_dir", str(e))
     if r.model.strategy == "cut_at" and r.model.cut_at is None:
         fail("model.cut_at", "strategy cut_at needs model.cut_at, the index of the last stage kept (e.g. 2)")
     if r.train.accum_steps > 1 and r.train.batch_size < 2:
@@ -136,6 +192,24 @@ def _check_semantics(r, source: str) -> None:
         _check_search_param(r, key, p, source)
     for i, item in enumerate(r.augment.train):
         check_transform_name(i, item, source)
+
+
+def _check_inside_root(data, key: str, fail) -> None:
+    """data.<key> (a file or folder named relative to data.root) stays inside data.root, after symlinks: kit reads
+    a dataset only inside its root, as it reads each image only inside its folder (kit.data.sources)."""
+    value = getattr(data, key)
+    if value is None:
+        return
+    root = os.path.realpath(data.root)
+    real = os.path.realpath(os.path.join(data.root, value))
+    if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
+        fail(f"data.{key}", f"{value!r} leads outside data.root ({data.root}, resolved {root}) to {real}, and kit "
+                            f"reads a dataset only inside its root; name a {_what(key)} under data.root (relative, without '..' or a symlink out of it), or set data.root to a "
+                            f"folder that holds it")
+
+
+def _what(key: str) -> str:
+    return "file" if key in ("train_csv", "sample_submission") else "folder"
 
 
 # Keys one backbone entry may not vary: the run reads them once, for every member

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from kit.errors import RecipeError
-from kit.recipe._checks import _check_plain, _is_dir, _is_file
+from kit.recipe._checks import _check_plain, _is_dir, _is_file, load_yaml
 from kit.recipe._recipe import Recipe, apply_overrides, recipe_from_dict
 
 
@@ -26,7 +26,7 @@ def read_yaml(path) -> dict:
         if size > MAX_FILE_BYTES:
             raise RecipeError(f"recipe file {path} is {size:,} bytes; a recipe is a few KB of YAML "
                               f"(at most {MAX_FILE_BYTES:,}): is it the right file?")
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise RecipeError(f"cannot read recipe file {path}: {e.strerror or e}") from None
     except yaml.YAMLError as e:

@@ -15,7 +15,7 @@ import yaml
 from pydantic import ValidationError, field_validator
 
 from kit.errors import RecipeError
-from kit.recipe._checks import _check_plain, _check_semantics, _key, _short, _unknown_key
+from kit.recipe._checks import _check_plain, _check_semantics, _key, _short, _unknown_key, load_yaml
 from kit.recipe._specs import (AugmentSpec, DataSpec, DistillSpec, EnsembleSpec, ModelSpec, PseudoSpec, SearchParam,
                                SearchSpec, Spec, SubmitSpec, TrainSpec, TTASpec)
 
@@ -43,6 +43,12 @@ class Recipe(Spec):
             raise ValueError(f"a run name is one folder name (letters, digits, '-', '_', '.'), got {v!r}; "
                              f"put the folder in output_dir instead")
         return v
+
+    @field_validator("leaderboard")
+    @classmethod
+    def _leaderboard_without_password(cls, v):
+        from kit.dburl import without_password
+        return without_password(v)  # kit.dburl: the password is used to connect, never written or printed
 
     @property
     def seeds(self) -> list[int]:
@@ -120,7 +126,7 @@ def parse_override(text: str, source: str | None = None) -> tuple[str, Any]:
         raise RecipeError(f"override {text!r}{on} must look like key.path=value, e.g. train.lr=3e-4")
     key, value = text.split("=", 1)
     try:
-        return key.strip(), yaml.safe_load(value)
+        return key.strip(), load_yaml(value)
     except (yaml.YAMLError, RecursionError) as e:
         problem = getattr(e, "problem", None) or type(e).__name__
         raise RecipeError(f"--set {text}{on}: the value of '{key.strip()}', {value.strip()!r}, is not valid YAML "

@@ -5,15 +5,59 @@ of their bounds, section by section.
 from __future__ import annotations
 
 import re
+import typing
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 
 class Spec(BaseModel):
     # NaN and inf are refused: `lr: .inf` passes gt=0, and a float without bounds takes NaN too. (Read from YAML,
     # _check_plain below refuses them first, anywhere in a recipe, naming the key.)
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _booleans_are_not_numbers(cls, v, info: ValidationInfo):
+        # pydantic reads `epochs: true` as 1 and `ema: 1` as true; a recipe means what it writes
+        return _strict_bool(v, cls.model_fields[info.field_name].annotation)
+
+
+def _kinds(ann) -> set:
+    """The plain kinds a field's annotation accepts: bool, int, float, str, none, list, dict, any, other."""
+    origin = typing.get_origin(ann)
+    if origin is Annotated:
+        return _kinds(typing.get_args(ann)[0])
+    if origin is Union:
+        return set().union(*(_kinds(a) for a in typing.get_args(ann)))
+    if origin is Literal:
+        return {type(a).__name__ for a in typing.get_args(ann)}
+    if origin in (list, tuple, dict):
+        return {"list" if origin is not dict else "dict"}
+    named = {bool: "bool", int: "int", float: "float", str: "str", type(None): "none", Any: "any"}
+    return {named.get(ann, "other")}
+
+
+def _strict_bool(v, ann):
+    """`v` unless it is a boolean where a number is meant (true is not 1) or a number or string where a boolean
+    is (1 is not true); a list of numbers is checked item by item."""
+    kinds = _kinds(ann)
+    if isinstance(v, bool) and kinds & {"int", "float"} and not kinds & {"bool", "any"}:
+        raise ValueError(f"{str(v).lower()} is a boolean, not a number; write the number meant, e.g. "
+                         f"{int(v)}")
+    kind = type(v).__name__
+    if (not isinstance(v, bool) and isinstance(v, (int, float, str)) and "bool" in kinds and kind not in kinds
+            and "any" not in kinds and not (kind == "int" and "float" in kinds)):
+        raise ValueError(f"{v!r} is not a boolean; write true or false")
+    if isinstance(v, list) and typing.get_origin(ann) is not Union and "list" in kinds:
+        args = typing.get_args(typing.get_args(ann)[0] if typing.get_origin(ann) is Annotated else ann)
+        for item in v if args else ():
+            _strict_bool(item, args[0])
+    elif isinstance(v, list) and typing.get_origin(ann) is Union:  # Optional[list[...]], Union[bool, list[...]]
+        for a in typing.get_args(ann):
+            if typing.get_origin(a) is list:
+                _strict_bool(v, a)
+    return v
 
 
 # scikit-learn's random_state and numpy's legacy seeding take 0 .. 2**32 - 1; torch takes more, so this bound fits all.
@@ -326,4 +370,12 @@ class SearchSpec(Spec):
     storage: Optional[str] = None  # SQLAlchemy URL; default: sqlite file in the run directory
     study_name: Optional[str] = None  # default: the recipe name
     top_k: int = Field(3, ge=1, le=1000)  # best trials kept as ensemble members
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_without_password(cls, v):
+        # kept without its password (kit.dburl: used to connect, never written or printed): recipe.yaml, plan.json
+        # and the leaderboard's rows hold this value
+        from kit.dburl import without_password
+        return without_password(v)
 

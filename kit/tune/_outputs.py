@@ -1,7 +1,6 @@
 """What a finished study leaves: best.yaml, top_k.json (and its blend), the plots."""
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
@@ -69,7 +68,9 @@ def blend_top_k(top_k_json, methods=None) -> dict:
     validated the same fold, so their rows line up."""
     from kit import ensemble as E
     from kit.predictions import load_predictions
-    top = json.loads(Path(top_k_json).read_text())
+    from kit.readers import read_json
+    top = read_json(top_k_json, fix="write it again with kit tune (it lists the best trials)",
+                    schema={"metric": str, "trials": [{"predictions": {"*": str}}]})
     oofs = [load_predictions(t["predictions"]["oof"]) for t in top["trials"] if "oof" in t["predictions"]]
     if len(oofs) < 2:
         raise RunDirError(f"{top_k_json}: {len(oofs)} trials with predictions here; blending needs 2 or more")
