@@ -8,8 +8,8 @@ held-out rows). Then its rows are split in two random halves (stratified by labe
 chooses a method on one half, and the method it chose is scored on the other. Rules:
 
 - kit: kit.ensemble.choose_method (kit.choice: `mean` unless another method beats it by more than 2 paired standard
-  errors on the metric, or is within them on the metric and beats it by more than 2 on log loss);
-- margin, metric only: the same without the log-loss step;
+  errors on the metric);
+- margin + log loss: the same, with log loss deciding among the methods within the margin (kit.choice's TTA setting);
 - strictly best: the best nested score, ties to the method listed first (`best` is listed first): kit's rule before;
 - always mean;
 - oracle: the method best on the scoring half (the ceiling).
@@ -67,7 +67,7 @@ def _reference(cands):
 
 RULES = {
     "kit": lambda c, y, m: C.choose(c, y, m, _reference(c)).name,
-    "margin, metric only": lambda c, y, m: C.choose(c, y, m, _reference(c), secondary=None).name,
+    "margin + log loss": lambda c, y, m: C.choose(c, y, m, _reference(c), secondary="log_loss").name,
     "strictly best": _strictly_best,
     "always mean": lambda c, y, m: _reference(c),
 }

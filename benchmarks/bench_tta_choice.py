@@ -7,8 +7,9 @@ halves (stratified by label), `--splits` times: each rule chooses a mode on one 
 scored on the other. Rules:
 
 - metric: the best score on the metric alone, `none` on ties (kit's rule before the paired-noise tie-break);
-- kit: kit.choice.choose_tta (`none` unless a mode beats it by more than 2 paired standard errors on the metric, or
-  is within them on the metric and beats it by more than 2 on log loss: kit.choice's one rule);
+- kit: kit.choice.choose_tta (`none` unless a mode beats it by more than 2 paired standard errors on the metric;
+  among none and the modes within that margin, the lowest log loss: kit.choice's rule, TTA setting);
+- margin, metric only: kit.choice's rule without the log-loss step (its blend setting);
 - previous: kit's rule before kit.choice (the metric's best unless others are within 2 paired standard errors of
   it, then the lowest log loss of those);
 - log_loss: the lowest log loss alone;
@@ -60,7 +61,15 @@ def _previous_rule(oofs, metric):
     return min(close, key=lambda m: M.score("log_loss", y, probs[m]))
 
 
+def _margin_only(oofs, metric):
+    from kit.choice import choose
+    modes = sorted(oofs, key=lambda m: m != "none")
+    ref = oofs[modes[0]]
+    return choose({m: oofs[m].reorder(ref.ids).probs for m in modes}, ref.labels, metric, modes[0]).name
+
+
 RULES = {"metric": _metric_rule, "kit": lambda oofs, metric: choose_tta(oofs, metric).name,
+         "margin, metric only": _margin_only,
          "previous": _previous_rule, "log_loss": _log_loss_rule}
 
 

@@ -330,10 +330,11 @@ def epochs_for_budget(budget: float, speed: dict, w: dict, n_test: int = 0) -> t
     return epochs, why
 
 
-def measure_speed(size: int, batch: Optional[int] = None, device: Optional[str] = None) -> dict:
-    """Training and prediction images/s of BACKBONE at `size` px here (random weights: as fast as pretrained
-    ones), in its faster memory format and with the depthwise weight gradients the plan would take, at the default
-    batch; cached per (size, batch, device, threads, torch) in $KIT_CACHE_DIR/speed.json."""
+def measure_speed(size: int, batch: Optional[int] = None, device: Optional[str] = None,
+                  backbone: str = BACKBONE) -> dict:
+    """Training and prediction images/s of `backbone` (default BACKBONE) at `size` px here (random weights: as fast
+    as pretrained ones), in its faster memory format and with the depthwise weight gradients the plan would take, at
+    the default batch; cached per (backbone, size, batch, device, threads, torch) in $KIT_CACHE_DIR/speed.json."""
     import json
     import time
     import timm
@@ -344,13 +345,13 @@ def measure_speed(size: int, batch: Optional[int] = None, device: Optional[str] 
     from kit.rundir import write_json_atomic
     batch = batch or TrainSpec().batch_size
     dev = resolve_device(device or "auto")
-    key = f"{BACKBONE}:{size}px:b{batch}:{dev.type}:{torch.get_num_threads()}t:{torch.__version__}:v{SPEED_FORMAT}"
+    key = f"{backbone}:{size}px:b{batch}:{dev.type}:{torch.get_num_threads()}t:{torch.__version__}:v{SPEED_FORMAT}"
     path = cache_dir() / "speed.json"
     known = json.loads(path.read_text()) if path.is_file() else {}
     if key not in known:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            model = timm.create_model(BACKBONE, num_classes=10).to(dev)
+            model = timm.create_model(backbone, num_classes=10).to(dev)
             channels_last = use_channels_last(None, model, size, dev)
             if use_depthwise_taps(None, model, size, dev, channels_last):  # as the plan will train it
                 use_tap_gradients(model)
@@ -384,7 +385,7 @@ def measure_speed(size: int, batch: Optional[int] = None, device: Optional[str] 
                         torch.cuda.synchronize()
                     times.append(time.perf_counter() - t0)
                 speeds[name] = rows / float(np.median(times))
-        known[key] = {**speeds, "what": f"{BACKBONE} at {size} px, batch {batch}, {dev.type}, "
+        known[key] = {**speeds, "what": f"{backbone} at {size} px, batch {batch}, {dev.type}, "
                                         f"{torch.get_num_threads()} threads"}
         write_json_atomic(path, known)
     return known[key]

@@ -51,7 +51,8 @@ def test_a_lead_beyond_the_margin_replaces_the_reference():
 
 def test_log_loss_decides_where_the_metric_cannot():
     """Same argmax everywhere (equal accuracy), the candidate's probabilities closer to the labels on every row:
-    the metric ties, log loss separates them beyond its noise; without the second score the reference stays."""
+    the metric ties; with log loss as the second score (TTA's setting) it decides, without it (blends') the
+    reference stays."""
     rng = np.random.default_rng(2)
     y = rng.integers(0, 3, 300)
     right = rng.random(300) < 0.8
@@ -60,9 +61,12 @@ def test_log_loss_decides_where_the_metric_cannot():
     hflip[np.arange(300), y] += np.where(right, 0.2, 0.05)
     hflip /= hflip.sum(1, keepdims=True)
     assert M.score("accuracy", y, none) == M.score("accuracy", y, hflip)
-    c = choose({"none": none, "hflip": hflip}, y, "accuracy", "none", what="TTA mode")
-    assert c.name == "hflip" and "log_loss" in c.why
-    assert choose({"none": none, "hflip": hflip}, y, "accuracy", "none", secondary=None).name == "none"
+    c = choose({"none": none, "hflip": hflip}, y, "accuracy", "none", what="TTA mode", secondary="log_loss")
+    assert c.name == "hflip" and "the best log_loss of those" in c.why
+    assert choose_tta({"none": Predictions(np.arange(300).astype(str), none, ("a", "b", "c"), y),
+                       "hflip": Predictions(np.arange(300).astype(str), hflip, ("a", "b", "c"), y)},
+                      "accuracy").name == "hflip"  # TTA's setting
+    assert choose({"none": none, "hflip": hflip}, y, "accuracy", "none").name == "none"  # blends': no second score
 
 
 def test_identical_candidates_and_a_single_candidate_keep_the_reference():

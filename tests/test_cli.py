@@ -8,7 +8,7 @@ import pytest
 
 from kit.cli import build_parser, main
 
-SUBCOMMANDS = ("init", "plan", "tune", "advise", "run", "distill", "export", "train", "predict", "submit", "classify", "leaderboard", "score")
+SUBCOMMANDS = ("init", "plan", "tune", "advise", "run", "distill", "export", "train", "predict", "submit", "classify", "leaderboard", "score", "bench")
 
 
 def _kit(*args, cwd=None) -> subprocess.CompletedProcess:

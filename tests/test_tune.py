@@ -185,7 +185,8 @@ def test_resume_continues_the_study(base, monkeypatch):
 
 def test_best_yaml_reproduces_the_best_trial(base):
     from kit.run import train
-    recipe = recipe_from_dict({**base, "ensemble": {"seeds": [5, 6]}})
+    # no pruner: the median pruner may stop the third trial after two (kit.tune._storage.MEDIAN_STARTUP_TRIALS)
+    recipe = recipe_from_dict({**base, "ensemble": {"seeds": [5, 6]}, "search": {**base["search"], "pruner": "none"}})
     study = tune(recipe, 3, log=quiet)
     out = study_dir(recipe)
     best = load_recipe(out / "best.yaml")
@@ -228,8 +229,8 @@ def test_feature_extract_tunes_heads_over_cached_embeddings(base):
     pytest.importorskip("kit.features")
     recipe = recipe_from_dict({**base, "model": {**base["model"], "strategy": "feature_extract"},
                                "train": {**base["train"], "epochs": 3},
-                               "search": {"params": {"train.lr": {"type": "float", "low": 1e-3, "high": 0.3,
-                                                                  "log": True}}}})
+                               "search": {"pruner": "none", "params": {"train.lr": {"type": "float", "low": 1e-3,
+                                                                                    "high": 0.3, "log": True}}}})
     study = tune(recipe, 3, log=quiet)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
     extracted = [json.loads(next((recipe.run_dir / "trials" / f"trial_{n:04d}" / "members").glob("*/features.json"))

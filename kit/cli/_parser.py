@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from kit.cli._bench import cmd_bench, cmd_leaderboard_or_suite
 from kit.cli._commands import (cmd_advise, cmd_classify, cmd_distill, cmd_export, cmd_init, cmd_leaderboard,
                                cmd_plan, cmd_predict, cmd_run, cmd_score, cmd_submit, cmd_train, cmd_tune,
                                _executor_args, _recipe_args)
@@ -124,7 +125,19 @@ def _add_result_commands(sub) -> None:
     s.add_argument("--format", choices=["csv", "md", "html"])
     s.add_argument("--output", help="file to export to (format from its suffix); default: standard output")
     s.add_argument("--force", action="store_true", help="replace an existing --output file")
-    s.set_defaults(fn=cmd_leaderboard)
+    s.add_argument("--suite", metavar="NAME", help="a benchmark suite's results (kit bench): a table per data set "
+                                                   "with 95%% intervals over seeds, mean ranks across data sets")
+    s.set_defaults(fn=cmd_leaderboard_or_suite)
+
+    s = sub.add_parser("bench", help="run a benchmark suite: data sets x entries x seeds, each cell a kit run "
+                                     "(resumable, shared between processes); --plan lists cells and minutes")
+    s.add_argument("suite", help="the suite file (YAML: name, budget, datasets, entries, seeds)")
+    s.add_argument("--plan", action="store_true", help="list the cells, their state and estimated minutes; train "
+                                                       "nothing")
+    s.add_argument("--no-wait", action="store_true", help="return when no cell is left to take, without waiting "
+                                                          "for cells other processes are running")
+    _executor_args(s)
+    s.set_defaults(fn=cmd_bench)
 
     s = sub.add_parser("score", help="score a submission against a solution with a Public/Private Usage column")
     s.add_argument("submission")

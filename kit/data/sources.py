@@ -86,7 +86,22 @@ def load_sources(spec: DataSpec) -> Sources:
         keep = np.arange(spec.limit)
         sources = Sources(sources.train.subset(keep), sources.test, sources.sample_submission,
                           sources.sample_submission_path, sources.test_solution)
+    if spec.sample is not None and spec.sample < len(sources.train):
+        sources = Sources(sources.train.subset(stratified_sample(sources.train.labels, spec.sample, spec.seed)),
+                          sources.test, sources.sample_submission, sources.sample_submission_path,
+                          sources.test_solution)
     return sources
+
+
+def stratified_sample(labels, n: int, seed: int) -> np.ndarray:
+    """Rows of a stratified sample of `n` of `labels` (scikit-learn's train_test_split, random_state=seed), in
+    table order; a class too rare to stratify (one image) is sampled without stratification."""
+    from sklearn.model_selection import train_test_split
+    labels = np.asarray(labels)
+    counts = np.bincount(labels)
+    stratify = labels if counts[counts > 0].min() >= 2 and n >= len(counts[counts > 0]) else None
+    rows, _ = train_test_split(np.arange(len(labels)), train_size=n, stratify=stratify, random_state=seed)
+    return np.sort(rows)
 
 
 def sort_classes(values) -> tuple[str, ...]:

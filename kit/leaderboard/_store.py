@@ -24,7 +24,7 @@ from kit.errors import LeaderboardError
 from kit.metrics import get_metric
 from kit.recipe import NOT_CONFIG_KEYS, drop_keys
 
-KINDS = ("member", "tta", "ensemble", "trial", "submission")
+KINDS = ("member", "tta", "ensemble", "trial", "submission", "suite")  # suite: a cell of kit bench
 # What identifies one result: recording an entry with the same values replaces the earlier row.
 RECORD_KEY = ("kind", "name", "run_dir", "recipe_name", "tta_mode", "blend_method", "seed")
 # An ensemble row is one per blending method (its name) and a submission row one per run: the TTA modes and the

@@ -115,6 +115,9 @@ class DataSpec(Spec):
     # augmentation is seeded from the member's seed, the epoch and its row).
     num_workers: Union[Literal["auto"], Annotated[int, Field(ge=0, le=256)]] = "auto"
     limit: Optional[int] = Field(None, ge=2)  # use only the first N labelled images (smoke tests)
+    # a stratified sample of N labelled images, drawn with data.seed (VTAB-1k's 1,000 a task; kit bench's
+    # `sample:`): the same images for every recipe and seed of the same data, listed in each run's folds.csv
+    sample: Optional[int] = Field(None, ge=2)
     # Images that cannot be decoded (found by a scan of every image before training): fail lists them all and
     # stops; skip trains without them and lists them in the run directory (bad_images.csv) and the summary.
     bad_images: Literal["fail", "skip"] = "fail"
