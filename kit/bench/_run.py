@@ -8,7 +8,6 @@ finished cells skipped (cell.json), a killed cell resumed from its members' last
 """
 from __future__ import annotations
 
-import json
 import platform
 import time
 from pathlib import Path
@@ -200,6 +199,3 @@ def plan_suite(suite: Suite, log=print) -> list[dict]:
                      "epochs": est["epochs"], "members": est["members"], "minutes": minutes, "state": state})
     return rows
 
-
-def suite_json(suite: Suite) -> str:
-    return json.dumps({"name": suite.name, "hash": suite.hash, "cells": [c.key for c in suite.cells]})

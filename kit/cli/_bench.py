@@ -1,12 +1,9 @@
 """`kit bench SUITE.yaml [--plan]` and `kit leaderboard --suite NAME`: thin wrappers over kit.bench."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from rich.markup import escape
 
 from kit.cli._commands import cmd_leaderboard, console
-from kit.errors import RunDirError
 
 
 def cmd_leaderboard_or_suite(args):
@@ -43,12 +40,9 @@ def cmd_suite_report(args) -> int:
     if not args.output:
         console.file.write(text)
         return 0
-    out = Path(args.output)
-    if out.exists() and not getattr(args, "force", False):
-        raise RunDirError(f"{out} exists and was not overwritten; pass --force to replace it, or pick another --output")
-    if not out.parent.is_dir():
-        raise RunDirError(f"--output {out}: the folder {out.parent} does not exist; create it first")
-    from kit.rundir import write_text_atomic
-    write_text_atomic(out, text)
+    from kit.leaderboard import resolve_url, sqlite_path
+    from kit.rundir import write_new_file
+    out = write_new_file(args.output, text, force=getattr(args, "force", False),
+                         protect=(sqlite_path(resolve_url(args.url)),))  # never the database it reads
     console.print(f"wrote {escape(str(out))}", highlight=False)
     return 0

@@ -12,6 +12,8 @@ import math
 import os
 from pathlib import Path
 
+import yaml
+
 from kit.errors import KitError, RecipeError
 from kit.recipe._specs import BLEND_METHODS, TTA_MODES, AugmentSpec, ModelSpec, SearchParam, TrainSpec, TTASpec
 
@@ -23,41 +25,49 @@ MAX_DEPTH = 32  # levels of nesting (search.params.<key>.choices[i] is 5)
 MAX_TEXT = 4096  # characters in one string or key (PATH_MAX on Linux)
 
 
+class DuplicateKey(yaml.YAMLError):
+    def __init__(self, message):
+        super().__init__(message)
+        self.problem = message  # what parse_override and read_yaml show
+
+
+class UniqueKeySafeLoader(yaml.SafeLoader):
+    """yaml.SafeLoader (plain YAML types only: no python/object tags, nothing constructed runs code) that refuses a
+    key repeated in one mapping; defined once, at import."""
+
+
+def _unique_mapping(loader, node, deep=False):
+    seen = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *alias`: its keys may be overridden here
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        try:
+            repeated = key in seen
+        except TypeError:  # an unhashable key: construct_mapping says so
+            break
+        if not repeated:
+            seen[key] = line
+        else:
+            first = seen[key]
+            where = f"both on line {line}" if first == line else f"line {first} and line {line}"
+            raise DuplicateKey(f"key {key!r} appears twice in one mapping ({where}); YAML would keep the last "
+                               f"one silently: keep one")
+    return loader.construct_mapping(node, deep=deep)
+
+
+UniqueKeySafeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def load_yaml(text: str):
     """yaml.safe_load, refusing a key repeated in one mapping (PyYAML keeps the last one silently): a
     yaml.YAMLError naming the key and its lines."""
-    import yaml
-
-    class DuplicateKey(yaml.YAMLError):
-        def __init__(self, message):
-            super().__init__(message)
-            self.problem = message  # what parse_override and read_yaml show
-
-    class UniqueKeyLoader(yaml.SafeLoader):
-        pass
-
-    def mapping(loader, node, deep=False):
-        seen = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *alias`: its keys may be overridden here
-                continue
-            key = loader.construct_object(key_node, deep=deep)
-            line = key_node.start_mark.line + 1
-            try:
-                repeated = key in seen
-            except TypeError:  # an unhashable key: construct_mapping says so
-                break
-            if not repeated:
-                seen[key] = line
-            else:
-                first = seen[key]
-                where = f"both on line {line}" if first == line else f"line {first} and line {line}"
-                raise DuplicateKey(f"key {key!r} appears twice in one mapping ({where}); YAML would keep the last "
-                                   f"one silently: keep one")
-        return loader.construct_mapping(node, deep=deep)
-
-    UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
-    return yaml.load(text, Loader=UniqueKeyLoader)
+    loader = UniqueKeySafeLoader(text)  # what yaml.safe_load does, with the safe loader above
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def _key(loc) -> str:
