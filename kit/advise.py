@@ -149,7 +149,7 @@ def measure_similarity(recipe: Recipe, sources=None) -> dict:
     from kit.runtime import resolve_amp, resolve_device
 
     spec = recipe.model.model_copy(update={"strategy": "full", "cut_at": None})
-    sources = sources or load_sources(recipe.data)
+    sources = sources or load_sources(recipe.data, recipe.task)
     table = sources.train.subset(_sample_rows(sources.train.labels, ADVISE_SAMPLE, recipe.data.seed))
     device = resolve_device(recipe.train.device)
     overlay = pretrained_overlay(spec, recipe.augment)
@@ -186,7 +186,7 @@ def measure_similarity(recipe: Recipe, sources=None) -> dict:
 def advise(recipe: Recipe, sources=None) -> Advice:
     """Measure, then decide: the strategy, the recipe keys that set it, the measurements and the reasons."""
     from kit.data import load_sources
-    sources = sources or load_sources(recipe.data)
+    sources = sources or load_sources(recipe.data, recipe.task)
     n_images, n_classes = len(sources.train), len(sources.train.classes)
     m = {"n_images": n_images, "n_classes": n_classes, **measure_similarity(recipe, sources)}
     strategy, keys, why = decide(n_images, n_classes, m, n_stages=m.get("n_stages"))

@@ -86,7 +86,7 @@ def _write_bundle(ens, run_dir: Path, folder: Path) -> None:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": versions(),
         "classes": list(ens.classes), "metric": ens.metric,
         "blend": {"method": ens.blend.method, "oof_score": ens.blend.oof_score,
-                  "nested_score": ens.blend.nested_score, "params": ens.blend.params},
+                  "nested_score": ens.blend.nested_score, "params": ens.blend.params, "rule": ens.blend.rule},
         "configs": [{"name": c.name, "tta": c.tta, "weight": c.weight, "score": c.score,
                      "temperature": c.temperature, "members": [m.name for m in c.members]} for c in ens.configs],
         "left_out": list(ens.left_out)}

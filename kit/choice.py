@@ -89,12 +89,14 @@ def _best(names: list, scores: dict, metric: str) -> str:
     return best
 
 
-def choose_tta(oofs: dict, metric: str, fixed: str = "auto") -> Choice:
+def choose_tta(oofs: dict, metric: str, fixed: str = "auto", metrics: tuple | None = None) -> Choice:
     """The TTA mode: `fixed` (tta.mode) when set; else kit.choice's rule over `oofs` ({mode: pooled out-of-fold
-    Predictions of the same rows}) with `none` the reference whenever it was predicted."""
+    Predictions of the same rows}) with `none` the reference whenever it was predicted. `metrics`: those that
+    score the task (kit.task.Task.metrics); TTA_SECONDARY decides near-ties where it is one of them."""
     if fixed != "auto":
         return Choice(fixed, "tta.mode")
     modes = sorted(oofs, key=lambda m: m != "none")  # none first, the others in their order
     ref = oofs[modes[0]]
     probs = {m: oofs[m].reorder(ref.ids).probs for m in modes}
-    return choose(probs, ref.labels, metric, modes[0], what="TTA mode", secondary=TTA_SECONDARY)
+    secondary = TTA_SECONDARY if metrics is None or TTA_SECONDARY in metrics else None
+    return choose(probs, ref.labels, metric, modes[0], what="TTA mode", secondary=secondary)

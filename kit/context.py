@@ -16,6 +16,7 @@ from kit.plan import PLAN_FILE, MemberPlan, RunPlan, check_recipe_models, check_
 from kit.recipe import Recipe
 from kit.readers import read_json
 from kit.rundir import member_dir, write_if_changed
+from kit.task import strata
 
 
 @dataclass
@@ -29,6 +30,11 @@ class RunContext:
     @property
     def recipe(self) -> Recipe:
         return self.plan.recipe
+
+    @property
+    def task(self):
+        """What the target is (kit.task.Task), as the plan resolved it."""
+        return self.plan.task
 
 
 def select_members(members: list[MemberPlan], spec: str | None) -> list[MemberPlan]:
@@ -53,9 +59,20 @@ def load_checked_sources(recipe: Recipe):
     (sources, bad images left out under data.bad_images: skip)."""
     from kit.data import load_sources
     from kit.data.scan import apply_bad_images, scan_sources
-    sources = load_sources(recipe.data)
+    sources = load_sources(recipe.data, recipe.task)
     bad = scan_sources(sources)
     return apply_bad_images(sources, bad, recipe.data.bad_images, where=f"the recipe of {recipe.name}"), bad
+
+
+def with_resolved_metric(recipe: Recipe) -> Recipe:
+    """`recipe` with train.metric: auto resolved as the plan resolves it (kit.task: the target's kind decides), for
+    what needs the metric before any run is planned (a study's direction); the data is read for it."""
+    if recipe.train.metric != "auto":
+        return recipe
+    from kit.data import load_sources
+    from kit.task import resolve_task
+    task = resolve_task(load_sources(recipe.data, recipe.task).task, recipe.task, "auto")
+    return recipe.with_overrides({"train.metric": task.metric}, source=f"the metric of {recipe.name}")
 
 
 def prepare_run(recipe: Recipe, *, write: bool = True) -> RunContext:
@@ -82,7 +99,8 @@ def prepare_run(recipe: Recipe, *, write: bool = True) -> RunContext:
     elif recipe.distill.teacher:  # a student validates on exactly the teacher's folds (kit.pseudo's rule)
         folds = _teacher_folds(recipe, sources)
     else:
-        folds = make_folds(sources.train.labels, recipe.data, classes=sources.train.classes)
+        folds = make_folds(strata(plan.task, sources.train.labels), recipe.data, classes=sources.train.classes,
+                           groups=sources.train.groups)
     if not write:
         return RunContext(plan, run_dir, sources, np.asarray(folds), bad)
     try:

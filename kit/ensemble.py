@@ -1,7 +1,9 @@
 """Blend member predictions into one: mean, geometric mean, rank average, fitted weights, greedy selection.
 
 numpy/scipy only (no torch), so a blend can be redone from saved predictions on any machine.
-Every blend returns rows that sum to 1 with no NaN. Fitted methods are also scored by a nested
+Every blend of class distributions returns rows that sum to 1 with no NaN; other scores (a task's 0/1 or label
+probabilities, grades, values: kit.task, `simplex=False`) are blended as they are, and weights are fitted on the
+task's own smooth loss (binary cross-entropy, squared error). Fitted methods are also scored by a nested
 estimate (fit on all folds but one, score the held-out fold), because weights scored on the rows
 they were fitted on look better than they will on the leaderboard.
 """
@@ -16,6 +18,7 @@ from kit.choice import Choice, choose
 from kit.metrics import get_metric, score
 from kit.predictions import Predictions
 from kit.recipe import BLEND_METHODS
+from kit.task import Task, multiclass
 
 EPS = 1e-15  # the clip of kit.metrics' log loss; log(1e-15) = -34.5 bounds one row's loss
 BLENDS = ("mean", "gmean", "rank", "weighted")  # how `blend` combines probabilities
@@ -113,7 +116,7 @@ def _ranks(P: np.ndarray) -> np.ndarray:
     return stats.rankdata(P, axis=1) / P.shape[1]
 
 
-def blend(probs_list, method: str, weights=None) -> np.ndarray:
+def blend(probs_list, method: str, weights=None, simplex: bool = True) -> np.ndarray:
     """Combine member probabilities; `weights` (uniform when None) apply to every method.
 
     gmean: exp of the weighted mean log-probability, so one confident member cannot veto the others
@@ -132,28 +135,44 @@ def blend(probs_list, method: str, weights=None) -> np.ndarray:
         out = np.tensordot(w, _ranks(P), axes=1)
     else:
         raise ValueError(f"unknown blend method {method!r}; valid methods: {', '.join(BLENDS)}")
-    return _renormalise(out)
+    return _renormalise(out) if simplex else out
 
 
-def fit_weights(oof_probs_list, y, metric: str = "log_loss") -> np.ndarray:
+def fit_weights(oof_probs_list, y, metric: str = "log_loss", loss: str = "cross_entropy") -> np.ndarray:
     """Non-negative weights summing to 1 for the weighted mean, minimising log loss on the oof rows.
 
     Log loss is minimised whatever `metric` is: it is smooth and, for a weighted mean of probabilities,
     convex in the weights, so SLSQP on the simplex finds the optimum. Accuracy and F1 are piecewise
     constant in the weights (zero gradient almost everywhere) and would leave the optimiser where it
-    started. Use greedy_select to optimise such a metric directly.
+    started. Use greedy_select to optimise such a metric directly. `loss` (kit.task.Task.loss): cross_entropy for
+    class distributions; bce for 0/1 and label probabilities (binary cross-entropy over every cell); mse or huber
+    for grades and values (squared error, convex in the weights too).
     """
     get_metric(metric)  # an unknown name fails here, listing the valid ones
     P = _stack(oof_probs_list)
-    y = np.asarray(y, dtype=np.int64)
     n_members = len(P)
     if n_members == 1:
         return np.ones(1)
-    q = P[:, np.arange(len(y)), y]  # (members, rows): probability each member gives the true class
+    if loss == "cross_entropy":
+        y = np.asarray(y, dtype=np.int64)
+        q = P[:, np.arange(len(y)), y]  # (members, rows): probability each member gives the true class
 
-    def loss_and_grad(w):
-        mix = np.maximum(w @ q, EPS)
-        return -np.mean(np.log(mix)), -(q / mix).mean(axis=1)
+        def loss_and_grad(w):
+            mix = np.maximum(w @ q, EPS)
+            return -np.mean(np.log(mix)), -(q / mix).mean(axis=1)
+    else:
+        Y = np.asarray(y, dtype=np.float64).reshape(P.shape[1], -1)
+        Q = P.reshape(n_members, -1)  # (members, cells)
+        Yc = Y.reshape(-1)
+
+        def loss_and_grad(w):
+            mix = w @ Q
+            if loss == "bce":
+                m = np.clip(mix, EPS, 1 - EPS)
+                d = -(Yc / m - (1 - Yc) / (1 - m))
+                return -np.mean(Yc * np.log(m) + (1 - Yc) * np.log(1 - m)), (Q * d).mean(axis=1)
+            r = mix - Yc
+            return np.mean(r ** 2), 2 * (Q * r).mean(axis=1)
 
     res = optimize.minimize(
         loss_and_grad, np.full(n_members, 1.0 / n_members), jac=True, method="SLSQP",
@@ -164,9 +183,12 @@ def fit_weights(oof_probs_list, y, metric: str = "log_loss") -> np.ndarray:
     return w / w.sum() if np.all(np.isfinite(w)) and w.sum() > 0 else np.full(n_members, 1.0 / n_members)
 
 
-def _scorer(metric: str):
-    """(fn(y, probs) -> float, higher_is_better); numpy fast paths because greedy calls it ~10^4 times."""
+def _scorer(metric: str, simplex: bool = True):
+    """(fn(y, probs) -> float, higher_is_better); numpy fast paths for class distributions because greedy calls it
+    ~10^4 times."""
     m = get_metric(metric)
+    if not simplex:
+        return m.fn, m.higher_is_better
     if metric == "log_loss":
         return (lambda y, p: float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], EPS, 1.0))))), False
     if metric == "accuracy":
@@ -176,7 +198,8 @@ def _scorer(metric: str):
 
 def _forward_select(P, y, scorer, n_iter: int, init_best: int) -> np.ndarray:
     """Counts of one greedy run: start from the init_best best single members, then add (with replacement)
-    whichever member most improves the blend; keep the counts at the best step seen (ties: the earliest)."""
+    whichever member most improves the blend (a mean: of distributions, of probabilities, of values alike); keep
+    the counts at the best step seen (ties: the earliest)."""
     fn, higher = scorer
     n_members = len(P)
     singles = np.array([fn(y, P[m]) for m in range(n_members)])
@@ -197,7 +220,7 @@ def _forward_select(P, y, scorer, n_iter: int, init_best: int) -> np.ndarray:
 
 
 def greedy_select(oof_probs_list, y, metric: str = "log_loss", n_iter: int = 50, init_best: int = 1,
-                  bagging: int = 20, bag_fraction: float = 0.5, seed: int = 0) -> np.ndarray:
+                  bagging: int = 20, bag_fraction: float = 0.5, seed: int = 0, simplex: bool = True) -> np.ndarray:
     """Caruana et al. (2004) ensemble selection, optimising `metric` itself; returns normalised counts.
 
     Refinements from the paper: sorted initialisation (start from the `init_best` best single members) and
@@ -206,8 +229,8 @@ def greedy_select(oof_probs_list, y, metric: str = "log_loss", n_iter: int = 50,
     selects it unconditionally), so with 2 members bagging is skipped; with 3, each bag holds 2.
     """
     P = _stack(oof_probs_list)
-    y = np.asarray(y, dtype=np.int64)
-    scorer = _scorer(metric)
+    y = np.asarray(y)
+    scorer = _scorer(metric, simplex)
     n_members = len(P)
     bag_size = min(n_members, max(2, int(np.ceil(bag_fraction * n_members))))
     if bagging <= 1 or bag_size >= n_members:
@@ -251,8 +274,13 @@ def apply_temperature(probs, T: float) -> np.ndarray:
 # ---------------------------------------------------------------- honest comparison
 
 def _stratified_halves(y: np.ndarray, seed: int) -> np.ndarray:
-    """Fold 0/1 per row, each class split evenly; the running offset spreads odd class sizes over both halves."""
+    """Fold 0/1 per row, each class split evenly; the running offset spreads odd class sizes over both halves.
+    Several labels a row or real values: a seeded random half."""
     rng = np.random.default_rng(seed)
+    if y.ndim != 1 or y.dtype.kind == "f":
+        folds = np.zeros(len(y), dtype=np.int64)
+        folds[rng.permutation(len(y))[: len(y) // 2]] = 1
+        return folds
     folds = np.empty(len(y), dtype=np.int64)
     offset = 0
     for c in np.unique(y):
@@ -262,11 +290,11 @@ def _stratified_halves(y: np.ndarray, seed: int) -> np.ndarray:
     return folds
 
 
-def best_member(probs_list, y, metric: str) -> np.ndarray:
+def best_member(probs_list, y, metric: str, simplex: bool = True) -> np.ndarray:
     """One-hot weights of the single member that scores best on these rows (ties: the lowest index): "no blend",
     fitted like a blend so that its nested score pays for choosing the member on the same rows."""
-    fn, higher = _scorer(metric)
-    scores = np.array([fn(np.asarray(y, dtype=np.int64), np.asarray(p, dtype=np.float64)) for p in probs_list])
+    fn, higher = _scorer(metric, simplex)
+    scores = np.array([fn(np.asarray(y), np.asarray(p, dtype=np.float64)) for p in probs_list])
     w = np.zeros(len(probs_list))
     w[int(np.argmax(scores) if higher else np.argmin(scores))] = 1.0
     return w
@@ -320,19 +348,21 @@ def _stack_weights(params: dict, n_members: int) -> np.ndarray:
     return w / w.sum() if w.sum() > 0 else np.full(n_members, 1.0 / n_members)
 
 
-def _fit(method: str, probs_list, y, metric: str, seed: int, greedy_options: dict) -> np.ndarray:
+def _fit(method: str, probs_list, y, metric: str, seed: int, greedy_options: dict, task: Task) -> np.ndarray:
     if method == "best":
-        return best_member(probs_list, y, metric)
+        return best_member(probs_list, y, metric, task.softmax)
     if method == "weights":
-        return fit_weights(probs_list, y, metric)
+        return fit_weights(probs_list, y, metric, "mse" if task.loss == "huber" else task.loss)
     if method == "greedy":
-        return greedy_select(probs_list, y, metric, seed=seed, **greedy_options)
+        return greedy_select(probs_list, y, metric, seed=seed, simplex=task.softmax, **greedy_options)
     return np.full(len(probs_list), 1.0 / len(probs_list))
 
 
 def evaluate_methods(oof: list[Predictions], metric: str, folds=None, methods=METHODS, seed: int = 0,
-                     greedy_options: dict | None = None) -> dict[str, MethodResult]:
-    """Score every method on out-of-fold predictions, with a nested score for the fitted ones.
+                     greedy_options: dict | None = None, task: Task | None = None) -> dict[str, MethodResult]:
+    """Score every method on out-of-fold predictions, with a nested score for the fitted ones. `task` (kit.task;
+    default: classes, from the predictions) says what the scores are: the methods that do not blend it
+    (Task.blends) are left out.
 
     `folds` gives each oof row's fold (from the member training); None means a single holdout, which is
     split into two stratified halves (seeded) for the nested estimate. Rows that sum to 1 are scored with
@@ -344,9 +374,11 @@ def evaluate_methods(oof: list[Predictions], metric: str, folds=None, methods=ME
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown ensemble methods {unknown}; valid methods: {', '.join(METHODS)}")
+    task = task or multiclass(oof[0].classes, metric)
+    methods = [m for m in methods if m in task.blends]
     folds = _stratified_halves(y, seed) if folds is None else np.asarray(folds)
-    if folds.shape != y.shape:
-        raise ValueError(f"folds must give one fold per oof row: shape {y.shape}, got {folds.shape}")
+    if folds.shape != y.shape[:1]:
+        raise ValueError(f"folds must give one fold per oof row: shape {y.shape[:1]}, got {folds.shape}")
     if len(np.unique(folds)) < 2:
         raise ValueError("the nested score needs at least 2 folds; pass folds=None to split a holdout in halves")
     P = [p.probs for p in oof]
@@ -356,16 +388,16 @@ def evaluate_methods(oof: list[Predictions], metric: str, folds=None, methods=ME
         if method == "stack":
             results[method] = _evaluate_stack(P, y, metric, folds)
             continue
-        w = _fit(method, P, y, metric, seed, greedy_options)
-        probs = blend(P, _BLEND_OF[method], w)
+        w = _fit(method, P, y, metric, seed, greedy_options, task)
+        probs = blend(P, _BLEND_OF[method], w, task.softmax)
         oof_score = score(metric, y, probs)
         nested_score, held_out = oof_score, probs
         if method in FITTED:
             held_out = np.empty(P[0].shape, dtype=np.float64)
             for f in np.unique(folds):
                 test = folds == f
-                wf = _fit(method, [p[~test] for p in P], y[~test], metric, seed, greedy_options)
-                held_out[test] = blend([p[test] for p in P], "weighted", wf)
+                wf = _fit(method, [p[~test] for p in P], y[~test], metric, seed, greedy_options, task)
+                held_out[test] = blend([p[test] for p in P], "weighted", wf, task.softmax)
             nested_score = score(metric, y, held_out)
         results[method] = MethodResult(method, w, oof_score, nested_score, nested_probs=held_out)
     return results
@@ -399,8 +431,10 @@ def choose_method(results: dict[str, MethodResult], metric: str, y) -> Choice:
     return choose({n: r.nested_probs for n, r in results.items()}, y, metric, reference, what="blend")
 
 
-def apply_method(test_probs_list, result: MethodResult, method: str | None = None) -> np.ndarray:
-    """Blend test probabilities with a fitted result: ranks are taken within the test rows, gmean is weighted."""
+def apply_method(test_probs_list, result: MethodResult, method: str | None = None, simplex: bool = True
+                 ) -> np.ndarray:
+    """Blend test probabilities with a fitted result: ranks are taken within the test rows, gmean is weighted;
+    simplex=False (kit.task.Task.softmax) for scores that are not one distribution a row."""
     method = method or result.method
     if method not in _BLEND_OF:
         raise ValueError(f"unknown ensemble method {method!r}; valid methods: {', '.join(METHODS)}")
@@ -408,4 +442,4 @@ def apply_method(test_probs_list, result: MethodResult, method: str | None = Non
         if not result.params:
             raise ValueError("method 'stack' needs the fitted stacker (MethodResult.params from evaluate_methods)")
         return apply_stack(test_probs_list, result.params)
-    return blend(test_probs_list, _BLEND_OF[method], result.weights)
+    return blend(test_probs_list, _BLEND_OF[method], result.weights, simplex)

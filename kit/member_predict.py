@@ -41,11 +41,11 @@ def tta_transform(member: MemberPlan):
     return create_eval_transform(member.data_config, resize=r, crop=r)
 
 
-def tta_kwargs(member: MemberPlan, environment: dict, device) -> dict:
+def tta_kwargs(member: MemberPlan, environment: dict, device, task) -> dict:
     """kit.tta.predict_modes' arguments for this member (all but the modes), as the plan fixed them."""
     from kit.runtime import resolve_amp
     r = member.recipe
-    return dict(merge=r.tta.merge, input_size=member.data_config["input_size"], device=device,
+    return dict(merge=r.tta.merge, task=task, input_size=member.data_config["input_size"], device=device,
                 amp_dtype=resolve_amp(r.train.amp, device), channels_last=member.channels_last,
                 max_batch_views=r.tta.max_batch_views, original_weight=r.tta.original_weight,
                 scales=tuple(r.tta.scales), cpu_chunk_pixels=environment.get("tta_cpu_chunk_pixels"))
@@ -60,7 +60,7 @@ def predict_member(ctx: RunContext, member: MemberPlan, model, cfg, device, chan
 
     r = member.recipe
     transform = tta_transform(member)
-    kwargs = dict(modes=list(modes or member.tta_modes), log=log, **tta_kwargs(member, ctx.plan.environment, device))
+    kwargs = dict(modes=list(modes or member.tta_modes), log=log, **tta_kwargs(member, ctx.plan.environment, device, ctx.task))
     kwargs["channels_last"] = channels_last
     if r.train.compile:
         import torch
@@ -79,7 +79,7 @@ def predict_member(ctx: RunContext, member: MemberPlan, model, cfg, device, chan
             pred = Predictions(table.ids[idx], probs, table.classes, labels)
             save_predictions(pred, pred_path(ctx.run_dir, member.name, split, mode))
             if split == "oof":
-                scores[mode] = M.score_all(labels, probs)
+                scores[mode] = M.score_all(labels, probs, ctx.task.metrics)
     return scores
 
 
@@ -92,7 +92,8 @@ def predict_rows(ctx: RunContext, member: MemberPlan, model, cfg, device, channe
     loader = make_loader(ImageDataset(table, rows, eval_transform(member)), r.train.batch_size * 2,
                          shuffle=False, num_workers=r.data.num_workers, seed=r.train.seed)
     by_mode, idx = predict_modes(model, loader, ["none"], input_size=cfg["input_size"], device=device,
-                                 amp_dtype=resolve_amp(r.train.amp, device), channels_last=channels_last)
+                                 amp_dtype=resolve_amp(r.train.amp, device), channels_last=channels_last,
+                                 task=ctx.task)
     order = {int(row): k for k, row in enumerate(idx)}
     return by_mode["none"][[order[int(row)] for row in rows]]
 
@@ -103,7 +104,7 @@ def load_member_model(ctx: RunContext, member: MemberPlan, device):
     from kit.features import restore_member_model
     from kit.models.backbone import build_model, to_device
     from kit.train import load_checkpoint
-    model, _ = build_model(member.recipe.model, len(ctx.sources.train.classes), member.pretrained_cfg,
+    model, _ = build_model(member.recipe.model, ctx.task.n_outputs, member.pretrained_cfg,
                            load_weights=False)
     model = restore_member_model(model, member.recipe.model, member_dir(ctx.run_dir, member.name))
     model.load_state_dict(load_checkpoint(member_dir(ctx.run_dir, member.name) / "best.pt")["model"])

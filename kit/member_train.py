@@ -23,6 +23,7 @@ def _loaders(ctx: RunContext, member: MemberPlan, device=None, log=None):
     from kit import distributed
     from kit.data import ImageDataset, create_train_transform, make_loader
     from kit.data.loader import shard_length
+    from kit.task import train_targets
     r, cfg = member.recipe, member.data_config
     refit = member.refit_of is not None  # every labelled image trains, none validates
     train_rows = np.arange(len(ctx.folds)) if refit else np.flatnonzero(ctx.folds != member.fold)
@@ -33,7 +34,7 @@ def _loaders(ctx: RunContext, member: MemberPlan, device=None, log=None):
         from kit.pseudo import student_dataset  # torch-free at import, but heavy: only for students
         dataset = student_dataset(ctx, member, transform, device, log)
     else:
-        dataset = ImageDataset(table, train_rows, transform)
+        dataset = ImageDataset(table, train_rows, transform, targets=train_targets(ctx.task, table.labels))
     # under torchrun each process loads its share (kit.distributed): batch k of all ranks is the batch k alone
     world = distributed.current()
     shard = (world.rank, world.size) if world else None
@@ -103,7 +104,7 @@ def _train_member(ctx, member: MemberPlan, out: Path, resume, on_epoch_end, prog
     apply_environment(ctx.plan, device)
     seed_everything(r.train.seed)  # the new head's weights, dropout and data order follow the member's seed
     table = ctx.sources.train
-    model, weights_source = build_model(r.model, len(table.classes), member.pretrained_cfg, seed=r.train.seed)
+    model, weights_source = build_model(r.model, ctx.task.n_outputs, member.pretrained_cfg, seed=r.train.seed)
     if member.depthwise_taps:  # planned on a CPU; on a GPU the converted convolutions are nn.Conv2d's
         from kit.models.depthwise import use_tap_gradients
         use_tap_gradients(model)
@@ -115,7 +116,7 @@ def _train_member(ctx, member: MemberPlan, out: Path, resume, on_epoch_end, prog
                                             channels_last=member.channels_last, on_epoch_end=on_epoch_end)
     else:
         history = fit(model, train_loader, val_loader, table.labels, r.model, _train_spec(ctx, member), out,
-                      num_classes=len(table.classes), device=device, channels_last=member.channels_last,
+                      task=ctx.task, device=device, channels_last=member.channels_last,
                       resume=resume, on_epoch_end=on_epoch_end, progress_factory=progress_factory, log=log)
         model.load_state_dict(load_checkpoint(out / "best.pt")["model"])
     if not distributed.is_main():  # rank 0 predicts and writes the record; the others take it from disk

@@ -71,6 +71,15 @@ class RunPlan:
     advice: dict = field(default_factory=dict)  # backbone index -> kit.advise measurements (strategy auto)
 
     @property
+    def task(self):
+        """The task (kit.task.Task) resolved when the run was planned; a plan from before tasks: one class per
+        image."""
+        from kit.task import Task, multiclass
+        if "task" in self.data:
+            return Task.from_dict(self.data["task"])
+        return multiclass(self.data["classes"], self.recipe.train.metric)
+
+    @property
     def tta_modes(self) -> list[str]:
         return list(dict.fromkeys(m for member in self.members for m in member.tta_modes))
 
@@ -111,7 +120,12 @@ def _resolve_backbone(recipe: Recipe, b: int, sources, advice: dict) -> Recipe:
     r = backbone_recipe(recipe, b) if recipe.ensemble.backbones else recipe.with_overrides(
         {"ensemble": EnsembleSpec().model_dump()})  # a member is not an ensemble
     over = {}
-    if r.model.strategy == "auto":
+    if r.model.strategy == "auto" and sources.task.kind != "multiclass":
+        advice[str(b)] = {"strategy": "full", "recipe_keys": {"model.strategy": "full"}, "measurements": {},
+                          "reasoning": [f"the advisor's probes classify; a {sources.task.kind} target fine-tunes "
+                                        f"every layer (strategy: full)"]}
+        over["model.strategy"] = "full"
+    elif r.model.strategy == "auto":
         from kit.advise import cached_advice
         a = cached_advice(r, sources)
         advice[str(b)] = {"strategy": a.strategy, "recipe_keys": a.recipe_keys, "measurements": a.measurements,
@@ -218,9 +232,16 @@ def make_plan(recipe: Recipe, sources) -> RunPlan:
     from kit.runtime import resolve_device
     from kit.data import make_folds
     device = resolve_device(recipe.train.device)
+    from kit.task import resolve_task, strata
     check_recipe_models(recipe)
-    make_folds(sources.train.labels, recipe.data, classes=sources.train.classes)  # kit run's split checks, now
-    num_classes = len(sources.train.classes)
+    task = resolve_task(sources.task, recipe.task, recipe.train.metric)
+    h = recipe_hash(recipe)  # of the recipe as written: the resolved metric below is the plan's decision
+    if recipe.train.metric != task.metric:
+        recipe = recipe.with_overrides({"train.metric": task.metric}, source=f"plan of {recipe.name}")
+    check_task_recipe(recipe, task)
+    make_folds(strata(task, sources.train.labels), recipe.data, classes=sources.train.classes,
+               groups=sources.train.groups)  # kit run's split checks, now
+    num_classes = task.n_outputs
     folds, names, advice = fold_ids_of(recipe), _backbone_names(recipe), {}
     members = []
     for b in range(len(recipe.ensemble.backbones or [{}])):
@@ -250,8 +271,43 @@ def make_plan(recipe: Recipe, sources) -> RunPlan:
     env = {"threads": torch.get_num_threads(), "torch": torch.__version__, "device": device.type,
            "tta_cpu_chunk_pixels": CPU_CHUNK_PIXELS}
     data = {"n_train": len(sources.train), "n_test": 0 if sources.test is None else len(sources.test),
-            "classes": list(sources.train.classes)}
-    return RunPlan(recipe, recipe_hash(recipe), tuple(members), folds, env, data, advice)
+            "classes": list(sources.train.classes), "task": task.to_dict()}
+    return RunPlan(recipe, h, tuple(members), folds, env, data, advice)
+
+
+def check_task_recipe(recipe: Recipe, task) -> None:
+    """What a task cannot do, refused before work starts, with the reason: mixup and cutmix mix class indices
+    (timm's Mixup), label smoothing smooths a distribution over classes, teachers (pseudo-labels, distillation)
+    give soft class distributions, and TTA merges other than the mean and blends such as gmean take roots and
+    products of one distribution a row."""
+    from kit.errors import RecipeError
+    backbones = [backbone_recipe(recipe, b) for b in range(len(recipe.ensemble.backbones))] or [recipe]
+    kind = task.kind
+    for r in backbones:
+        if r.model.strategy == "feature_extract" and r.model.head not in task.heads:
+            raise RecipeError(f"recipe key 'model.head' of {recipe.name} is {r.model.head!r}, which does not fit a "
+                              f"{kind} target; use one of {', '.join(task.heads)}")
+        if task.kind != "multiclass" and (r.train.mixup > 0 or r.train.cutmix > 0 or r.train.label_smoothing > 0):
+            key = "train.mixup" if r.train.mixup > 0 else "train.cutmix" if r.train.cutmix > 0 else \
+                "train.label_smoothing"
+            raise RecipeError(f"recipe key '{key}' of {recipe.name}: it mixes or smooths class distributions (timm's "
+                              f"Mixup), and this {kind} target has none; set it to 0")
+        if r.tta.merge not in task.tta_merges:
+            raise RecipeError(f"recipe key 'tta.merge' of {recipe.name} is {r.tta.merge!r}, which merges one class "
+                              f"distribution a row; a {kind} target's views are merged by {', '.join(task.tta_merges)}")
+    if task.kind != "multiclass" and recipe.ensemble.temperature:
+        raise RecipeError(f"recipe key 'ensemble.temperature' of {recipe.name}: temperature scaling softens class "
+                          f"distributions, and this {kind} target has none; remove it")
+    if not task.teaches and (recipe.pseudo.rounds > 0 or recipe.distill.teacher is not None):
+        key = "pseudo.rounds" if recipe.pseudo.rounds > 0 else "distill.teacher"
+        raise RecipeError(f"recipe key '{key}' of {recipe.name}: a teacher's targets are soft class distributions "
+                          f"(confident rows by their top probability), which a {kind} target does not have; remove "
+                          f"it")
+    bad = [m for m in recipe.ensemble.methods if m not in task.blends]
+    if bad and tuple(recipe.ensemble.methods) != EnsembleSpec().methods and \
+            list(recipe.ensemble.methods) != list(EnsembleSpec().methods):  # the default: what blends this task
+        raise RecipeError(f"recipe key 'ensemble.methods' of {recipe.name} lists {bad}, which do not blend a {kind} "
+                          f"target; use some of {', '.join(task.blends)}")
 
 
 def _refits(m: MemberPlan, recipe: Recipe) -> list[MemberPlan]:
@@ -334,7 +390,7 @@ _MEMBER_SCHEMA = {"index": int, "name": str, "config": str, "backbone_index": in
                   "param_groups?": [dict], "frozen_stages?": [int]}
 # what plan_from_dict reads, checked before anything uses it (a plan.json is also read from a shared bundle)
 PLAN_SCHEMA = {"format": int, "recipe_hash": str, "recipe": dict, "folds": [int], "environment": dict,
-               "data": {"n_train": int, "n_test": int, "classes": [str]}, "advice?": dict,
+               "data": {"n_train": int, "n_test": int, "classes": [str], "task?": dict}, "advice?": dict,
                "members": [_MEMBER_SCHEMA]}
 
 
@@ -435,7 +491,7 @@ def format_plan(plan: RunPlan) -> list[str]:
     r = plan.recipe
     lines = [f"plan of {r.name} (recipe hash {plan.recipe_hash}) -> {r.run_dir}",
              f"data: {plan.data['n_train']} labelled images, {plan.data['n_test']} test, "
-             f"{len(plan.data['classes'])} classes; split {r.data.split}"
+             f"{plan.task.describe()}; split {r.data.split}"
              + (f" ({r.data.folds} folds)" if r.data.split == "kfold" else f" (holdout {r.data.holdout_fraction})"),
              f"environment: {plan.environment['device']}, {plan.environment['threads']} threads, "
              f"torch {plan.environment['torch']}"]
@@ -478,7 +534,8 @@ def format_plan(plan: RunPlan) -> list[str]:
                          f"{', '.join(str(x.seed) for x in refits)}; index {', '.join(str(x.index) for x in refits)}); "
                          f"at most {rw['train_images']:,} training and {rw['predict_images']:,} prediction images each")
     lines.append(f"total: {len(plan.members)} members; about {total_train:,} training and {total_pred:,} prediction "
-                 f"images through the model; blending {', '.join(r.ensemble.methods)} (choice: {r.ensemble.choose})")
+                 f"images through the model; blending {', '.join(m for m in r.ensemble.methods if m in plan.task.blends)} "
+                 f"(choice: {r.ensemble.choose})")
     return lines
 
 

@@ -18,9 +18,10 @@ from kit.rundir import atomic_write
 @dataclass(frozen=True)
 class Predictions:
     ids: np.ndarray  # (n,) str
-    probs: np.ndarray  # (n, C) float32, rows sum to 1
+    probs: np.ndarray  # (n, K) float32: the task's scores (kit.task; class probabilities summing to 1 a row)
     classes: tuple  # class names, in column order of probs
-    labels: np.ndarray | None = None  # (n,) int index into classes, when known (validation / out-of-fold)
+    labels: np.ndarray | None = None  # the targets (kit.task), when known (validation / out-of-fold): (n,) class
+    # indices, 0/1 or grades (int), values (float), or (n, K) 0/1 for several labels
 
     def __post_init__(self):
         ids = np.asarray(self.ids).astype(str)
@@ -29,12 +30,14 @@ class Predictions:
         object.__setattr__(self, "probs", probs)
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
         if self.labels is not None:
-            object.__setattr__(self, "labels", np.asarray(self.labels, dtype=np.int64))
+            labels = np.asarray(self.labels)
+            object.__setattr__(self, "labels", labels.astype(np.float64 if labels.dtype.kind == "f" else np.int64))
         if probs.ndim != 2 or probs.shape != (len(ids), len(self.classes)):
             raise ValueError(
                 f"probs must have shape (n_ids, n_classes) = ({len(ids)}, {len(self.classes)}), got {probs.shape}")
-        if self.labels is not None and self.labels.shape != (len(ids),):
-            raise ValueError(f"labels must have shape ({len(ids)},), got {self.labels.shape}")
+        if self.labels is not None and self.labels.shape not in ((len(ids),), (len(ids), probs.shape[1])):
+            raise ValueError(f"labels must have shape ({len(ids)},) or ({len(ids)}, {probs.shape[1]}), got "
+                             f"{self.labels.shape}")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -51,7 +54,7 @@ class Predictions:
         return Predictions(ids, self.probs[rows], self.classes, labels)
 
 
-PRED_ARRAYS = {"ids": ("US", 1), "probs": ("f", 2), "classes": ("US", 1), "labels?": ("iu", 1)}
+PRED_ARRAYS = {"ids": ("US", 1), "probs": ("f", 2), "classes": ("US", 1), "labels?": ("iuf", (1, 2))}
 
 
 def save_predictions(pred: Predictions, path) -> Path:

@@ -158,8 +158,9 @@ def _check_npy_header(f, size: int, kinds: str, ndim: int, name: str) -> None:
     if dtype.hasobject or dtype.kind not in kinds:
         raise ValueError(f"array {name!r} holds {'Python objects' if dtype.hasobject else dtype.str}, not "
                          f"{'/'.join(kinds)} values")
-    if len(shape) != ndim:
-        raise ValueError(f"array {name!r} has {len(shape)} dimensions, not {ndim}")
+    allowed = ndim if isinstance(ndim, tuple) else (ndim,)
+    if len(shape) not in allowed:
+        raise ValueError(f"array {name!r} has {len(shape)} dimensions, not {' or '.join(map(str, allowed))}")
     count = 1
     for n in shape:
         count *= n

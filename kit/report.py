@@ -4,7 +4,11 @@ kit.load and bundles (kit.inference) alike.
 
     {"metric", "round", "chosen", "why", "members": [config, ...], "tta": {config: mode},
      "temperatures": [T per member] | null, "best_member", "best_member_score",
-     "methods": {method: {"weights", "oof_score", "nested_score", "params"?}}}
+     "methods": {method: {"weights", "oof_score", "nested_score", "params"?}},
+     "decision": {"kind": "thresholds" | "cuts", "values", "low"?, "kept", "why", "default", "nested"} | null}
+
+`decision` is the rule fitted on the out-of-fold rows of what predicts (kit.decision): every reader applies it
+(kit.decision.apply_decision) to the blend's scores when `kept`, before the submission's values are decided.
 
 `chosen` is null when fewer than two configurations finished (the best member is the prediction). Temperatures
 (ensemble.temperature) are those the methods were fitted on: every reader applies them before the blend.
@@ -25,7 +29,10 @@ _NUMBER = (int, float)
 REPORT_SCHEMA = {"members": [str], "methods": {"*": {"weights": [_NUMBER], "oof_score": _NUMBER,
                                                     "nested_score": _NUMBER}},
                  "tta?": {"*": str}, "chosen?": (str, type(None)), "best_member?": (str, type(None)),
-                 "best_member_score?": (int, float, type(None)), "round?": (int, type(None))}
+                 "best_member_score?": (int, float, type(None)), "round?": (int, type(None)),
+                 "decision?": (dict, type(None))}
+DECISION_SCHEMA = {"kind": str, "values": [_NUMBER], "kept": bool, "low?": _NUMBER, "why?": str,
+                   "default?": _NUMBER, "nested?": _NUMBER}
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,7 @@ class BlendReport:
     best_member: str | None = None
     best_member_score: float | None = None
     round: int | None = None
+    decision: dict | None = None  # kit.decision's fitted rule (applied when decision["kept"])
 
     def method(self, name: str | None = None):
         """The kit.ensemble.MethodResult of `name` (default: the chosen method), or None without a blend."""
@@ -57,6 +65,11 @@ class BlendReport:
         member's score."""
         return self.methods[self.chosen]["nested_score"] if self.chosen else self.best_member_score
 
+    @property
+    def rule(self) -> dict | None:
+        """The decision rule to apply to what this report predicts (kit.decision), or None."""
+        return self.decision if self.decision and self.decision.get("kept") else None
+
 
 def write_report(out: Path, report: BlendReport) -> Path:
     return write_json_if_changed(Path(out) / REPORT_FILE, {
@@ -64,7 +77,7 @@ def write_report(out: Path, report: BlendReport) -> Path:
         "members": list(report.members), "tta": dict(report.tta),
         "temperatures": None if report.temperatures is None else [float(t) for t in report.temperatures],
         "best_member": report.best_member, "best_member_score": report.best_member_score,
-        "methods": report.methods})
+        "methods": report.methods, "decision": report.decision})
 
 
 def method_dict(res) -> dict:
@@ -86,6 +99,11 @@ def read_report(path, fix: str) -> BlendReport:
         chosen = d.get("chosen")
         if chosen is not None and chosen not in methods:
             raise KeyError(f"chosen method {chosen!r} has no entry in methods")
+        if d.get("decision") is not None:
+            from kit.readers import check_schema
+            check_schema(d["decision"], DECISION_SCHEMA, "decision")
+            if d["decision"]["kind"] not in ("thresholds", "cuts"):
+                raise ValueError(f"unknown decision rule {d['decision']['kind']!r}")
         temps = d.get("temperatures")
         if temps is not None and len(temps) != len(members):
             raise ValueError(f"{len(temps)} temperatures for {len(members)} members")
@@ -95,6 +113,6 @@ def read_report(path, fix: str) -> BlendReport:
         return BlendReport(str(d.get("metric")), chosen, str(d.get("why") or ""), [str(m) for m in members],
                            {str(k): str(v) for k, v in tta.items()}, None if temps is None else
                            [float(t) for t in temps], methods, d.get("best_member"), d.get("best_member_score"),
-                           d.get("round"))
+                           d.get("round"), d.get("decision"))
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         raise RunDirError(f"cannot read {path} ({type(e).__name__}: {str(e)[:200]}); {fix}") from None

@@ -12,6 +12,7 @@ import numpy as np
 from kit import metrics as M
 from kit.choice import choose_tta
 from kit.context import RunContext, member_done
+from kit.decision import apply_decision, fit_decision
 from kit.errors import RunDirError
 from kit.pool import config_oofs, config_predictions
 from kit.predictions import Predictions, load_predictions, save_predictions
@@ -78,7 +79,7 @@ def collect(ctx: RunContext, *, need_test: bool = True, round: int | None = None
         if fixed != "auto" and fixed not in tta_scores:
             raise RunDirError(f"tta.mode {fixed} was not predicted for {config}; run kit predict {ctx.run_dir} "
                               f"--tta {fixed}")
-        tta, why = choose_tta(oofs, metric, fixed)[:2]
+        tta, why = choose_tta(oofs, metric, fixed, ctx.task.metrics)[:2]
         refits = ctx.plan.refits(config)
         oof, test = config_predictions(ctx.run_dir, ms, tta, need_test=need_test, refits=refits)
         configs.append(ConfigResult(config, ms[0].recipe.model.backbone, ms[0].seed, tta_scores, tta, oof, test,
@@ -103,12 +104,14 @@ def blend(ctx: RunContext, configs: list[ConfigResult], out: Path | None = None,
     from kit import ensemble as E
     r = ctx.recipe
     out = out or ctx.run_dir / "ensemble"
+    task = ctx.task
     best = best_config(configs, r.train.metric)
     if len(configs) < 2:  # the report still says what predicts: that configuration, at its TTA mode
         why = "one configuration: nothing to blend"
         if best is not None:
             write_report(out, BlendReport(r.train.metric, None, why, [best.config], {best.config: best.tta}, None,
-                                          {}, best.config, best.tta_scores[best.tta], round))
+                                          {}, best.config, best.tta_scores[best.tta], round,
+                                          fit_decision(task, best.oof.labels, best.oof.probs, r.data.seed)))
         return {}, None, why
     ids = configs[0].oof.ids
     oofs = [c.oof.reorder(ids) for c in configs]
@@ -121,22 +124,26 @@ def blend(ctx: RunContext, configs: list[ConfigResult], out: Path | None = None,
             tests = [Predictions(t.ids, E.apply_temperature(t.probs, T), t.classes) for t, T in zip(tests, temps)]
     fold_of = dict(zip(ctx.sources.train.ids, ctx.folds))
     folds = np.array([fold_of[i] for i in ids]) if r.data.split == "kfold" else None
-    methods = E.evaluate_methods(oofs, r.train.metric, folds=folds, methods=r.ensemble.methods, seed=r.data.seed)
+    methods = E.evaluate_methods(oofs, r.train.metric, folds=folds, methods=r.ensemble.methods, seed=r.data.seed,
+                                 task=task)
     if r.ensemble.choose == "auto":
         chosen, why = E.choose_method(methods, r.train.metric, oofs[0].labels)[:2]
     else:
         chosen, why = r.ensemble.choose, "ensemble.choose"
     for name, res in methods.items():
-        save_predictions(Predictions(ids, E.apply_method([o.probs for o in oofs], res), oofs[0].classes,
-                                     oofs[0].labels), out / f"oof_{name}.npz")
+        save_predictions(Predictions(ids, E.apply_method([o.probs for o in oofs], res, simplex=task.softmax),
+                                     oofs[0].classes, oofs[0].labels), out / f"oof_{name}.npz")
         if tests:
             test_ids = tests[0].ids
-            probs = E.apply_method([t.reorder(test_ids).probs for t in tests], res)
+            probs = E.apply_method([t.reorder(test_ids).probs for t in tests], res, simplex=task.softmax)
             save_predictions(Predictions(test_ids, probs, tests[0].classes), out / f"test_{name}.npz")
+    final = E.apply_method([o.probs for o in oofs], methods[chosen], simplex=task.softmax) if chosen else \
+        best.oof.reorder(ids).probs
     write_report(out, BlendReport(r.train.metric, chosen, why, [c.config for c in configs],
                                   {c.config: c.tta for c in configs}, temps,
                                   {k: method_dict(v) for k, v in methods.items()}, best.config,
-                                  best.tta_scores[best.tta], round))
+                                  best.tta_scores[best.tta], round,
+                                  fit_decision(task, oofs[0].labels, final, r.data.seed)))
     return methods, chosen, why
 
 
@@ -161,11 +168,19 @@ def blend_round(ctx: RunContext, round: int, log=print) -> BlendReport:
 
 
 def final_test_predictions(ctx: RunContext, configs: list[ConfigResult], chosen: str | None) -> Predictions | None:
+    """What the submission is made of: the chosen blend's (or the best configuration's) test scores, with the
+    decision rule fitted on their out-of-fold twins applied (kit.decision; report.json holds it)."""
     if chosen is not None:
         f = ctx.run_dir / "ensemble" / f"test_{chosen}.npz"
-        return load_predictions(f) if f.exists() else None
-    best = best_config(configs, ctx.recipe.train.metric)
-    return best.test if best else None
+        pred = load_predictions(f) if f.exists() else None
+    else:
+        best = best_config(configs, ctx.recipe.train.metric)
+        pred = best.test if best else None
+    report = ctx.run_dir / "ensemble" / REPORT_FILE
+    rule = read_report(report, f"blend the run again: kit submit {ctx.run_dir}").rule if report.is_file() else None
+    if pred is None or rule is None:
+        return pred
+    return Predictions(pred.ids, apply_decision(rule, pred.probs), pred.classes)
 
 
 def summary_dict(s: Summary) -> dict:

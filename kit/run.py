@@ -58,7 +58,7 @@ def submit(ctx: RunContext, pred: Predictions, *, path=None, force: bool = False
     sample_path = src.sample_submission_path
     if sample_path is None or not Path(sample_path).exists():  # built in memory (digits): keep a copy
         sample_path = write_if_changed(ctx.run_dir / "sample_submission.csv", src.sample_submission.to_csv(index=False))
-    df = make_submission(pred, sample_path, fmt=ctx.recipe.submit.format)
+    df = make_submission(pred, sample_path, fmt=ctx.recipe.submit.format, task=ctx.task)
     if not path:  # submit.path, inside the run directory
         path = ctx.run_dir / ctx.recipe.submit.path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,5 +118,5 @@ def predict(run_dir, modes: list[str] | None = None, log=print) -> dict:
             continue
         rec = repredict_member(ctx, m, list(modes or m.tta_modes), device)
         record_member(ctx, rec)
-        out[m.name] = {k: v[recipe.train.metric] for k, v in rec["scores"].items()}
+        out[m.name] = {k: v[ctx.recipe.train.metric] for k, v in rec["scores"].items()}
     return out

@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 
 from kit.predictions import Predictions
+from kit.task import Task, check_label_values, label_values, multiclass, proba_values, value_columns_needed
 
-FORMATS = ("label", "proba")
+FORMATS = ("label", "proba")  # and "auto" (resolve_format): proba where the sample holds probabilities
 
 
 from kit.errors import SubmissionError, RunDirError  # noqa: E402  (re-exported: kit.submit.SubmissionError)
@@ -34,8 +35,23 @@ def _few(values, k: int = 5) -> str:
     return f"{values[:k]}{more}"
 
 
-def _columns(sample_df: pd.DataFrame, fmt: str, id_column, label_column, sample_path):
-    """(id column, value columns) of the sample: label format has one value column, proba one per class."""
+def resolve_format(fmt: str, sample_df: pd.DataFrame | None) -> str:
+    """submit.format: auto -> proba when the sample's value cells hold probabilities (numbers that are not all
+    integers, e.g. 0.5 or 1/120), else label; label and proba stay."""
+    if fmt != "auto":
+        return fmt
+    if sample_df is None or sample_df.shape[1] < 2:
+        return "label"
+    try:
+        values = sample_df.iloc[:, 1:].astype(float).to_numpy()
+    except (TypeError, ValueError):
+        return "label"
+    return "proba" if np.isfinite(values).all() and np.any(values != np.round(values)) else "label"
+
+
+def _columns(sample_df: pd.DataFrame, fmt: str, id_column, label_column, sample_path, task: Task | None = None):
+    """(id column, value columns) of the sample: one value column, or one per class or label (proba format, or a
+    task read from one 0/1 column each)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown submission format {fmt!r}; valid formats: {', '.join(FORMATS)}")
     cols = [str(c) for c in sample_df.columns]
@@ -44,7 +60,7 @@ def _columns(sample_df: pd.DataFrame, fmt: str, id_column, label_column, sample_
         raise SubmissionError(f"id column {id_column!r} is not a column of the sample; its columns are {cols}; "
                               f"pass id_column= one of them{_where(sample_path)}")
     rest = [c for c in cols if c != id_column]
-    if fmt == "proba":
+    if fmt == "proba" and task is None or task is not None and value_columns_needed(task, fmt) is not None:
         return id_column, rest
     if label_column is None:
         if len(rest) != 1:
@@ -69,14 +85,16 @@ def _check_class_columns(class_columns, classes, sample_path) -> None:
 
 
 def check_submission(df: pd.DataFrame, sample_df: pd.DataFrame, classes, fmt: str = "label", *,
-                     id_column=None, label_column=None, sample_path=None) -> None:
-    """Raise SubmissionError on the first rule the submission breaks; each rule has its own message.
+                     id_column=None, label_column=None, sample_path=None, task: Task | None = None) -> None:
+    """Raise SubmissionError on the first rule the submission breaks; each rule has its own message. `task`
+    (kit.task; default: one class per image among `classes`) says what a value may be.
 
     Id checks run before the row count so the message names the offending ids; the row count check is
     left for samples that repeat an id.
     """
-    classes = [str(c) for c in classes]
-    id_column, value_columns = _columns(sample_df, fmt, id_column, label_column, sample_path)
+    task = task or multiclass(classes)
+    classes = [str(c) for c in task.outputs]
+    id_column, value_columns = _columns(sample_df, fmt, id_column, label_column, sample_path, task)
     where = _where(sample_path)
     expected = [str(c) for c in sample_df.columns]
     cols = [str(c) for c in df.columns]
@@ -88,7 +106,7 @@ def check_submission(df: pd.DataFrame, sample_df: pd.DataFrame, classes, fmt: st
     if extra_cols:
         raise SubmissionError(f"submission has extra columns {extra_cols} that the sample lacks; "
                               f"keep only {expected}{where}")
-    if fmt == "proba":
+    if value_columns_needed(task, fmt) is not None:
         _check_class_columns(value_columns, classes, sample_path)
 
     ids = df[id_column].astype(str)
@@ -113,38 +131,48 @@ def check_submission(df: pd.DataFrame, sample_df: pd.DataFrame, classes, fmt: st
         raise SubmissionError(f"wrong row count: the submission has {len(df)} rows, the sample {len(sample_df)}; "
                               f"write one row per row of the sample, in its order{where}")
 
+    tags = task.kind == "multilabel" and not task.columns and fmt == "label"  # a row may have no tags: ""
     for c in expected:
-        n_nan = int(df[c].isna().sum())
+        n_nan = 0 if tags and c in value_columns else int(df[c].isna().sum())
         if n_nan:
             raise SubmissionError(f"NaN values: column {c!r} has {n_nan} empty/NaN rows of {len(df)}; every cell "
                                   f"needs a value (check for NaN probabilities or unmapped labels){where}")
-    if fmt == "label":
-        values = df[value_columns[0]].astype(str)
-        bad = values[~values.isin(classes)]
+    if fmt == "label" and len(value_columns) == 1 and value_columns_needed(task, fmt) is None:
+        values = df[value_columns[0]].fillna("").astype(str)
+        bad = pd.Series(check_label_values(task, values), dtype=object)
         if len(bad):
+            what = {"multiclass": "class names", "multilabel": f"tags of {len(classes)} known labels",
+                    "binary": "0 or 1", "ordinal": f"integer grades {task.low:g}-{task.high:g}" if task.low is not
+                    None else "integer grades", "regression": "numbers"}[task.kind]
             raise SubmissionError(f"unknown labels: column {value_columns[0]!r} has {len(bad)} values that are not "
-                                  f"class names, e.g. {_few(bad.unique())}; known classes: {_few(classes, 10)}; "
-                                  f"write predicted class names exactly{where}")
+                                  f"{what}, e.g. {_few(bad.unique())}; known: {_few(classes, 10)}; write predicted "
+                                  f"values exactly{where}")
 
 
 def make_submission(pred: Predictions, sample_submission_path=None, fmt: str = "label", id_column=None,
-                    label_column=None) -> pd.DataFrame:
+                    label_column=None, task: Task | None = None) -> pd.DataFrame:
     """One row per id of the sample, in its order and with its columns, checked before it is returned: the one
-    submission builder (kit submit, kit predict, bundles).
+    submission builder (kit submit, kit predict, bundles). `task` (kit.task; default: one class per image) says
+    what the scores are and what a cell holds (kit.task.label_values, proba_values); a fitted decision rule is
+    applied to `pred` before (kit.decision).
 
-    label: the argmax class name in the label column. proba: each class column filled from the prediction's
-    column of the same name. Predictions for ids the sample lacks are ignored. Without a sample (kit predict on a
-    folder): the prediction's ids in its order, under `id_column` and `label_column` (or one column per class).
+    label: the decided values (the argmax class name, 0/1, tags, a grade, a clipped value). proba: the scores
+    (each class or label column filled from the prediction's column of the same name; P(1); the value). auto:
+    resolve_format. Predictions for ids the sample lacks are ignored. Without a sample (kit predict on a folder):
+    the prediction's ids in its order, under `id_column` and `label_column` (or one column per class or label).
     """
+    task = task or multiclass(pred.classes)
     if sample_submission_path is None:
-        if id_column is None or (fmt == "label" and label_column is None):
+        fmt = "label" if fmt == "auto" else fmt
+        if id_column is None or (label_column is None and value_columns_needed(task, fmt) is None):
             raise ValueError("without a sample submission, name the id column (and the label column for label "
                              "format)")
-        values = [label_column] if fmt == "label" else [str(c) for c in pred.classes]
+        values = [label_column] if value_columns_needed(task, fmt) is None else [str(c) for c in task.outputs]
         sample = pd.DataFrame({id_column: np.asarray(pred.ids, dtype=object), **{c: "" for c in values}})
     else:
         sample = read_sample(sample_submission_path)
-    id_column, value_columns = _columns(sample, fmt, id_column, label_column, sample_submission_path)
+        fmt = resolve_format(fmt, sample)
+    id_column, value_columns = _columns(sample, fmt, id_column, label_column, sample_submission_path, task)
     sample_ids = sample[id_column].astype(str).to_numpy()
     have = set(pred.ids)
     lacking = [i for i in dict.fromkeys(sample_ids) if i not in have]
@@ -153,18 +181,20 @@ def make_submission(pred: Predictions, sample_submission_path=None, fmt: str = "
             f"the prediction lacks {len(lacking)} of the sample's {len(set(sample_ids))} ids, e.g. {_few(lacking)}; "
             f"predict on the full test set (ids compare as strings: check leading zeros and file extensions)"
             f"{_where(sample_submission_path)}")
-    if fmt == "proba":
-        _check_class_columns(value_columns, list(pred.classes), sample_submission_path)
+    named = value_columns_needed(task, fmt)
+    if named is not None:
+        _check_class_columns(value_columns, list(named), sample_submission_path)
     ordered = pred.reorder(sample_ids)
     df = sample.copy()
-    if fmt == "label":
-        df[value_columns[0]] = np.asarray(pred.classes, dtype=object)[np.argmax(ordered.probs, axis=1)]
+    cells = label_values(task, ordered.probs) if fmt == "label" else proba_values(task, ordered.probs)
+    if named is None:
+        df[value_columns[0]] = cells[0]
     else:
-        index = {c: j for j, c in enumerate(pred.classes)}
+        index = {c: j for j, c in enumerate(task.outputs)}
         for c in value_columns:
-            df[c] = ordered.probs[:, index[c]].astype(np.float64)
-    check_submission(df, sample, pred.classes, fmt, id_column=id_column, label_column=value_columns[0]
-                     if fmt == "label" else None, sample_path=sample_submission_path)
+            df[c] = cells[index[c]]
+    check_submission(df, sample, task.outputs, fmt, id_column=id_column, label_column=value_columns[0]
+                     if named is None else None, sample_path=sample_submission_path, task=task)
     return df
 
 

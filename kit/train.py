@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from torch import nn
 from timm.data import Mixup
-from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 
 from kit import distributed
 from kit import metrics as M
+from kit.task import Task, activate, create_loss, multiclass
 from kit.errors import OutOfMemory, RunDirError
 from kit.errors import UnsafeFileError
 from kit.models.pretrained import load_tensor_file
@@ -102,15 +102,17 @@ def create_schedule(optimizer, spec: TrainSpec, updates_per_epoch: int):
     return None
 
 
-def _setup(model, model_spec: ModelSpec, spec: TrainSpec, n_batches: int, num_classes: int, device, amp_dtype):
+def _setup(model, model_spec: ModelSpec, spec: TrainSpec, n_batches: int, task: Task, device, amp_dtype):
     optimizer = create_optimizer(param_groups(model, model_spec, spec), spec)
     updates = max(1, math.ceil(n_batches / spec.accum_steps))
     scheduler = create_schedule(optimizer, spec, updates)
     mixup = None
-    if spec.mixup > 0 or spec.cutmix > 0:
+    if spec.mixup > 0 or spec.cutmix > 0:  # multiclass only (kit.plan.check_task_recipe)
         mixup = Mixup(mixup_alpha=spec.mixup, cutmix_alpha=spec.cutmix, label_smoothing=spec.label_smoothing,
-                      num_classes=num_classes)
-    loss = SoftTargetCrossEntropy() if mixup else nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing)
+                      num_classes=task.n_outputs)
+    loss = create_loss(task, spec.label_smoothing, soft=mixup is not None)
+    if isinstance(loss, nn.BCEWithLogitsLoss) and loss.pos_weight is not None:
+        loss = loss.to(device)
     ema = ModelEmaV3(model, decay=spec.ema_decay) if spec.ema else None
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     return Setup(optimizer, scheduler, loss, mixup, ema, scaler, updates)
@@ -125,9 +127,10 @@ class PassLimit:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader, device, amp_dtype=None, channels_last=False, log=None,
-             limit: PassLimit | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities of one view per image, and the table rows they belong to, in loader order. Out of
-    memory halves the images of a pass (kit.runtime.halve_after_oom), in `limit` when given."""
+             limit: PassLimit | None = None, task: Task | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The task's scores (kit.task.activate; softmax probabilities without a task) of one view per image, and the
+    table rows they belong to, in loader order. Out of memory halves the images of a pass
+    (kit.runtime.halve_after_oom), in `limit` when given."""
     model.eval()
     probs, rows = [], []
     limit = limit if limit is not None else PassLimit()
@@ -145,7 +148,8 @@ def evaluate(model: nn.Module, loader, device, amp_dtype=None, channels_last=Fal
             if logits is None:
                 limit.rows = halve_after_oom(min(step, len(x) - a), device, "validating", log)
                 continue
-            probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+            probs.append((activate(task, logits) if task is not None else torch.softmax(logits.float(), dim=1))
+                         .cpu().numpy())
             a += step
         rows.append(idx.numpy())
     return np.concatenate(probs), np.concatenate(rows)
@@ -311,19 +315,23 @@ def _resume(last: Path, model, s: Setup, device) -> tuple[History, int, int]:
 
 
 def fit(model: nn.Module, train_loader, val_loader, val_labels: np.ndarray, model_spec: ModelSpec,
-        spec: TrainSpec, out_dir, *, num_classes: int, device: torch.device, channels_last: bool = True,
+        spec: TrainSpec, out_dir, *, task: Task | None = None, num_classes: int | None = None,
+        device: torch.device, channels_last: bool = True,
         resume: bool = False, on_epoch_end: Callable[[int, dict], None] | None = None,
         progress_factory=None, log: Callable[[str], None] | None = None) -> History:
     """Train, validate every epoch, keep `last.pt` (resumable) and `best.pt` (weights of the best epoch).
     Batches are (x, y, row): row indexes `val_labels` for the validation loader. Without a validation loader (a
     member refitted on every labelled image for a number of epochs chosen on the holdout), nothing is scored
     and best.pt holds the last epoch's weights."""
+    if task is None:  # num_classes: one class per image
+        task = multiclass([str(k) for k in range(num_classes)], "accuracy" if spec.metric == "auto" else spec.metric)
+    name = task.metric if spec.metric == "auto" else spec.metric
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     amp_dtype = resolve_amp(spec.amp, device)
-    metric = M.get_metric(spec.metric)
+    metric = M.get_metric(name)
     main = distributed.is_main()  # under torchrun only rank 0 writes; every rank trains, scores and decides alike
-    s = _setup(model, model_spec, spec, len(train_loader), num_classes, device, amp_dtype)
+    s = _setup(model, model_spec, spec, len(train_loader), task, device, amp_dtype)
     history, start, patience_left = History(), 0, spec.early_stopping or 0
     val_limit = PassLimit()
     # torch.compile once: the compiled module shares the model's parameters (the state dicts stay the model's)
@@ -356,9 +364,9 @@ def fit(model: nn.Module, train_loader, val_loader, val_labels: np.ndarray, mode
         scores = {}
         if val_loader is not None:
             probs, rows = evaluate(compiled if s.ema is None else eval_model, val_loader, device, amp_dtype,
-                                   channels_last, log, val_limit)
+                                   channels_last, log, val_limit, task)
             probs, rows = distributed.gather_rows(probs, rows)
-            scores = M.score_all(val_labels[rows], probs)
+            scores = M.score_all(val_labels[rows], probs, task.metrics)
         row = {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in scores.items()},
                "lr": max(g["lr"] for g in s.optimizer.param_groups), "frozen_stages": frozen,
                "train_images_per_s": ips, "seconds": time.perf_counter() - t0}
@@ -368,9 +376,9 @@ def fit(model: nn.Module, train_loader, val_loader, val_labels: np.ndarray, mode
             history.best_epoch, history.best_score = epoch, float("nan")
             best = {"model": eval_model.state_dict(), "epoch": epoch, "score": None}
         else:
-            score = scores[spec.metric]
+            score = scores[name]
             if math.isnan(score):
-                raise FloatingPointError(f"validation {spec.metric} is NaN at epoch {epoch}; "
+                raise FloatingPointError(f"validation {name} is NaN at epoch {epoch}; "
                                          f"lower train.lr (now {spec.lr}) or set train.grad_clip")
             if history.best_epoch < 0 or M.better(metric.name, score, history.best_score):
                 history.best_epoch, history.best_score = epoch, float(score)

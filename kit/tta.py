@@ -29,6 +29,7 @@ from ttach.base import ImageOnlyTransform, Merger
 
 from kit.recipe import TTA_DEFAULT_SCALES as DEFAULT_SCALES, TTA_MERGES as MERGES, TTA_MODES
 from kit.runtime import OUT_OF_MEMORY, halve_after_oom
+from kit.task import view_scores
 # On the CPU a forward pass gains nothing from rows beyond what fills the cores, and loses to memory: glibc hands
 # blocks over 32 MB back to the OS when they are freed, so a pass whose activations pass that size page-faults
 # them in again, every pass (efficientnet_lite0 expands to 96 x 112 x 112 floats = 4.8 MB a row at 224 px).
@@ -207,6 +208,14 @@ def merge_views(log_probs: torch.Tensor, merge: str = "mean", weights: torch.Ten
     return merged / merged.sum(dim=-1, keepdim=True)
 
 
+def _mean_views(scores: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-view scores [V, B, K] that are not one distribution a row (0/1 and label probabilities, grades,
+    values) -> their (weighted) mean [B, K]."""
+    if weights is None:
+        return scores.mean(dim=0)
+    return torch.einsum("v,vbc->bc", weights.to(scores), scores)
+
+
 def _shape_groups(views, images: torch.Tensor) -> dict:
     """Output shape (C, h, w) -> indices of the views that make it; the shape is read off one image."""
     groups = {}
@@ -216,8 +225,9 @@ def _shape_groups(views, images: torch.Tensor) -> dict:
 
 
 def _views_log_probs(model, images, views, groups, max_rows, channels_last, amp_dtype,
-                     cpu_chunk_pixels: int | None = None, log=None) -> tuple[torch.Tensor, int]:
-    """log-softmax of the model on every view of every image: ([U, B, C] float32, the rows a pass may hold now).
+                     cpu_chunk_pixels: int | None = None, log=None, task=None) -> tuple[torch.Tensor, int]:
+    """log-softmax of the model on every view of every image (with a task: kit.task.view_scores, the space its
+    views merge in): ([U, B, C] float32, the rows a pass may hold now).
 
     Rows are view-major (view 0 of images 0..B-1, view 1 ...); a chunk of max_rows rows (on the CPU no more than
     CPU_CHUNK_PIXELS) may hold the tail of one view and the head of the next. Each chunk is copied once, into a
@@ -251,7 +261,7 @@ def _views_log_probs(model, images, views, groups, max_rows, channels_last, amp_
                 del chunk
                 max_rows = halve_after_oom(stop - start, images.device, "predicting views,", log)
                 continue
-            logp = torch.log_softmax(logits.float(), dim=-1)
+            logp = torch.log_softmax(logits.float(), dim=-1) if task is None else view_scores(task, logits)
             if out is None:
                 out = logp.new_empty((len(views), b, logp.shape[-1]))
             for u, b0, b1, row in spans:
@@ -263,8 +273,9 @@ def _views_log_probs(model, images, views, groups, max_rows, channels_last, amp_
 def predict_modes(model, loader, modes, merge: str = "mean", *, input_size: int, device="cpu",
                   amp_dtype: torch.dtype | None = None, channels_last: bool = True, max_batch_views: int = 256,
                   original_weight: float | None = None, scales=DEFAULT_SCALES,
-                  cpu_chunk_pixels: int | None = None, log=None) -> tuple[dict, np.ndarray]:
-    """({mode: probs float32 [N, C]}, row_index int64 [N]) in loader order, reading the images once.
+                  cpu_chunk_pixels: int | None = None, log=None, task=None) -> tuple[dict, np.ndarray]:
+    """({mode: probs float32 [N, C]}, row_index int64 [N]) in loader order, reading the images once; `task`
+    (kit.task.Task; default: softmax classes) says what the outputs are and the space views merge in.
 
     `loader` yields (images [B, 3, R_h, R_w] with R_h, R_w >= input_size, labels, row_index [B]). The model
     returns logits, runs in eval mode (its training flag is restored after) and should already be on `device`
@@ -303,9 +314,11 @@ def predict_modes(model, loader, modes, merge: str = "mean", *, input_size: int,
                 if (h, w) not in groups:
                     groups[(h, w)] = _shape_groups(plan.views, images)
                 logp, max_batch_views = _views_log_probs(model, images, plan.views, groups[(h, w)], max_batch_views,
-                                                         channels_last, amp_dtype, cpu_chunk_pixels, log)
+                                                         channels_last, amp_dtype, cpu_chunk_pixels, log, task)
                 for mode, view_rows in plan.modes.items():
-                    probs[mode].append(merge_views(logp[view_rows], merge, weights[full][mode]).cpu())
+                    merged = merge_views(logp[view_rows], merge, weights[full][mode]) if task is None or task.softmax \
+                        else _mean_views(logp[view_rows], weights[full][mode])
+                    probs[mode].append(merged.cpu())
                 index.append(torch.as_tensor(rows).cpu())
     finally:
         model.train(was_training)

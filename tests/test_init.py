@@ -275,13 +275,17 @@ def test_mixed_extensions_are_named(tmp_path):
         init_recipe(root)
 
 
-def test_one_hot_labels_are_explained(tmp_path):
+def test_one_hot_labels_are_label_columns(tmp_path):
+    """One 0/1 column per class, exactly one 1 a row (plant-pathology-2020): data.label_columns, one class an image
+    (no task: section, as a class column's recipe), the sample's probability columns."""
     root = _kaggle(tmp_path / "onehot", [f"x{i}" for i in range(24)], LABELS,
                    sample={c: "0.3" for c in ("healthy", "rust")})
     pd.DataFrame({"id": [f"x{i}" for i in range(24)], "healthy": ["1", "0"] * 12,
                   "rust": ["0", "1"] * 12}).to_csv(root / "train.csv", index=False)
-    with pytest.raises(DataError, match=r"one-hot labels.*--label-column"):
-        init_recipe(root)
+    raw, recipe, sources = _init(root, tmp_path, budget=None)
+    assert raw["data"]["label_columns"] == ["healthy", "rust"] and "label_column" not in raw["data"]
+    assert "task" not in raw and raw["submit"] == {"format": "proba"}
+    assert sources.task.kind == "multiclass" and sources.task.columns and list(sources.train.labels[:2]) == [0, 1]
 
 
 def test_path_option_outside_a_csv_layout(imagefolder_root):

@@ -192,8 +192,8 @@ def test_modes_added_later_by_kit_predict_are_considered_by_kit_submit(kaggle_ro
     import kit.choice
     real = kit.choice.choose_tta
     seen = []
-    monkeypatch.setattr("kit.results.choose_tta", lambda oofs, metric, fixed="auto": seen.append(set(oofs)) or
-                        (kit.choice.Choice("vflip", "test") if "vflip" in oofs else real(oofs, metric, fixed)))
+    monkeypatch.setattr("kit.results.choose_tta", lambda oofs, metric, fixed="auto", metrics=None: seen.append(set(oofs)) or
+                        (kit.choice.Choice("vflip", "test") if "vflip" in oofs else real(oofs, metric, fixed, metrics)))
     again = R.finish(prepare_run(recipe))
     assert seen and all(s == {"none", "vflip"} for s in seen)
     assert all(c.tta == "vflip" for c in again.configs)

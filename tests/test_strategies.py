@@ -7,6 +7,8 @@ import pytest
 import timm
 import torch
 
+from kit.task import multiclass
+
 from kit.models.backbone import build_model, head_parameters
 from kit.models.strategies import LR_SCALE_KEY, apply_freeze, frozen_count, param_groups, set_train_mode, stage_groups
 from kit.recipe import ModelSpec, TrainSpec
@@ -229,7 +231,8 @@ def test_every_group_keeps_its_ratio_to_the_head_at_every_step(strategy, extra, 
     included, and no scheduler sees timm's lr_scale key (which timm's schedulers would apply once more)."""
     model, s = make(strategy, **extra)
     train = TrainSpec(lr=LR, epochs=4, warmup_epochs=warmup, scheduler=scheduler)
-    setup = _setup(model, s, train, n_batches=10, num_classes=3, device=torch.device("cpu"), amp_dtype=None)
+    setup = _setup(model, s, train, n_batches=10, task=multiclass("abc"),
+                   device=torch.device("cpu"), amp_dtype=None)
     groups = setup.optimizer.param_groups
     assert not any("lr_scale" in g for g in groups)
     scales = [g[LR_SCALE_KEY] for g in groups]
@@ -256,7 +259,8 @@ def test_cosine_keeps_timms_shape_for_the_head(warmup):
     """kit's cosine factor is timm's CosineLRScheduler arithmetic: recipes tuned before keep their lrs."""
     model, s = make("finetune", backbone_lr_scale=0.1)
     train = TrainSpec(lr=LR, epochs=4, warmup_epochs=warmup, scheduler="cosine")
-    setup = _setup(model, s, train, n_batches=10, num_classes=3, device=torch.device("cpu"), amp_dtype=None)
+    setup = _setup(model, s, train, n_batches=10, task=multiclass("abc"),
+                   device=torch.device("cpu"), amp_dtype=None)
     head = [g[LR_SCALE_KEY] for g in setup.optimizer.param_groups].index(1.0)
     got = [lrs[head] for lrs in lrs_over_schedule(setup, total=40)]
     expected = reference_lrs(train, 10, range(40))
@@ -266,6 +270,6 @@ def test_cosine_keeps_timms_shape_for_the_head(warmup):
 
 def test_no_scheduler_keeps_each_groups_lr():
     model, s = make("finetune", backbone_lr_scale=0.1)
-    setup = _setup(model, s, TrainSpec(lr=LR, scheduler="none"), 10, 3, torch.device("cpu"), None)
+    setup = _setup(model, s, TrainSpec(lr=LR, scheduler="none"), 10, multiclass("abc"), torch.device("cpu"), None)
     assert setup.scheduler is None
     assert all(g["lr"] == pytest.approx(LR * g[LR_SCALE_KEY]) for g in setup.optimizer.param_groups)

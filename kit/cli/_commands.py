@@ -305,7 +305,8 @@ def cmd_init(args):
     from kit.recipe import load_recipe
     text, _ = init_recipe(args.data_dir, out=args.output, force=args.force, label_column=args.label_column,
                           id_column=args.id_column, path_column=args.path_column,
-                          budget={None: BUDGET_MINUTES, 0: None}.get(args.budget, args.budget))
+                          budget={None: BUDGET_MINUTES, 0: None}.get(args.budget, args.budget), task=args.task,
+                          metric=args.metric, group_column=args.group_column)
     console.print(_t(text), highlight=False, soft_wrap=True)
     console.print(f"wrote [bold]{_t(args.output)}[/]; its plan (kit plan {_t(args.output)}):", highlight=False)
     recipe = load_recipe(args.output)  # the file as written, as kit run will read it

@@ -150,6 +150,11 @@ def _add_result_commands(sub) -> None:
     s.set_defaults(fn=cmd_score)
 
 
+# kit.recipe.TASK_KINDS, spelled here: importing kit.recipe (pydantic) would slow every kit command's start-up;
+# tests/test_init_tasks.py checks that they agree (and the --metric help against kit.task.METRICS_OF)
+TASK_KINDS = ("multiclass", "binary", "multilabel", "ordinal", "regression")
+
+
 def _add_data_commands(sub) -> None:
     """init: a recipe for a dataset folder."""
     s = sub.add_parser("init", help="look at a dataset folder, write a commented recipe for it, show its plan")
@@ -160,6 +165,17 @@ def _add_data_commands(sub) -> None:
     s.add_argument("--label-column", help="train.csv column of the labels, when several could be")
     s.add_argument("--id-column", help="train.csv column of the image ids (default: sample_submission's first)")
     s.add_argument("--path-column", help="train.csv column of image paths, relative to a folder of the dataset")
+    s.add_argument("--task", choices=TASK_KINDS,
+                   help="what the target is (default: detected from train.csv and the sample submission; kit init "
+                        "asks when two readings fit, e.g. integers 0-4: classes or grades)")
+    s.add_argument("--metric", metavar="NAME",
+                   help="the validation metric, train.metric: one the task takes (multiclass: accuracy, log_loss, "
+                        "f1_macro, f1_micro, roc_auc; binary: roc_auc, log_loss, accuracy, f1_macro; multilabel: "
+                        "f2_samples, f1_micro, f1_macro, roc_auc, log_loss, accuracy; ordinal: qwk, rmse, mae, "
+                        "accuracy; regression: rmse, mae). Default: the task's usual one")
+    s.add_argument("--group-column", metavar="NAME",
+                   help="train.csv column grouping the images (a patient, a subject): folds keep a group together "
+                        "(default: detected from the column names, e.g. patient_id)")
     # default None, read as kit.init.BUDGET_MINUTES by cmd_init: importing kit.init here (numpy, pandas) would cost
     # every kit command half a second of start-up; tests/test_init.py checks that the help states its value
     s.add_argument("--budget", type=float, default=None, metavar="MINUTES",

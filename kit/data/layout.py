@@ -59,16 +59,19 @@ class Layout:
     notes: list = field(default_factory=list)  # what was found, for the header comment
     sample: Optional[pd.DataFrame] = None
     sample_name: Optional[str] = None
+    table: Optional[pd.DataFrame] = None  # kaggle: the labels CSV, every cell a string
+    why: dict = field(default_factory=dict)  # data: key -> the reason it was chosen (a comment above the key)
 
 
-def detect_layout(root: Path, *, label_column=None, id_column=None, path_column=None) -> Layout:
+def detect_layout(root: Path, *, label_column=None, id_column=None, path_column=None,
+                  group_column=None) -> Layout:
     """The data: section for `root` (see the module docstring) and notes on what was found."""
     inv = inventory(root)
     csv = _train_csv(root)
     if csv is not None:
-        return _kaggle(root, csv, inv, label_column, id_column, path_column)
+        return _kaggle(root, csv, inv, label_column, id_column, path_column, group_column)
     given = [f"--{k}" for k, v in (("label-column", label_column), ("id-column", id_column),
-                                  ("path-column", path_column)) if v]
+                                  ("path-column", path_column), ("group-column", group_column)) if v]
     if given:
         raise DataError(f"{', '.join(given)} name columns of a labels CSV, and {root} holds no train.csv; "
                         f"leave them out for an ImageFolder tree, or add the CSV")
@@ -157,19 +160,20 @@ def _sample_csv(root: Path) -> Optional[Path]:
     return found[0] if found else None
 
 
-def _kaggle(root: Path, csv: Path, inv: Inventory, label_column, id_column, path_column) -> Layout:
+def _kaggle(root: Path, csv: Path, inv: Inventory, label_column, id_column, path_column, group_column=None) -> Layout:
     df = _read_csv(csv)
     if df.empty:
         raise DataError(f"{csv} has no rows; it should list the labelled images (an id and a label column)")
     sample_path = _sample_csv(root)
     sample = _read_csv(sample_path) if sample_path is not None else None
     layout = Layout({"source": "kaggle", "root": os.path.normpath(str(root))}, sample=sample,
-                    sample_name=sample_path.name if sample_path is not None else None)
+                    sample_name=sample_path.name if sample_path is not None else None, table=df)
     if csv.name != DataSpec().train_csv:
         layout.data["train_csv"] = csv.name
     if sample_path is not None and sample_path.name != DataSpec().sample_submission:
         layout.data["sample_submission"] = sample_path.name
-    given = {"--id-column": id_column, "--label-column": label_column, "--path-column": path_column}
+    given = {"--id-column": id_column, "--label-column": label_column, "--path-column": path_column,
+             "--group-column": group_column}
     for option, col in given.items():
         if col is not None and col not in df.columns:
             raise DataError(f"{csv} has no column {col!r} ({option}); its columns are {list(df.columns)}")
@@ -178,21 +182,112 @@ def _kaggle(root: Path, csv: Path, inv: Inventory, label_column, id_column, path
                if distinct[c] >= 0.9 * len(df) or c in (id_column, path_column)}
     idc = id_column or _id_column(df, csv, sample, sample_path, matches)
     folder, suffix, pathc = _train_images(df, csv, idc, path_column, matches, inv)
-    labelc = label_column or _label_column(df, csv, {idc, pathc}, sample)
+    labelc = label_column or _label_column(df, csv, {idc, pathc, group_column} - {None}, sample)
+    # ids that carry their extension (image_suffix "") may name test files without one: the test ids then take
+    # the extension the test files have, and the labelled images are read from the ids as file names
+    ext_ids = pathc is None and suffix == ""
+    try:
+        test_dir, test_suffix = _kaggle_test(inv, sample, sample_path, None if pathc or ext_ids else suffix,
+                                             layout.notes)
+    except DataError:
+        # the test files take another extension than the labelled ones (ids + suffix): a column of file names,
+        # when there is one, names the labelled images, and data.image_suffix is then the test files' own
+        paths = [c for c, pm in matches.items() if c not in (idc, labelc) and pm.share >= FOUND_SHARE
+                 and set(pm.suffixes) == {""}]
+        if pathc or len(paths) != 1:
+            raise
+        pathc, folder, suffix = paths[0], matches[paths[0]].folder, ""
+        test_dir, test_suffix = _kaggle_test(inv, sample, sample_path, None, layout.notes)
+        layout.why["path_column"] = (f"column {pathc!r} names the labelled images' files; the test ids of "
+                                     f"{layout.sample_name} name files with another extension ({test_suffix}), "
+                                     f"which data.image_suffix gives")
+    if ext_ids and test_suffix:
+        pathc = idc
+        layout.why["path_column"] = (f"the ids of {csv.name} name files with their extension, the test ids of "
+                                     f"{layout.sample_name} without one ({test_suffix}): the labelled images are "
+                                     f"read by name from column {idc!r}, and data.image_suffix names the test files")
     defaults = DataSpec()
-    for key, value in (("id_column", idc), ("label_column", labelc), ("path_column", pathc),
-                       ("image_dir", folder or "."), ("image_suffix", suffix)):
+    labels = {"label_columns": labelc} if isinstance(labelc, list) else {"label_column": labelc}
+    for key, value in (("id_column", idc), *labels.items(), ("path_column", pathc), ("image_dir", folder or "."),
+                       ("image_suffix", suffix)):
         if value != getattr(defaults, key):
             layout.data[key] = value
-    test_dir, test_suffix = _kaggle_test(inv, sample, sample_path, None if pathc else suffix, layout.notes)
+    if isinstance(labelc, list):
+        layout.why["label_columns"] = (f"one 0/1 column per class or label ({len(labelc)})"
+                                       + (f", as {layout.sample_name}'s columns" if sample is not None and
+                                          [str(c) for c in sample.columns[1:]] == labelc else ""))
     if test_dir != defaults.test_dir:
         layout.data["test_dir"] = test_dir
     if pathc and test_suffix and test_suffix != defaults.image_suffix:
         layout.data["image_suffix"] = test_suffix
+    targets = {idc, pathc, *(labelc if isinstance(labelc, list) else [labelc])} - {None}
+    groupc, why = (group_column, f"--group-column {group_column}: folds keep each of its groups together and the "
+                                 f"holdout takes whole groups") if group_column else detect_group_column(df, targets)
+    if groupc:
+        layout.data["group_column"] = groupc
+        layout.why["group_column"] = why
+    elif why:
+        layout.notes.append(why)
     where = f"{folder or '.'}/<{pathc or idc}>{'' if pathc else suffix}"
-    layout.notes.insert(0, f"{csv.name}: {len(df):,} rows; ids in column {idc!r}, labels in {labelc!r}, "
-                           f"images {where}")
+    what = f"one 0/1 column per class or label, {labelc}" if isinstance(labelc, list) else f"labels in {labelc!r}"
+    layout.notes.insert(0, f"{csv.name}: {len(df):,} rows; ids in column {idc!r}, {what}, images {where}")
     return layout
+
+
+# names of a column that groups images (one patient's, one subject's): folds keep a group together
+GROUP_WORDS = ("patient", "subject", "group", "individual", "case", "study", "animal", "person", "user", "owner",
+               "family")
+GROUP_REPEAT = 1.5  # a column ending in "id" groups the images when it holds at least this many rows per value
+
+
+def _group_word(column: str) -> Optional[str]:
+    """The group word `column` reads as (patient_id, PatientID, subject, case-no), or None."""
+    spaced = re.sub(r"([a-z])([A-Z])", r"\1_\2", column).lower()
+    for part in re.split(r"[^a-z0-9]+", spaced):
+        for w in GROUP_WORDS:
+            if part == w or part == w + "s" or re.fullmatch(rf"{w}(id|ids|no|name|number|nr)", part):
+                return w
+    return None
+
+
+def detect_group_column(df: pd.DataFrame, exclude: set) -> tuple[Optional[str], str]:
+    """(data.group_column or None, why; or None and a note on a group-like column left out). A column other than
+    the id, path and target columns whose name reads as a group (GROUP_WORDS: patient_id, subject) and that
+    repeats, or whose name ends in "id" and holds GROUP_REPEAT or more rows per value; of several, the one with the
+    fewest values (the coarsest grouping keeps the finer ones together too). Metadata (sex, age, site) is not a
+    group: its name says so."""
+    found, notes = [], []
+    for c in df.columns:
+        if c in exclude:
+            continue
+        word = _group_word(str(c))
+        ends_id = re.search(r"id$", str(c), re.I) is not None
+        if not word and not ends_id:
+            continue
+        values = df[c].astype(str).str.strip()
+        n = values[values != ""].nunique()
+        per = len(df) / max(n, 1)
+        if not (word and n < len(df) or ends_id and per >= GROUP_REPEAT) or n < 2:
+            continue
+        empty = int((values == "").sum())
+        if empty:
+            notes.append(f"column {c!r} reads as a group ({n:,} values, {per:.1f} rows each) but {empty:,} of its "
+                         f"rows are empty: not used as data.group_column (fill them, then kit init --group-column "
+                         f"{c})")
+            continue
+        found.append((0 if word else 1, n, str(c), word, per))
+    if not found:
+        return None, "; ".join(notes)
+    _, n, c, word, per = min(found)
+    named = f"its name reads as a {word} column" if word else "its name ends in 'id'"
+    thing = word or "group"
+    others = [f for f in found if f[2] != c]
+    also = (f"; also group-like: {', '.join(repr(f[2]) for f in others)} (fewer values in {c!r}: its groups keep "
+            f"theirs together; --group-column to choose)" if others else "")
+    return c, (f"column {c!r} groups the images: {named} and it repeats ({n:,} values for {len(df):,} rows, "
+               f"{per:.1f} images each). Folds keep each {thing}'s images together and the holdout takes whole "
+               f"groups, so validation scores only unseen {thing}s (one {thing}'s images on both sides would score "
+               f"memory, not skill){also}; --group-column to choose another")
 
 
 def _id_column(df, csv: Path, sample, sample_path, matches: dict) -> str:
@@ -248,24 +343,31 @@ def _folders(inv: Inventory) -> str:
     return ", ".join(shown) + (f" and {len(inv.folders) - 6} more" if len(inv.folders) > 6 else "") or "no folder"
 
 
-def _label_column(df, csv: Path, exclude: set, sample) -> str:
+def _label_column(df, csv: Path, exclude: set, sample):
+    """The target column's name, or the list of 0/1 columns (one per class or label) that are the target."""
     cols = [c for c in df.columns if c not in exclude]
     values = {c: set(df[c]) - {""} for c in cols}
+    zero_one = [c for c in cols if values[c] and values[c] <= {"0", "1", "0.0", "1.0"}]
     few = [c for c in cols if 2 <= len(values[c]) <= max(2, len(df) // 2)]
     if sample is not None and len(sample.columns) == 2 and len(values.get(sample.columns[1], ())) >= 2:
         return sample.columns[1]  # the submission's label column, by name (even with many classes)
     if sample is not None and len(sample.columns) > 2:
-        classes = {str(c) for c in sample.columns[1:]}  # a probability column per class: the labels' values
-        by_values = [c for c in few if values[c] == classes] or [c for c in few if values[c] <= classes]
+        classes = [str(c) for c in sample.columns[1:]]  # a column per class or label
+        if all(c in zero_one for c in classes):
+            return classes  # the sample's columns are the train.csv's 0/1 columns: one per class or label
+        by_values = [c for c in few if values[c] == set(classes)] or [c for c in few if values[c] <= set(classes)]
         if len(by_values) == 1:
             return by_values[0]
+        by_tags = [c for c in cols if values[c] and {t for v in values[c] for t in v.split()} <= set(classes)]
+        if len(by_tags) == 1:
+            return by_tags[0]  # tags of the sample's labels
     if len(few) == 1:
         return few[0]
+    if len(few) > 1 and all(c in zero_one for c in few):
+        return few  # one 0/1 column per class (one-hot) or per label
+    if not few and sample is not None and len(sample.columns) == 2 and sample.columns[1] in values:
+        return sample.columns[1]  # the submission's column, though it holds one value: the target check says so
     counts = {c: len(values[c]) for c in (few or cols)}
-    if len(few) > 1 and all(values[c] <= {"0", "1", "0.0", "1.0"} for c in few):
-        raise DataError(f"{csv} holds 0/1 columns {few}, one-hot labels; kit reads one column of class names: add "
-                        f"one (pandas: df['label'] = df[{few}].astype(float).idxmax(axis=1)) and pass --label-column "
-                        f"label")
     what = f"{len(few)} columns could be the label" if few else "no column looks like a label"
     raise DataError(f"{what} in {csv}: distinct values per column {counts} (a label column has 2 to "
                     f"{max(2, len(df) // 2)}, i.e. at most half the {len(df)} rows); pass --label-column NAME")

@@ -56,10 +56,16 @@ class ImageDataset(Dataset):
 
     Indexed with an int, or with a Draw (position, seed): the transform is then seeded for this sample."""
 
-    def __init__(self, table: ImageTable, indices, transform):
+    def __init__(self, table: ImageTable, indices, transform, targets: np.ndarray | None = None):
         self.table = table
         self.indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         self.transform = transform
+        # what training learns for each table row (kit.task.train_targets); default: the table's class indices
+        # (-1 where there are none: unlabelled rows, or targets that are not one class index a row)
+        labels = table.labels
+        if targets is None and labels is not None and labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer):
+            targets = labels
+        self.targets = targets
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -78,7 +84,8 @@ class ImageDataset(Dataset):
         image = self.transform(image=self.table.image(row))["image"]
         if not isinstance(image, torch.Tensor):
             image = torch.from_numpy(np.ascontiguousarray(image).transpose(2, 0, 1))
-        label = -1 if self.table.labels is None else int(self.table.labels[row])
+        t = -1 if self.targets is None else self.targets[row]
+        label = int(t) if np.ndim(t) == 0 else torch.from_numpy(np.ascontiguousarray(t))
         return image.float(), label, row
 
     def seed_augmentation(self, seed: int) -> None:

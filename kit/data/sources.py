@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import glob
 import os
-import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +27,9 @@ import pandas as pd
 
 from kit.data.images import load_item
 from kit.errors import DataError
-from kit.recipe import DataSpec
+from kit.recipe import DataSpec, TaskSpec
 from kit.readers import read_csv
+from kit.task import Task, TargetError, check_sample, multiclass, read_targets, sort_classes, strata
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 DIGITS_SPLIT_SEED = 0  # the digits test set is part of the "competition", fixed whatever data.seed says
@@ -45,9 +45,10 @@ class DataSourceError(DataError):
 class ImageTable:
     ids: np.ndarray  # str, one per image
     items: list  # file paths (str) or HxWx3 uint8 arrays (digits)
-    labels: Optional[np.ndarray]  # int64 indices into classes; None when unlabelled
-    classes: tuple[str, ...]
+    labels: Optional[np.ndarray]  # the targets (kit.task: class indices, 0/1, a 0/1 row per label, grades, values)
+    classes: tuple[str, ...]  # the task's outputs: classes, labels, or (the target column,)
     decoded: Optional[object] = None  # kit.data.cache.DecodedRows: these rows' decoded images (attach_decoded_cache)
+    groups: Optional[np.ndarray] = None  # str, data.group_column's value of each row (folds keep a group together)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -56,7 +57,8 @@ class ImageTable:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         return ImageTable(ids=self.ids[idx], items=[self.items[i] for i in idx],
                           labels=None if self.labels is None else self.labels[idx], classes=self.classes,
-                          decoded=None if self.decoded is None else self.decoded.subset(idx))
+                          decoded=None if self.decoded is None else self.decoded.subset(idx),
+                          groups=None if self.groups is None else self.groups[idx])
 
     def image(self, row: int) -> np.ndarray:
         """Row `row`'s image, HxWx3 uint8: from the decoded cache when one is attached and holds it, else
@@ -75,41 +77,52 @@ class Sources:
     sample_submission: Optional[pd.DataFrame] = None  # every column read as str
     sample_submission_path: Optional[str] = None
     test_solution: Optional[pd.DataFrame] = None  # digits only: id, label, Usage (Public/Private)
+    task: Optional[Task] = None  # what the target is (kit.task); default: one class per image among train.classes
+
+    def __post_init__(self):
+        if self.task is None:
+            object.__setattr__(self, "task", multiclass(self.train.classes))
+
+    def with_train(self, train: ImageTable) -> "Sources":
+        return Sources(train, self.test, self.sample_submission, self.sample_submission_path, self.test_solution,
+                       self.task)
 
 
-def load_sources(spec: DataSpec) -> Sources:
+def load_sources(spec: DataSpec, task_spec: Optional[TaskSpec] = None) -> Sources:
+    """The tables of `spec`'s data; the target read as `task_spec` (task.kind) says, or as detected (auto)."""
+    task_spec = task_spec or TaskSpec()
     loaders = {"digits": _load_digits, "imagefolder": _load_imagefolder, "kaggle": _load_kaggle}
     if spec.source != "digits" and not spec.root:
         raise DataSourceError(f"data.source={spec.source} needs data.root, the dataset folder")
-    sources = loaders[spec.source](spec)
+    if spec.source != "kaggle" and task_spec.kind not in ("auto", "multiclass"):
+        raise DataSourceError(f"data.source={spec.source} gives one class per image (task.kind multiclass), not "
+                              f"task.kind {task_spec.kind}; a {task_spec.kind} target comes from a labels CSV "
+                              f"(data.source: kaggle)")
+    if spec.source != "kaggle" and (spec.group_column or spec.label_columns):
+        key = "group_column" if spec.group_column else "label_columns"
+        raise DataSourceError(f"data.{key} names columns of a labels CSV, and data.source={spec.source} has none; "
+                              f"use data.source: kaggle or remove data.{key}")
+    sources = loaders[spec.source](spec, task_spec) if spec.source == "kaggle" else loaders[spec.source](spec)
     if spec.limit is not None and spec.limit < len(sources.train):
-        keep = np.arange(spec.limit)
-        sources = Sources(sources.train.subset(keep), sources.test, sources.sample_submission,
-                          sources.sample_submission_path, sources.test_solution)
+        sources = sources.with_train(sources.train.subset(np.arange(spec.limit)))
     if spec.sample is not None and spec.sample < len(sources.train):
-        sources = Sources(sources.train.subset(stratified_sample(sources.train.labels, spec.sample, spec.seed)),
-                          sources.test, sources.sample_submission, sources.sample_submission_path,
-                          sources.test_solution)
+        sources = sources.with_train(sources.train.subset(stratified_sample(strata(sources.task, sources.train.labels),
+                                                                            spec.sample, spec.seed)))
     return sources
 
 
 def stratified_sample(labels, n: int, seed: int) -> np.ndarray:
     """Rows of a stratified sample of `n` of `labels` (scikit-learn's train_test_split, random_state=seed), in
-    table order; a class too rare to stratify (one image) is sampled without stratification."""
+    table order; a class too rare to stratify (one image) is sampled without stratification, as are several
+    labels a row and real values (a plain random sample)."""
     from sklearn.model_selection import train_test_split
     labels = np.asarray(labels)
-    counts = np.bincount(labels)
-    stratify = labels if counts[counts > 0].min() >= 2 and n >= len(counts[counts > 0]) else None
+    stratify = None
+    if labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer) and labels.min() >= 0:
+        counts = np.bincount(labels)
+        stratify = labels if counts[counts > 0].min() >= 2 and n >= len(counts[counts > 0]) else None
     rows, _ = train_test_split(np.arange(len(labels)), train_size=n, stratify=stratify, random_state=seed)
     return np.sort(rows)
-
-
-def sort_classes(values) -> tuple[str, ...]:
-    """Class names sorted; numerically when every name is an integer ("2" before "10")."""
-    names = sorted({str(v) for v in values})
-    if names and all(re.fullmatch(r"[+-]?\d+", n) for n in names):
-        names.sort(key=lambda n: (int(n), n))
-    return tuple(names)
 
 
 # ---------------------------------------------------------------- digits
@@ -201,15 +214,17 @@ def _read_sample_submission(root: Path, spec: DataSpec):
 
 # ---------------------------------------------------------------- kaggle
 
-def _load_kaggle(spec: DataSpec) -> Sources:
+def _load_kaggle(spec: DataSpec, task_spec: TaskSpec) -> Sources:
     root = Path(spec.root)
     csv = root / spec.train_csv
     if not csv.is_file():
         raise DataSourceError(f"{csv} does not exist; set data.train_csv to the labels CSV inside {root}")
     # Only empty cells count as missing: a class may well be called "NA" or "None".
     df = read_csv(csv, na_values=[""], fix="set data.train_csv to the labels CSV (UTF-8, an id and a label column)")
-    for key, col in (("id_column", spec.id_column), ("label_column", spec.label_column),
-                     ("path_column", spec.path_column)):
+    target_keys = [("label_columns", c) for c in spec.label_columns] if spec.label_columns else \
+        [("label_column", spec.label_column)]
+    for key, col in (("id_column", spec.id_column), *target_keys, ("path_column", spec.path_column),
+                     ("group_column", spec.group_column)):
         if col is not None and col not in df.columns:
             raise DataSourceError(f"{csv} has no column {col!r} (data.{key}); its columns are "
                                   f"{list(df.columns)}; set data.{key} to one of them")
@@ -223,15 +238,46 @@ def _load_kaggle(spec: DataSpec) -> Sources:
     _collect(problems, _check_csv_inside, paths, names.tolist(), image_dir, csv, f"column {column!r}",
              _train_fix(spec))
     _collect(problems, _check_train_files, paths, df, csv, spec, image_dir)
-    classes = sort_classes(df[spec.label_column].dropna())
     sample, sample_path = _read_sample_submission(root, spec)
+    targets = _collect(problems, _targets, df, spec, task_spec, csv, sample)
+    if targets is not None:
+        _collect(problems, _sample_fits, targets[0], sample, sample_path)
+    groups = _collect(problems, _groups, df, spec, csv)
+    classes = targets[0].outputs if targets else ()
     ids = df[spec.id_column].fillna("").to_numpy(dtype=str)
     test = _collect(problems, _kaggle_test, root, spec, classes, sample, sample_path, ids)
     _raise_all(problems, root)
-    index = {c: k for k, c in enumerate(classes)}
-    labels = np.array([index[v] for v in df[spec.label_column]], dtype=np.int64)
-    train = ImageTable(ids, [str(p) for p in paths], labels, classes)
-    return Sources(train, test, sample, sample_path)
+    task, labels = targets
+    train = ImageTable(ids, [str(p) for p in paths], labels, classes, groups=groups)
+    return Sources(train, test, sample, sample_path, task=task)
+
+
+def _targets(df, spec: DataSpec, task_spec: TaskSpec, csv, sample):
+    try:
+        return read_targets(df, spec, task_spec, csv, sample)
+    except TargetError as e:
+        raise DataSourceError(str(e)) from None
+
+
+def _sample_fits(task, sample, sample_path) -> None:
+    try:
+        check_sample(task, sample, sample_path)
+    except TargetError as e:
+        raise DataSourceError(str(e)) from None
+
+
+def _groups(df, spec: DataSpec, csv) -> Optional[np.ndarray]:
+    """data.group_column's values as text; every row needs one (a row without its group could leak)."""
+    if not spec.group_column:
+        return None
+    col = df[spec.group_column]
+    missing = np.flatnonzero(col.isna().to_numpy() | (col.astype(str).str.strip() == "").to_numpy())
+    if len(missing):
+        i = int(missing[0])
+        raise DataSourceError(f"{csv} row {i} (line {i + 2}): column {spec.group_column!r} (data.group_column) is "
+                              f"empty ({len(missing)} rows are); every row needs its group, or folds could put one "
+                              f"group on both sides: fill those rows (e.g. a group of their own) or drop them")
+    return col.astype(str).to_numpy(dtype=str)
 
 
 def _collect(problems: list, check, *args):
@@ -258,8 +304,7 @@ def _line(i: int, csv: Path) -> str:  # row i of the data is line i + 2 of the f
 
 def _check_empty_cells(df: pd.DataFrame, csv: Path, spec: DataSpec) -> None:
     found = []
-    for key, col in (("id_column", spec.id_column), ("label_column", spec.label_column),
-                     ("path_column", spec.path_column)):
+    for key, col in (("id_column", spec.id_column), ("path_column", spec.path_column)):
         if col is None:
             continue
         missing = np.flatnonzero(df[col].isna().to_numpy())
@@ -267,7 +312,7 @@ def _check_empty_cells(df: pd.DataFrame, csv: Path, spec: DataSpec) -> None:
             found.append(f"column {col!r} (data.{key}) is empty at {_line(missing[0], csv)}"
                          f"{f' and {len(missing) - 1} more rows' if len(missing) > 1 else ''}")
     if found:
-        raise DataSourceError(f"{csv}: {'; '.join(found)}; every labelled image needs an id and a label")
+        raise DataSourceError(f"{csv}: {'; '.join(found)}; every labelled image needs an id")
 
 
 def _check_duplicate_ids(df: pd.DataFrame, csv: Path, spec: DataSpec) -> None:

@@ -78,7 +78,9 @@ def embedding_loader(x, y, batch_size: int, *, shuffle: bool, seed: int, drop_la
     `loader.generator` every epoch, which is also the sampler's."""
     from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
     x = torch.as_tensor(np.asarray(x, dtype=np.float32))
-    dataset = TensorDataset(x, torch.as_tensor(np.asarray(y, dtype=np.int64)), torch.arange(len(x)))
+    y = np.asarray(y)  # class indices, or float targets (kit.task.train_targets)
+    y = y.astype(np.float32) if y.dtype.kind == "f" else y.astype(np.int64)
+    dataset = TensorDataset(x, torch.as_tensor(y), torch.arange(len(x)))
     generator = torch.Generator().manual_seed(int(seed))
     order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     # whole batches indexed at once: one gather per batch instead of batch_size lookups and a collate
@@ -98,7 +100,8 @@ def _linears(head: nn.Module) -> list[nn.Linear]:
 
 
 def fit_torch_head(head: nn.Module, x_train, y_train, x_val, y_val, spec: TrainSpec, out_dir, *,
-                   model_spec: ModelSpec | None = None, device="cpu", resume: bool = False, on_epoch_end=None):
+                   model_spec: ModelSpec | None = None, device="cpu", resume: bool = False, on_epoch_end=None,
+                   task=None):
     """Train `head` on standardised embeddings with kit.train.fit (the recipe's optimiser, schedule, label
     smoothing, mixup, EMA, early stopping on train.metric), its checkpoints in `out_dir`. The head ends with its
     best epoch's weights, taking raw embeddings; returns the kit.train.History."""
@@ -116,8 +119,8 @@ def fit_torch_head(head: nn.Module, x_train, y_train, x_val, y_val, spec: TrainS
                              drop_last=spec.mixup > 0 and len(x) > spec.batch_size)  # timm's Mixup pairs the batch
     val = embedding_loader(x_val, y_val, EVAL_BATCH, shuffle=False, seed=spec.seed)
     head.to(device)
-    history = fit(head, train, val, np.asarray(y_val, dtype=np.int64),
-                  model_spec or ModelSpec(strategy="feature_extract"), spec, out_dir,
+    history = fit(head, train, val, np.asarray(y_val) if task is not None else np.asarray(y_val, dtype=np.int64),
+                  model_spec or ModelSpec(strategy="feature_extract"), spec, out_dir, task=task,
                   num_classes=_linears(head)[-1].out_features, device=device, channels_last=False,
                   resume=resume, on_epoch_end=on_epoch_end)
     head.load_state_dict(load_checkpoint(Path(out_dir) / "best.pt")["model"])
@@ -268,6 +271,37 @@ def logreg_as_linear(pipeline, num_classes: int) -> nn.Linear:
     with torch.no_grad():
         linear.weight.copy_(torch.from_numpy(weight))
         linear.bias.copy_(torch.from_numpy(full_bias))
+    return linear
+
+
+def fit_linear_head(task, c: float, x, y) -> nn.Linear:
+    """A task's scikit-learn head as one nn.Linear on raw embeddings (standardised inside, as the classifiers'):
+    one logistic regression per label (binary, multilabel: logits, which the task's sigmoid reads), or a ridge
+    regression (alpha 1 / c) of the standardised grade or value (kit.task.train_targets, which activate maps back).
+    A label with one value in the training rows gets a constant logit of +-20."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from kit.task import train_targets
+    x = np.asarray(x, dtype=np.float64)
+    mean, scale = embedding_scale(x)
+    xs = (x - mean) / scale
+    if task.kind in ("binary", "multilabel"):
+        labels = np.asarray(y).reshape(len(x), -1)
+        coef, bias = np.zeros((labels.shape[1], x.shape[1])), np.zeros(labels.shape[1])
+        for k in range(labels.shape[1]):
+            col = labels[:, k]
+            if col.min() == col.max():
+                bias[k] = 20.0 if col[0] else -20.0
+                continue
+            lr = LogisticRegression(C=c, max_iter=2000).fit(xs, col)
+            coef[k], bias[k] = lr.coef_[0], lr.intercept_[0]
+    else:
+        ridge = Ridge(alpha=1.0 / c).fit(xs, train_targets(task, y)[:, 0])
+        coef, bias = ridge.coef_[None, :], np.array([ridge.intercept_])
+    weight = coef / scale
+    linear = nn.Linear(x.shape[1], len(bias))
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(weight))
+        linear.bias.copy_(torch.from_numpy(bias - weight @ mean))
     return linear
 
 

@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from kit import metrics as M
+from kit.task import activate, train_targets
 from kit.features._cache import cache_root, cached_embeddings, feature_views
 from kit.features._heads import (HEAD_FILE, SklearnHead, calibration_split, create_head, fit_sklearn_head,
-                                 fit_temperature, fit_torch_head, fitted_c, head_proba, install_head,
+                                 fit_linear_head, fit_temperature, fit_torch_head, fitted_c, head_proba, install_head,
                                  logreg_as_linear, save_sklearn_head, sklearn_proba)
 
 HEAD_TRAINING_DIR = "head_training"  # a torch head's last.pt / best.pt while it trains (resumable); removed after
@@ -30,7 +31,7 @@ def fit_feature_member(ctx, member, model: nn.Module, cfg: dict, out: Path, *, d
     r, spec = member.recipe, member.recipe.model
     table = ctx.sources.train
     if spec.cut_at is not None and not isinstance(model, CutBackbone):
-        model = to_device(CutBackbone(model, spec.cut_at, len(table.classes), spec.drop_rate), device, channels_last)
+        model = to_device(CutBackbone(model, spec.cut_at, ctx.task.n_outputs, spec.drop_rate), device, channels_last)
     views = feature_views(spec.head_views)
     emb = cached_embeddings(model, table, cfg, backbone=spec.backbone, weights=spec.weights, cut_at=spec.cut_at,
                             views=views, batch_size=r.train.batch_size * 2, num_workers=r.data.num_workers,
@@ -38,7 +39,8 @@ def fit_feature_member(ctx, member, model: nn.Module, cfg: dict, out: Path, *, d
     train_rows, val_rows = np.flatnonzero(ctx.folds != member.fold), np.flatnonzero(ctx.folds == member.fold)
     t0 = time.perf_counter()
     fit_head = _fit_torch if spec.head in ("linear", "mlp") else _fit_sklearn
-    head, history, info = fit_head(member, emb, views, table, train_rows, val_rows, out, device, on_epoch_end)
+    head, history, info = fit_head(member, emb, views, table, train_rows, val_rows, out, device, on_epoch_end,
+                                   ctx.task)
     model = to_device(install_head(model, head), device, channels_last)
     atomic_save({"model": model.state_dict(), "epoch": history.best_epoch, "score": history.best_score},
                 out / "best.pt")
@@ -55,9 +57,24 @@ def _rows(emb, views, rows) -> np.ndarray:
     return np.concatenate([emb.views[v][rows] for v in views])  # views as extra rows
 
 
-def _fit_torch(member, emb, views, table, train_rows, val_rows, out, device, on_epoch_end):
-    """A linear / MLP head through kit.train.fit on most training images, its temperature fitted on the rest."""
+def _tile(labels, n: int) -> np.ndarray:
+    """Targets of rows repeated once per view (views are extra rows)."""
+    return np.concatenate([labels] * n) if n > 1 else np.asarray(labels)
+
+
+def _fit_torch(member, emb, views, table, train_rows, val_rows, out, device, on_epoch_end, task):
+    """A linear / MLP head through kit.train.fit on most training images, its temperature fitted on the rest (one
+    class per image; other tasks: every training image, the task's loss, no temperature)."""
     r, spec = member.recipe, member.recipe.model
+    if not task.softmax:
+        x_train = _rows(emb, views, train_rows)
+        y_train = train_targets(task, _tile(table.labels[train_rows], len(views)))
+        torch.manual_seed(r.train.seed)
+        head = create_head(spec, x_train.shape[1], task.n_outputs)
+        history = fit_torch_head(head, x_train, y_train, emb.views["none"][val_rows], table.labels[val_rows],
+                                 r.train, out / HEAD_TRAINING_DIR, model_spec=spec, device=device, resume=True,
+                                 on_epoch_end=on_epoch_end, task=task)
+        return head, history, {"train_rows": len(x_train), "calibration_images": 0}
     fit_pos, cal_pos = calibration_split(table.labels[train_rows], r.train.seed)
     fit_rows, cal_rows = train_rows[fit_pos], train_rows[cal_pos]
     x_train, y_train = _rows(emb, views, fit_rows), np.tile(table.labels[fit_rows], len(views))
@@ -75,10 +92,25 @@ def _fit_torch(member, emb, views, table, train_rows, val_rows, out, device, on_
                            "val_log_loss_calibrated": after}
 
 
-def _fit_sklearn(member, emb, views, table, train_rows, val_rows, out, device, on_epoch_end):
-    """logreg (installed as one nn.Linear) or svm (a SklearnHead, saved as HEAD_FILE), C by inner CV."""
+def _fit_sklearn(member, emb, views, table, train_rows, val_rows, out, device, on_epoch_end, task):
+    """logreg (installed as one nn.Linear) or svm (a SklearnHead, saved as HEAD_FILE), C by inner CV; other tasks:
+    per-label logistic regressions or a ridge regression at model.head_c (kit.features.fit_linear_head)."""
     from kit.train import History
     r, spec = member.recipe, member.recipe.model
+    if not task.softmax:
+        t0 = time.perf_counter()
+        x_train = _rows(emb, views, train_rows)
+        head = fit_linear_head(task, spec.head_c, x_train, _tile(table.labels[train_rows], len(views)))
+        seconds = time.perf_counter() - t0
+        with torch.no_grad():
+            p = activate(task, head(torch.as_tensor(np.asarray(emb.views["none"][val_rows], dtype=np.float32))))
+        scores = M.score_all(table.labels[val_rows], p.numpy(), task.metrics)
+        history = History([{"epoch": 0, "train_loss": float("nan"), **{f"val_{k}": v for k, v in scores.items()},
+                            "train_images_per_s": len(x_train) / seconds, "seconds": seconds}],
+                          0, scores[r.train.metric])
+        if on_epoch_end is not None:
+            on_epoch_end(0, history.epochs[0])
+        return head, history, {"train_rows": len(x_train), "calibration_images": 0, "head_c": spec.head_c}
     num_classes = len(table.classes)
     x_train, y_train = _rows(emb, views, train_rows), np.tile(table.labels[train_rows], len(views))
     x_val, y_val = emb.views["none"][val_rows], table.labels[val_rows]

@@ -40,7 +40,8 @@ _NUMBER = (int, float)
 # what readers of bundle.json use, checked before anything reads a field
 MANIFEST_SCHEMA = {"format": int, "classes": [str], "versions": dict, "left_out?": [str],
                    "blend": {"method": (str, type(None)), "oof_score?": (int, float, type(None)),
-                             "nested_score?": (int, float, type(None)), "params?": (dict, type(None))},
+                             "nested_score?": (int, float, type(None)), "params?": (dict, type(None)),
+                             "rule?": (dict, type(None))},
                    "configs": [{"name": str, "tta": str, "weight": _NUMBER, "score": _NUMBER,
                                 "temperature?": (int, float, type(None)), "members": [str]}],
                    "files": {"*": {"sha256": str, "bytes": int}}}

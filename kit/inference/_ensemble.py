@@ -44,6 +44,7 @@ class Blend:
     oof_score: float | None = None
     nested_score: float | None = None
     params: dict | None = None  # stack: the second-level model (kit.ensemble.MethodResult.params)
+    rule: dict | None = None  # the decision rule fitted out of fold (kit.decision), applied to the blend's scores
 
 
 class Ensemble:
@@ -69,6 +70,11 @@ class Ensemble:
     @property
     def metric(self) -> str:
         return self.recipe.train.metric
+
+    @property
+    def task(self):
+        """What the run's target is (kit.task.Task): the columns predict returns and what predict_labels decides."""
+        return self.plan.task
 
     def __repr__(self) -> str:
         method = self.blend.method or "one configuration"
@@ -108,36 +114,50 @@ class Ensemble:
         kept = [self.configs[i] for i in sorted(ranked[:k])]
         if k == 1:
             return self._copy(configs=[replace(kept[0], weight=1.0, temperature=None)], blend=Blend(None))
+        # (a rule fitted on the whole blend's scores does not apply to a part of it: the default rule decides)
         total = sum(c.weight for c in kept)
-        return self._copy(configs=[replace(c, weight=c.weight / total) for c in kept])
+        return self._copy(configs=[replace(c, weight=c.weight / total) for c in kept], blend=replace(self.blend, rule=None))
 
     def with_tta(self, mode: str) -> "Ensemble":
         """Every configuration predicted at TTA mode `mode` instead of its chosen one."""
         if mode not in TTA_MODES:
             raise RecipeError(f"--tta {mode!r} is not a TTA mode; valid: {', '.join(TTA_MODES)}")
-        return self._copy(configs=[c if c.tta == mode else replace(c, tta=mode, score=None) for c in self.configs])
+        return self._copy(configs=[c if c.tta == mode else replace(c, tta=mode, score=None) for c in self.configs],
+                          blend=replace(self.blend, rule=None))  # a rule fitted on other scores does not apply
 
     # ------------------------------------------------------------ predicting
 
     def predict(self, images, ids=None, *, batch_size: int | None = None, device=None, num_workers: int | None = None,
                 progress=None) -> pd.DataFrame:
-        """Class probabilities of `images` (paths, a folder, PIL images, HxWx3 uint8 arrays, or a table from
-        prepare_images): a DataFrame indexed by `ids` (a folder: its file ids; else positions) with
-        a column per class. Bad image files raise one ImageReadError naming them all. progress(done, total)."""
+        """The task's scores of `images` (paths, a folder, PIL images, HxWx3 uint8 arrays, or a table from
+        prepare_images): a DataFrame indexed by `ids` (a folder: its file ids; else positions) with a column per
+        class or label (probabilities), or one column (P(1) of a 0/1, a grade, a value), the run's fitted decision
+        rule applied (kit.decision). Bad image files raise one ImageReadError naming them all.
+        progress(done, total)."""
         table, named = prepare_images(images, ids, self.classes, self.recipe.data.image_suffix)
         probs = self.predict_table(table, batch_size=batch_size, device=device, num_workers=num_workers,
                                    progress=progress)
         index = pd.Index(table.ids, name="id") if named else pd.RangeIndex(len(table))
         return pd.DataFrame(probs, index=index, columns=list(self.classes))
 
-    def predict_labels(self, images, ids=None, **kwargs) -> pd.Series:
-        """The most probable class name of each image (same arguments as predict)."""
+    def predict_labels(self, images, ids=None, **kwargs) -> pd.Series | pd.DataFrame:
+        """What a submission's label format holds for each image (same arguments as predict): the class name, 0/1,
+        the tags, the grade, the value clipped to its range (kit.task.label_values); a DataFrame of 0/1 columns
+        where the target came as one column per label."""
+        from kit.task import label_values
         probs = self.predict(images, ids, **kwargs)
-        return pd.Series(np.asarray(self.classes, dtype=object)[probs.to_numpy().argmax(axis=1)], index=probs.index,
-                         name=self.recipe.data.label_column)
+        cells = label_values(self.task, probs.to_numpy())
+        if len(cells) == 1:
+            return pd.Series(cells[0], index=probs.index, name=self.recipe.data.label_column, dtype=object)
+        return pd.DataFrame({c: v for c, v in zip(self.task.outputs, cells)}, index=probs.index)
 
     def predict_table(self, table, *, batch_size=None, device=None, num_workers=None, progress=None) -> np.ndarray:
-        """The blend's probabilities [N, C] float32 of an ImageTable (kit.data.sources), in its row order."""
+        """The blend's scores [N, K] float32 of an ImageTable (kit.data.sources), in its row order, the decision
+        rule applied."""
+        from kit.decision import apply_decision
+        return apply_decision(self.blend.rule, self._blend_table(table, batch_size, device, num_workers, progress))
+
+    def _blend_table(self, table, batch_size, device, num_workers, progress) -> np.ndarray:
         from kit import ensemble as E
         per_config = self._config_probs(table, batch_size, device, num_workers, progress)
         if self.blend.method is None:
@@ -151,7 +171,7 @@ class Ensemble:
                           f"probabilities); predict the whole test set in one call, or select(1)", stacklevel=3)
         result = E.MethodResult(self.blend.method, np.array([c.weight for c in self.configs]), np.nan, np.nan,
                                 **({"params": self.blend.params} if self.blend.params else {}))
-        return E.apply_method(per_config, result).astype(np.float32)
+        return E.apply_method(per_config, result, simplex=self.task.softmax).astype(np.float32)
 
     def time_per_1000(self, *, batch_size=None, device=None, n: int = TIMING_IMAGES) -> float:
         """Seconds per 1,000 images, from a timing pass of `n` synthetic images through every model and the blend
@@ -193,7 +213,7 @@ class Ensemble:
                                      batch_size or m.recipe.train.batch_size * 2,  # predict_member's batch
                                      shuffle=False, num_workers=workers, seed=m.recipe.train.seed)
                 by_mode, rows = predict_modes(self._model(m, device), _counted(loader, progress, done, total),
-                                              [c.tta], **tta_kwargs(m, chunk, device))
+                                              [c.tta], **tta_kwargs(m, chunk, device, self.task))
                 probs = np.zeros((len(table), len(self.classes)), np.float32)
                 probs[rows] = by_mode[c.tta]
                 out[m.name] = probs

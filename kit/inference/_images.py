@@ -128,7 +128,7 @@ def write_predictions(ens, probs: pd.DataFrame, path, *, sample=None, force: boo
     path = check_new_file(path, force=force)  # before the submission is made; write_submission checks again
     pred = Predictions(probs.index.astype(str), probs.to_numpy(), ens.classes)
     data = ens.recipe.data
-    df = make_submission(pred, sample, fmt=ens.recipe.submit.format,
+    df = make_submission(pred, sample, fmt=ens.recipe.submit.format, task=ens.task,
                          **({} if sample is not None else {"id_column": data.id_column,
                                                            "label_column": data.label_column}))
     return write_submission(df, path, overwrite=force)

@@ -61,12 +61,12 @@ def _run_choice(run_dir: Path, names: list):
         if report.members != names:
             raise RunDirError(f"{run_dir / 'ensemble' / REPORT_FILE} is about {report.members}, the plan has "
                               f"{names}; {fix}")
-        return Blend(None), {names[0]: 1.0}, report.tta, {names[0]: None}
+        return Blend(None, rule=report.rule), {names[0]: 1.0}, report.tta, {names[0]: None}
     if report.members != names or report.chosen is None:
         raise RunDirError(f"{run_dir / 'ensemble' / REPORT_FILE} blends {report.members}, the plan has {names}; "
                           f"blend the run again with: kit submit {run_dir}")
     res = report.methods[report.chosen]
-    blend = Blend(report.chosen, res.get("oof_score"), res.get("nested_score"), res.get("params"))
+    blend = Blend(report.chosen, res.get("oof_score"), res.get("nested_score"), res.get("params"), report.rule)
     temps = report.temperatures or [None] * len(names)
     return (blend, dict(zip(names, (float(w) for w in res["weights"]))), report.tta, dict(zip(names, temps)))
 

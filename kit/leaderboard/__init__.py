@@ -121,8 +121,13 @@ def score_submission(submission_csv, solution_csv, metric: str, id_column: str |
                          f"{' and ' + repr(usage_column) if usage_column else ''}; found {label_columns}")
     _check_same_ids(solution[id_column], submission[id_column], sol_path, sub_path)
     submission = submission.set_index(id_column).loc[solution[id_column]]
-    classes, probs = _submission_probs(submission, solution[label_columns[0]], sub_path, sol_path)
-    y = np.array([classes.index(label) for label in solution[label_columns[0]]])
+    if metric in VALUE_METRICS or metric in TAG_METRICS or (
+            metric in ("roc_auc", "log_loss") and submission.shape[1] == 1 and _numeric(solution[label_columns[0]])
+            and _numeric(submission.iloc[:, 0])):
+        y, probs = _value_targets(metric, submission, solution[label_columns[0]], sub_path)
+    else:
+        classes, probs = _submission_probs(submission, solution[label_columns[0]], sub_path, sol_path)
+        y = np.array([classes.index(label) for label in solution[label_columns[0]]])
     result = {"metric": metric}
     for part in ("public", "private"):
         mask = (usage == part).to_numpy()
@@ -161,6 +166,34 @@ def _check_same_ids(solution_ids, submission_ids, sol_path, sub_path):
                          f"prediction, e.g. {list(missing[:3])}")
     if len(extra):
         raise SubmissionError(f"{sub_path}: {len(extra)} ids are not in {sol_path}, e.g. {list(extra[:3])}")
+
+
+VALUE_METRICS = ("rmse", "mae", "qwk")  # one numeric column: grades or values
+TAG_METRICS = ("f2_samples", "f1_micro")  # one column of separated tags a row
+
+
+def _numeric(values) -> bool:
+    return bool(pd.to_numeric(pd.Series(values), errors="coerce").notna().all())
+
+
+def _value_targets(metric: str, submission, truth, sub_path) -> tuple[np.ndarray, np.ndarray]:
+    """(y, scores (n, K)) of a one-column submission of values, grades, P(1) or tags (kit.task's shapes)."""
+    if submission.shape[1] != 1:
+        raise SubmissionError(f"{sub_path}: {metric} scores one prediction column besides the id, it has "
+                              f"{list(submission.columns)}")
+    pred = submission.iloc[:, 0]
+    if metric in TAG_METRICS:  # tags: one 0/1 column per tag either side has
+        t = [set(str(v).split()) for v in truth]
+        p = [set(str(v).split()) if isinstance(v, str) else set() for v in pred]
+        vocab = sorted(set().union(*t, *p))
+        return (np.array([[int(w in r) for w in vocab] for r in t]),
+                np.array([[float(w in r) for w in vocab] for r in p]))
+    values = pd.to_numeric(pred, errors="coerce").to_numpy(dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise SubmissionError(f"{sub_path}: {int((~np.isfinite(values)).sum())} predictions are not numbers, e.g. "
+                              f"{pred[~np.isfinite(values)].iloc[0]!r}")
+    y = pd.to_numeric(truth).to_numpy()
+    return (y.astype(np.int64) if np.all(y == np.round(y)) else y.astype(np.float64)), values[:, None]
 
 
 def _submission_probs(submission, labels, sub_path, sol_path) -> tuple[list[str], np.ndarray]:

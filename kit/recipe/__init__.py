@@ -21,13 +21,13 @@ from kit.recipe._recipe import (NOT_CONFIG_KEYS, SEED_KEYS, UNHASHED_KEYS, Recip
 from kit.recipe._specs import (BLEND_METHODS, DEVICES, LR_BY_STRATEGY, MAX_DIGITS_SIDE, MAX_SIDE, N_DIGITS,
                                TTA_DEFAULT_SCALES, TTA_MERGES, TTA_MODES, AugmentSpec, DataSpec, DistillSpec,
                                EnsembleSpec, ModelSpec, PseudoSpec, SearchParam, SearchSpec, Seed, Spec, SubmitSpec,
-                               TrainSpec, TTASpec)
+                               TASK_KINDS, TaskSpec, TrainSpec, TTASpec)
 
 __all__ = [
     "AugmentSpec", "BLEND_METHODS", "DEVICES", "DataSpec", "DistillSpec", "EnsembleSpec", "LR_BY_STRATEGY",
     "MAX_DEPTH", "MAX_DIGITS_SIDE", "MAX_FILE_BYTES", "MAX_SIDE", "MAX_TEXT", "MAX_VALUES", "ModelSpec",
     "NOT_CONFIG_KEYS", "N_DIGITS", "PseudoSpec", "Recipe", "RecipeError", "SEED_KEYS", "SearchParam", "SearchSpec", "Seed", "Spec",
-    "SubmitSpec", "TTASpec", "TTA_DEFAULT_SCALES", "TTA_MERGES", "TTA_MODES", "TrainSpec", "UNHASHED_KEYS",
+    "SubmitSpec", "TASK_KINDS", "TaskSpec", "TTASpec", "TTA_DEFAULT_SCALES", "TTA_MERGES", "TTA_MODES", "TrainSpec", "UNHASHED_KEYS",
     "apply_overrides", "backbone_overrides", "backbone_recipe", "drop_keys", "load_recipe", "parse_override",
     "read_yaml", "recipe_from_dict", "recipe_hash", "set_path", "usable_transform",
 ]

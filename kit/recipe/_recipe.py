@@ -17,7 +17,7 @@ from pydantic import ValidationError, field_validator
 from kit.errors import RecipeError
 from kit.recipe._checks import _check_plain, _check_semantics, _key, _short, _unknown_key, load_yaml
 from kit.recipe._specs import (AugmentSpec, DataSpec, DistillSpec, EnsembleSpec, ModelSpec, PseudoSpec, SearchParam,
-                               SearchSpec, Spec, SubmitSpec, TrainSpec, TTASpec)
+                               SearchSpec, Spec, SubmitSpec, TaskSpec, TrainSpec, TTASpec)
 
 
 class Recipe(Spec):
@@ -25,6 +25,7 @@ class Recipe(Spec):
     output_dir: str = "runs"  # runs land in output_dir/name
     leaderboard: Optional[str] = None  # SQLAlchemy URL; default leaderboard/leaderboard.sqlite
     data: DataSpec = DataSpec()
+    task: TaskSpec = TaskSpec()
     augment: AugmentSpec = AugmentSpec()
     model: ModelSpec = ModelSpec()
     train: TrainSpec = TrainSpec()

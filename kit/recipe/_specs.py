@@ -96,7 +96,13 @@ class DataSpec(Spec):
     # Kaggle-style folder: root/train.csv (id or path column + label column), root/<image_dir>/, root/<test_dir>/
     train_csv: str = "train.csv"
     id_column: str = "id"
-    label_column: str = "label"
+    label_column: str = "label"  # the target: a class, a 0/1, space-separated tags, a grade or a real value
+    # several labels, one 0/1 column each (multilabel; or multiclass when each row holds exactly one 1, as
+    # plant-pathology-2020); replaces label_column
+    label_columns: Optional[list[str]] = None
+    tag_separator: str = Field(" ", min_length=1)  # multilabel tags in one column: what separates them
+    # rows of one group (a patient, a subject) stay in one fold; the holdout takes whole groups
+    group_column: Optional[str] = None
     path_column: Optional[str] = None  # a column with image paths (relative to image_dir); default: id + image_suffix
     image_dir: str = "train"
     image_suffix: str = ""  # appended to ids to name files, e.g. ".jpg"
@@ -195,7 +201,9 @@ class ModelSpec(Spec):
     unfreeze_every: int = Field(1, ge=1)  # gradual: one more stage (from the top) every N epochs
     layer_decay: Optional[float] = Field(None, gt=0, le=1)  # full: layer-wise lr decay (timm optim factory)
     cut_at: Optional[int] = Field(None, ge=0)  # cut_at: last stage kept (index into feature_info)
-    head: Literal["linear", "mlp", "logreg", "svm"] = "linear"
+    # feature_extract's head: linear / mlp (torch, every task), logreg (classes; one logistic per label for 0/1 and
+    # several labels), svm (classes), ridge (grades and real values)
+    head: Literal["linear", "mlp", "logreg", "svm", "ridge"] = "linear"
     head_hidden: int = Field(512, ge=1, le=65536)  # mlp head width (1280 x 65536 = 84M weights at most)
     head_c: float = Field(1.0, gt=0)  # logreg / svm inverse regularisation strength
     head_views: int = Field(1, ge=1, le=64)  # feature_extract: cached views per training image (1 = no flips)
@@ -236,7 +244,10 @@ class TrainSpec(Spec):
     accum_steps: int = Field(1, ge=1, le=4096)
     grad_clip: Optional[float] = Field(None, gt=0)
     early_stopping: Optional[int] = Field(None, ge=1)  # patience in epochs on the validation metric
-    metric: Literal["accuracy", "log_loss", "f1_macro"] = "accuracy"
+    # the validation metric (early stopping, TTA and blend choice, tuning, the leaderboard); auto: the task's
+    # (kit.task.DEFAULT_METRIC: accuracy for classes, roc_auc for a 0/1, qwk for grades, rmse for real values)
+    metric: Literal["auto", "accuracy", "log_loss", "f1_macro", "f1_micro", "f2_samples", "roc_auc", "qwk", "rmse",
+                    "mae"] = "auto"
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 on CUDA when supported, off on CPU
     # torch.compile the model for training and prediction; off: on this 2-core CPU it was slower
     # (benchmarks/bench_compile.py; measure it on a GPU before turning it on)
@@ -328,8 +339,40 @@ class EnsembleSpec(Spec):
         return _check_known(v, BLEND_METHODS, "blending methods")
 
 
+TASK_KINDS = ("multiclass", "binary", "multilabel", "ordinal", "regression")
+
+
+class TaskSpec(Spec):
+    # What the target is (kit.task, resolved once in the plan): multiclass (one class per image), binary (a 0/1
+    # column, one probability out), multilabel (several labels per image: tags in one column or one 0/1 column
+    # each), ordinal (integer grades, regressed then cut), regression (a real value); auto: from the target's values
+    # (kit init writes the kind it found, with its reason)
+    kind: Literal[("auto",) + TASK_KINDS] = "auto"
+    # auto: cross-entropy (multiclass, with train.label_smoothing), BCE on logits (binary, multilabel), MSE on the
+    # standardised target (ordinal, regression); huber: a robust loss for noisy real values
+    loss: Literal["auto", "cross_entropy", "bce", "mse", "huber"] = "auto"
+    pos_weight: Optional[float] = Field(None, gt=0)  # binary / multilabel BCE: weight of the positives
+    # ordinal / regression: [low, high] of the target; values outside are errors, predictions are clipped to it;
+    # default: the training targets' range
+    range: Optional[list[float]] = None
+    # the rule from scores to submitted values where the metric depends on it (thresholds per label for F1/F-beta,
+    # cut-points for kappa, a threshold for a 0/1 label): fit, fitted on out-of-fold predictions and kept when its
+    # nested estimate beats the default rule (argmax, 0.5, rounding); default: the default rule
+    decision: Literal["fit", "default"] = "fit"
+
+    @field_validator("range")
+    @classmethod
+    def _low_high(cls, v):
+        if v is not None and (len(v) != 2 or not v[0] < v[1]):
+            raise ValueError(f"task.range is [low, high] with low < high, got {v}; e.g. [0, 4]")
+        return v
+
+
 class SubmitSpec(Spec):
-    format: Literal["label", "proba"] = "label"
+    # label: the decided values (a class name, 0/1, tags, a grade, a clipped value); proba: the scores (one
+    # probability column per class or label, P(1) of a 0/1, the value itself); auto: proba when the sample
+    # submission holds probabilities (non-integer numbers), else label
+    format: Literal["auto", "label", "proba"] = "auto"
     path: str = "submission.csv"  # relative to the run directory
 
 

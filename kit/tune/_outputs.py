@@ -75,7 +75,17 @@ def blend_top_k(top_k_json, methods=None) -> dict:
     if len(oofs) < 2:
         raise RunDirError(f"{top_k_json}: {len(oofs)} trials with predictions here; blending needs 2 or more")
     oofs = [p.reorder(oofs[0].ids) for p in oofs]
-    return E.evaluate_methods(oofs, top["metric"], methods=methods or E.METHODS)
+    return E.evaluate_methods(oofs, top["metric"], methods=methods or E.METHODS, task=_trials_task(top))
+
+
+def _trials_task(top: dict):
+    """The task (kit.task) the trials' plans resolved, from the first trial's run directory; None (classes) when
+    it is not here."""
+    from kit.plan import PLAN_FILE, load_plan
+    run_dir = next((t.get("run_dir") for t in top["trials"] if t.get("run_dir")), None)
+    if run_dir is None or not (Path(run_dir) / PLAN_FILE).is_file():
+        return None
+    return load_plan(Path(run_dir) / PLAN_FILE).task
 
 
 def save_plots(study: optuna.Study, recipe: Recipe, log=print) -> list[Path]:

@@ -19,6 +19,8 @@ def tune(recipe: Recipe, n_trials: int | None = None, timeout: float | None = No
     """Run n_trials (default search.trials) trials in this process, at most `timeout` seconds, stopping early once
     the study holds `total` finished trials; then write best.yaml, top_k.json and the plots. Trials that raise or
     score NaN fail and the study goes on; Ctrl-C stops it (run again to resume)."""
+    from kit.context import with_resolved_metric
+    recipe = with_resolved_metric(recipe)  # train.metric: auto -> the task's (the study's direction needs it)
     heartbeat = resolve_heartbeat(heartbeat_s, grace_s, max_retry)
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours (_after_trial)

@@ -100,7 +100,9 @@ def create_study(recipe: Recipe, storage: str | None = None, study_name: str | N
                  pruner=None, heartbeat: Heartbeat | None = None) -> optuna.Study:
     """Check the search space, then create the study, or load it (resume, or another worker's) if it exists.
     `sampler` and `pruner` replace the ones search.sampler / search.pruner name."""
+    from kit.context import with_resolved_metric
     check_search_space(recipe)
+    recipe = with_resolved_metric(recipe)
     name = resolve_study_name(recipe, study_name)
     url = resolve_storage(recipe, storage)
     metric = recipe.train.metric

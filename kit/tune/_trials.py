@@ -50,7 +50,8 @@ def _objective(recipe: Recipe, name: str):
             trial.set_user_attr("fail_reason", _fail_reason(e))
             raise
         # one member's pooled out-of-fold rows are its fold's: the same rule as the run summary's
-        tta = choose_tta(config_oofs(r.run_dir, [member], {member.name: rec}), metric, member.recipe.tta.mode).name
+        tta = choose_tta(config_oofs(r.run_dir, [member], {member.name: rec}), metric, member.recipe.tta.mode,
+                         ctx.task.metrics).name
         trial.set_user_attr("member", member.name)
         trial.set_user_attr("tta", tta)
         trial.set_user_attr("scores", rec["scores"][tta])
