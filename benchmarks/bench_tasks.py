@@ -25,6 +25,11 @@ For each task, one after the other, never two at once:
     python benchmarks/bench_tasks.py --tasks binary ordinal --train 2000 --test 500
     python benchmarks/bench_tasks.py --train 400 --test 200 --epochs 1 --only hand     # a smoke test, ~3 min
     python benchmarks/bench_tasks.py --budget 5 --set ensemble.seeds=[0] --json /tmp/bench_tasks.json
+    python benchmarks/bench_tasks.py --tasks binary ordinal --variants   # + binary without data.group_column
+                                                                         # + ordinal grades regressed (task.loss: mse)
+
+Each kit row also reports kit's own validation estimate (ensemble/report.json: the chosen blend's nested score or the
+best member's, before a decision rule), to set beside its test score.
 
 Long: kit init's default budget is 30 minutes of kit run a task, so the whole default run takes about two hours
 plus the hand loops on 2 cores. Not part of the test suite. Prints one table (metric: higher is better except
@@ -194,47 +199,29 @@ def validation_score(run_dir: Path) -> float | None:
         return None
 
 
-def ordinal_as_classes(ft, root: Path, work: Path, budget: float | None, timeout: float | None) -> dict:
-    """The other reading of grades, measured against kit's (regression, then cut): kit init's recipe run as
-    classes (task.kind multiclass, early stopping on log loss), its blend's expected grade sum_k k p_k cut at
-    cut-points fitted on the out-of-fold expected grades (kit.decision, as kit cuts its regressed grades); the
-    argmax class scored too."""
+def same_model_auc(run_dir: Path, root: Path) -> dict:
+    """Out-of-fold against test ROC AUC of the very same models (TTA none): each configuration's pooled out-of-fold
+    rows, and the mean test AUC of its fold models one by one, averaged over configurations. A run's submission
+    averages its fold models (and refits), which raises its test score above any single model's; this compares an
+    estimate with what it estimates, so a leak between folds shows as optimism (out-of-fold above test)."""
     import numpy as np
-    import pandas as pd
-    from kit.decision import apply_decision, fit_rule
+    from sklearn.metrics import roc_auc_score
+    from kit.plan import load_plan
     from kit.predictions import load_predictions
-    from kit.report import read_report
-    from kit.task import Task, decide
-    out = kit_side(ft, root, "ordinal", work, budget, ["task.kind=multiclass", "train.metric=log_loss"], timeout)
-    if not out.get("submission"):
-        return out
-    run_dir = Path(out["submission"]).parent
-    report = read_report(run_dir / "ensemble" / "report.json", "")
-    if report.chosen:
-        oof = load_predictions(run_dir / "ensemble" / f"oof_{report.chosen}.npz")
-        test = load_predictions(run_dir / "ensemble" / f"test_{report.chosen}.npz")
-    else:  # one configuration: its pooled predictions
-        from kit.plan import load_plan
-        from kit.pool import config_predictions
-        plan = load_plan(run_dir / "plan.json")
-        ms = plan.configs()[report.best_member]
-        oof, test = config_predictions(run_dir, ms, report.tta[report.best_member], refits=plan.refits(ms[0].config))
-    grades = np.array([int(c) for c in oof.classes])
-    y = grades[oof.labels]
-    e_oof, e_test = oof.probs @ grades, test.probs @ grades
-    task = Task("ordinal", ("level",), "qwk", low=int(grades.min()), high=int(grades.max()))
-    rule = fit_rule(task, y, e_oof[:, None])
-    values = decide(task, apply_decision(rule, e_test[:, None]))
-    sample = pd.read_csv(root / "sample_submission.csv", dtype=str)
-    order = {i: k for k, i in enumerate(test.ids)}
-    sub = work / "expected_grade.csv"
-    pd.DataFrame({sample.columns[0]: sample.iloc[:, 0],
-                  sample.columns[1]: [int(values[order[i]]) for i in sample.iloc[:, 0]]}).to_csv(sub, index=False)
-    out["argmax_score"] = out["score"]
-    out["score"] = score_quietly(ft, sub, root, "ordinal")
-    out["note"] = (f"classes (log loss), expected grade cut out of fold: QWK {out['score']:.4f}; argmax class: "
-                   f"{out['argmax_score']:.4f}")
-    return out
+    from kit.rundir import pred_path
+    import pandas as pd
+    sol = pd.read_csv(solution_path(root), dtype=str)
+    truth = dict(zip(sol.iloc[:, 0], sol.iloc[:, 1].astype(float)))
+    plan = load_plan(Path(run_dir) / "plan.json")
+    pooled, tests = [], []
+    for ms in plan.configs().values():
+        oofs = [load_predictions(pred_path(run_dir, m.name, "oof", "none")) for m in ms]
+        y = np.concatenate([o.labels for o in oofs])
+        pooled.append(roc_auc_score(y, np.concatenate([o.probs[:, 0] for o in oofs])))
+        for m in ms:
+            t = load_predictions(pred_path(run_dir, m.name, "test", "none"))
+            tests.append(roc_auc_score([truth[i] for i in t.ids], t.probs[:, 0]))
+    return {"oof": float(np.mean(pooled)), "test": float(np.mean(tests))}
 
 
 # --------------------------------------------------------------------------------------------------------- hand
@@ -408,8 +395,8 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, default=Path("/tmp/bench_tasks"), help="work folder")
     p.add_argument("--only", choices=["kit", "hand"])
     p.add_argument("--variants", action="store_true",
-                   help="also: binary without data.group_column (out-of-fold against test AUC), ordinal read as "
-                        "classes with the expected grade cut out of fold (against kit's regression then cut)")
+                   help="also: binary without data.group_column (out-of-fold against test AUC), ordinal grades "
+                        "regressed (task.loss: mse) against kit's default, classes with the expected grade")
     p.add_argument("--budget", type=float, default=None, metavar="MINUTES",
                    help="passed to kit init --budget (default: kit init's own default)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -460,11 +447,18 @@ def main(argv=None) -> None:
             print(f"[{task}] kit without groups: test {fmt(v['score'])}, out-of-fold {fmt(v.get('val'))} "
                   f"(with groups: test {fmt(row['kit']['score'])}, out-of-fold {fmt(row['kit'].get('val'))})",
                   flush=True)
-        if args.variants and args.only != "hand" and task == "ordinal":
-            print(f"[{task}] kit reading the grades as classes ...", flush=True)
-            v = ordinal_as_classes(ft, root, args.out / f"kit_{root.name}_classes", args.budget, args.kit_timeout)
-            row["kit_as_classes"] = v
-            print(f"[{task}] {v['note']}", flush=True)
+            for name, d in (("with groups", row["kit"]), ("without groups", v)):
+                if d.get("submission"):
+                    d["same_models"] = same_model_auc(Path(d["submission"]).parent, root)
+                    print(f"[{task}] {name}, the same models (TTA none): out-of-fold {d['same_models']['oof']:.4f}, "
+                          f"test {d['same_models']['test']:.4f}", flush=True)
+        if args.variants and args.only != "hand" and task == "ordinal":  # the other reading of grades
+            print(f"[{task}] kit regressing the grades (task.loss: mse) ...", flush=True)
+            v = kit_side(ft, root, task, args.out / f"kit_{root.name}_mse", args.budget,
+                         [*args.overrides, "task.loss=mse"], args.kit_timeout)
+            row["kit_mse"] = v
+            print(f"[{task}] kit regressing the grades: test {fmt(v['score'])}, out-of-fold {fmt(v.get('val'))} "
+                  f"(as classes, the default: test {fmt(row['kit']['score'])})", flush=True)
         k, h = (row.get("kit") or {}).get("score"), (row.get("hand") or {}).get("score")
         row["kit_minus_hand"] = None if k is None or h is None else k - h
         rows.append(row)
@@ -487,7 +481,7 @@ def main(argv=None) -> None:
                       fmt(hand.get("score")),
                       fmt(hand.get("holdout")), fmt(hand.get("seconds"), 0), str(hand.get("epochs") or kit.get("epochs") or "-"),
                       "-" if r["kit_minus_hand"] is None else f"{r['kit_minus_hand']:+.4f}"])
-        for name, v in (("no groups", r.get("kit_no_groups")), ("grades as classes", r.get("kit_as_classes"))):
+        for name, v in (("no groups", r.get("kit_no_groups")), ("grades regressed (task.loss: mse)", r.get("kit_mse"))):
             if v:
                 notes.append(f"  {r['task']} kit, {name}: test {fmt(v.get('score'))}, out-of-fold {fmt(v.get('val'))}, "
                              f"{fmt(v.get('seconds'), 0)} s {v.get('note', '')}")

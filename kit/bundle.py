@@ -46,7 +46,7 @@ def export_bundle(run_dir, out, *, as_zip: bool = False) -> Path:
         raise RunDirError(f"{target} exists; kit export writes a new bundle: pick another OUT, or remove it first")
     for c in ens.configs:
         for m in c.members:
-            build_member_model(m, len(ens.classes), ens.weights_files[m.name], "cpu")
+            build_member_model(m, ens.task.n_outputs, ens.weights_files[m.name], "cpu")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
         folder = Path(tmp) / (target.stem if as_zip else target.name)

@@ -16,7 +16,6 @@ from kit.plan import PLAN_FILE, MemberPlan, RunPlan, check_recipe_models, check_
 from kit.recipe import Recipe
 from kit.readers import read_json
 from kit.rundir import member_dir, write_if_changed
-from kit.task import strata
 
 
 @dataclass
@@ -99,7 +98,7 @@ def prepare_run(recipe: Recipe, *, write: bool = True) -> RunContext:
     elif recipe.distill.teacher:  # a student validates on exactly the teacher's folds (kit.pseudo's rule)
         folds = _teacher_folds(recipe, sources)
     else:
-        folds = make_folds(strata(plan.task, sources.train.labels), recipe.data, classes=sources.train.classes,
+        folds = make_folds(sources.train.labels, recipe.data, classes=sources.train.classes,
                            groups=sources.train.groups)
     if not write:
         return RunContext(plan, run_dir, sources, np.asarray(folds), bad)

@@ -31,8 +31,7 @@ EPS = 1e-6
 
 def fits(task: Task) -> bool:
     """Whether this task's metric depends on a rule that can be fitted (and task.decision asks for it)."""
-    return task.decision == "fit" and task.metric in DECIDED_METRICS and task.kind in ("binary", "multilabel",
-                                                                                         "ordinal")
+    return task.decision == "fit" and task.metric in DECIDED_METRICS and task.rule is not None
 
 
 def apply_decision(rule: dict | None, scores: np.ndarray) -> np.ndarray:
@@ -69,7 +68,7 @@ def fit_rule(task: Task, y: np.ndarray, p: np.ndarray) -> dict:
     p = np.asarray(p, dtype=np.float64)
     higher = M.get_metric(task.metric).higher_is_better
     sign = 1.0 if higher else -1.0
-    if task.kind == "ordinal":
+    if task.rule == "cuts":
         low, high = int(task.low), int(task.high)
         cuts = np.arange(low, high) + 0.5
         rule = {"kind": "cuts", "values": cuts.tolist(), "low": low}

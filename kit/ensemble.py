@@ -144,9 +144,9 @@ def fit_weights(oof_probs_list, y, metric: str = "log_loss", loss: str = "cross_
     Log loss is minimised whatever `metric` is: it is smooth and, for a weighted mean of probabilities,
     convex in the weights, so SLSQP on the simplex finds the optimum. Accuracy and F1 are piecewise
     constant in the weights (zero gradient almost everywhere) and would leave the optimiser where it
-    started. Use greedy_select to optimise such a metric directly. `loss` (kit.task.Task.loss): cross_entropy for
-    class distributions; bce for 0/1 and label probabilities (binary cross-entropy over every cell); mse or huber
-    for grades and values (squared error, convex in the weights too).
+    started. Use greedy_select to optimise such a metric directly. `loss` (kit.task.Task.score_loss):
+    cross_entropy for class distributions; bce for 0/1 and label probabilities (binary cross-entropy over every
+    cell); mse for grades and values (squared error, convex in the weights too).
     """
     get_metric(metric)  # an unknown name fails here, listing the valid ones
     P = _stack(oof_probs_list)
@@ -352,7 +352,7 @@ def _fit(method: str, probs_list, y, metric: str, seed: int, greedy_options: dic
     if method == "best":
         return best_member(probs_list, y, metric, task.softmax)
     if method == "weights":
-        return fit_weights(probs_list, y, metric, "mse" if task.loss == "huber" else task.loss)
+        return fit_weights(probs_list, y, metric, task.score_loss)
     if method == "greedy":
         return greedy_select(probs_list, y, metric, seed=seed, simplex=task.softmax, **greedy_options)
     return np.full(len(probs_list), 1.0 / len(probs_list))

@@ -22,7 +22,8 @@ from kit.data.layout import Layout, detect_layout, submit_format
 from kit.errors import DataError, RecipeError
 from kit.recipe import DataSpec, TaskSpec, TrainSpec
 from kit.submit import resolve_format
-from kit.task import DEFAULT_METRIC, KINDS, METRICS_OF, detect_kind, strata, value_columns_needed
+from kit.task import (DEFAULT_METRIC, KINDS, METRICS_OF, TargetError, check_varies, describe_targets, detect_kind,
+                      value_columns_needed)
 
 HEADER_SAMPLE = 500  # image headers read for sizes and channels: ~0.1 ms each, 500 in well under a second
 SMALL_DATA = 2_000  # labelled images below which k-fold pays for itself (see _split)
@@ -100,8 +101,8 @@ KIND_MEANS = {
     "binary": "one probability, P(1): a sigmoid, BCE",
     "multilabel": "several labels an image, each its own sigmoid probability: BCE; thresholds per label fitted out "
                   "of fold (task.decision)",
-    "ordinal": "integer grades, regressed (MSE on the standardised grade) and cut at thresholds fitted out of fold "
-               "(task.decision)",
+    "ordinal": "integer grades, learnt as classes whose expected grade is cut at cut-points fitted out of fold "
+               "(task.decision; task.loss: mse regresses the grade instead)",
     "regression": "a real value: MSE on the standardised value, predictions clipped to the training range "
                   "(task.range)",
 }
@@ -142,24 +143,11 @@ def choose_task(layout: Layout, root: Path, task: Optional[str]) -> TaskChoice:
 
 
 def check_target(sources, root: Path) -> None:
-    """A DataError where the target does not vary: nothing to learn (one class, one value, no tag)."""
-    task, y = sources.task, np.asarray(sources.train.labels)
-    if task.kind == "multiclass":
-        if len(sources.train.classes) < 2:
-            raise DataError(f"the labelled images of {root} have one class, {sources.train.classes}; a classifier "
-                            f"needs two or more: add the other classes' images (or pass --label-column)")
-        return
-    col = task.outputs[0] if task.n_outputs == 1 else None
-    if task.kind == "multilabel":
-        if not y.any():
-            raise DataError(f"no labelled image of {root} has a label ({list(task.outputs)}): nothing to learn")
-        return
-    values = np.unique(y)
-    if len(values) < 2:
-        what = {"binary": "a 0/1 target needs images of both", "ordinal": "grades need two or more",
-                "regression": "a value to predict needs to vary"}[task.kind]
-        raise DataError(f"column {col!r} holds one value, {values[0]:g}, for every labelled image of {root}; {what}: "
-                        f"add images, or pass --label-column for another column")
+    """A DataError where the target does not vary (kit.task.check_varies): nothing to learn."""
+    try:
+        check_varies(sources.task, sources.train.labels, f"the labelled images of {root}")
+    except TargetError as e:
+        raise DataError(str(e)) from None
 
 
 def choose_metric(task, layout: Layout, metric: Optional[str]) -> tuple[str, str]:
@@ -267,47 +255,6 @@ def _describe_images(st: dict) -> str:
             f"(median {w} x {h}); {modes}{bad}")
 
 
-def _describe_classes(classes, counts) -> str:
-    ratio = counts.max() / max(counts.min(), 1)
-    shown = ", ".join(f"{c}: {n:,}" for c, n in list(zip(classes, counts))[:8]) + (", ..." if len(classes) > 8 else "")
-    balance = "balanced" if ratio < 3 else ("imbalanced: accuracy favours the large classes; train.metric: f1_macro "
-                                            "weighs every class alike (the competition's own metric decides)")
-    return f"classes: {len(classes)}, {counts.min():,} to {counts.max():,} images each ({shown}); " \
-           f"largest / smallest = {ratio:.1f}: {balance}"
-
-
-def describe_target(task, labels) -> str:
-    """The header comment on the target: classes and their counts; label frequencies; the positive rate; grade
-    counts; the range and mean of a value."""
-    y = np.asarray(labels)
-    if task.kind == "multiclass":
-        return _describe_classes(task.outputs, np.bincount(y, minlength=len(task.outputs)))
-    n = len(y)
-    if task.kind == "multilabel":
-        freq = y.mean(axis=0)
-        order = np.argsort(-freq, kind="stable")
-        shown = ", ".join(f"{task.outputs[k]}: {freq[k]:.0%}" for k in order[:8]) + (", ..." if len(order) > 8 else "")
-        none = int((y.sum(axis=1) == 0).sum())
-        return (f"labels: {len(task.outputs)}, each image's share ({shown}); {y.sum(axis=1).mean():.1f} labels an "
-                f"image, {none:,} images with none; rarest {task.outputs[order[-1]]!r} on "
-                f"{int(y[:, order[-1]].sum()):,}")
-    col = task.outputs[0]
-    if task.kind == "binary":
-        pos = int(y.sum())
-        rate = pos / max(n, 1)
-        skew = min(rate, 1 - rate)
-        note = ("" if skew >= 0.1 else f"; imbalanced: ROC AUC ranks, so it is not fooled by the rare "
-                f"{'1' if rate < 0.5 else '0'}s; task.pos_weight weighs the positives in the loss")
-        return f"target {col!r}: {pos:,} of {n:,} images are 1 ({rate:.1%}){note}"
-    if task.kind == "ordinal":
-        values, counts = np.unique(y, return_counts=True)
-        shown = ", ".join(f"{v:g}: {c:,}" for v, c in zip(values, counts))
-        return (f"grades in {col!r}: {values[0]:g} to {values[-1]:g} ({shown}); largest / smallest = "
-                f"{counts.max() / counts.min():.1f}")
-    return (f"values in {col!r}: {y.min():g} to {y.max():g}, mean {y.mean():.4g}, standard deviation {y.std():.4g}, "
-            f"median {np.median(y):.4g} (predictions are clipped to the range: task.range)")
-
-
 def input_size(st: dict, default: int) -> tuple[Optional[int], str]:
     """(augment.input_size or None for the backbone's default, why) from the median short side of the images."""
     if not st["read"]:
@@ -326,12 +273,12 @@ def input_size(st: dict, default: int) -> tuple[Optional[int], str]:
 
 def split(labels, classes, task=None, groups=None) -> tuple[dict, str]:
     """(data.split keys, why): k-fold under SMALL_DATA labelled images, a holdout above; checked by make_folds.
-    `task` (kit.task.Task; default: classes) says what the folds stratify on (kit.task.strata); `groups`
-    (data.group_column's values) are kept together: the folds are at most the groups."""
+    `task` (kit.task.Task; default: classes) says what the labels are (kit.data.folds stratifies each shape);
+    `groups` (data.group_column's values) are kept together: the folds are at most the groups."""
     from kit.data import make_folds
     d = DataSpec()
     kind = "multiclass" if task is None else task.kind
-    y = np.asarray(labels) if task is None else strata(task, labels)
+    y = np.asarray(labels)
     n = len(y)
     n_val = math.ceil(d.holdout_fraction * n)
     one = f"one image = {100 / n_val:.2g}% of " + ("accuracy" if kind == "multiclass" else "the validation images")
@@ -431,7 +378,7 @@ def render_recipe(name: str, root: Path, layout: Layout, sources, out="recipe.ya
         choice.metric, choice.metric_why = choose_metric(task, layout, None)
         choice.fmt, choice.fmt_why = choose_format(task, layout)
     st = image_stats(train.items)
-    notes = list(layout.notes) + [describe_target(task, train.labels), _describe_images(st)]
+    notes = list(layout.notes) + [describe_targets(task, train.labels), _describe_images(st)]
     fmt, fmt_why = choice.fmt, choice.fmt_why
     multiclass_as_before = task.kind == "multiclass" and not task.columns
     if fmt_why and multiclass_as_before:

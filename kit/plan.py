@@ -120,7 +120,7 @@ def _resolve_backbone(recipe: Recipe, b: int, sources, advice: dict) -> Recipe:
     r = backbone_recipe(recipe, b) if recipe.ensemble.backbones else recipe.with_overrides(
         {"ensemble": EnsembleSpec().model_dump()})  # a member is not an ensemble
     over = {}
-    if r.model.strategy == "auto" and sources.task.kind != "multiclass":
+    if r.model.strategy == "auto" and not sources.task.softmax:
         advice[str(b)] = {"strategy": "full", "recipe_keys": {"model.strategy": "full"}, "measurements": {},
                           "reasoning": [f"the advisor's probes classify; a {sources.task.kind} target fine-tunes "
                                         f"every layer (strategy: full)"]}
@@ -232,14 +232,14 @@ def make_plan(recipe: Recipe, sources) -> RunPlan:
     from kit.runtime import resolve_device
     from kit.data import make_folds
     device = resolve_device(recipe.train.device)
-    from kit.task import resolve_task, strata
+    from kit.task import resolve_task
     check_recipe_models(recipe)
     task = resolve_task(sources.task, recipe.task, recipe.train.metric)
     h = recipe_hash(recipe)  # of the recipe as written: the resolved metric below is the plan's decision
     if recipe.train.metric != task.metric:
         recipe = recipe.with_overrides({"train.metric": task.metric}, source=f"plan of {recipe.name}")
     check_task_recipe(recipe, task)
-    make_folds(strata(task, sources.train.labels), recipe.data, classes=sources.train.classes,
+    make_folds(sources.train.labels, recipe.data, classes=sources.train.classes,
                groups=sources.train.groups)  # kit run's split checks, now
     num_classes = task.n_outputs
     folds, names, advice = fold_ids_of(recipe), _backbone_names(recipe), {}
@@ -287,7 +287,7 @@ def check_task_recipe(recipe: Recipe, task) -> None:
         if r.model.strategy == "feature_extract" and r.model.head not in task.heads:
             raise RecipeError(f"recipe key 'model.head' of {recipe.name} is {r.model.head!r}, which does not fit a "
                               f"{kind} target; use one of {', '.join(task.heads)}")
-        if task.kind != "multiclass" and (r.train.mixup > 0 or r.train.cutmix > 0 or r.train.label_smoothing > 0):
+        if not task.softmax and (r.train.mixup > 0 or r.train.cutmix > 0 or r.train.label_smoothing > 0):
             key = "train.mixup" if r.train.mixup > 0 else "train.cutmix" if r.train.cutmix > 0 else \
                 "train.label_smoothing"
             raise RecipeError(f"recipe key '{key}' of {recipe.name}: it mixes or smooths class distributions (timm's "
@@ -295,7 +295,7 @@ def check_task_recipe(recipe: Recipe, task) -> None:
         if r.tta.merge not in task.tta_merges:
             raise RecipeError(f"recipe key 'tta.merge' of {recipe.name} is {r.tta.merge!r}, which merges one class "
                               f"distribution a row; a {kind} target's views are merged by {', '.join(task.tta_merges)}")
-    if task.kind != "multiclass" and recipe.ensemble.temperature:
+    if not task.softmax and recipe.ensemble.temperature:
         raise RecipeError(f"recipe key 'ensemble.temperature' of {recipe.name}: temperature scaling softens class "
                           f"distributions, and this {kind} target has none; remove it")
     if not task.teaches and (recipe.pseudo.rounds > 0 or recipe.distill.teacher is not None):

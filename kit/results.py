@@ -46,6 +46,7 @@ class Summary:
     test_scores: dict | None = None  # public/private scores of the submission, where the answers are known
     bad_images: int = 0
     chosen_why: str = ""  # which rule chose the blend, and by how much (kit.choice)
+    decision: dict | None = None  # the decision rule fitted out of fold (kit.decision), kept or not, and why
 
     @property
     def tta(self) -> str:
@@ -53,7 +54,10 @@ class Summary:
         return "+".join(dict.fromkeys(c.tta for c in self.configs)) or "none"
 
     def validation_score(self) -> float | None:
-        """The submission's validation estimate: the chosen blend's nested score, or the best member's score."""
+        """The submission's validation estimate: the chosen blend's nested score, or the best member's score; with
+        a decision rule kept, its nested score (fitted on other rows than it scores, as the blend's)."""
+        if self.decision and self.decision.get("kept"):
+            return float(self.decision["nested"])
         if self.chosen:
             return self.methods[self.chosen].nested_score
         best = best_config(self.configs, self.metric)
@@ -198,6 +202,7 @@ def summary_dict(s: Summary) -> dict:
          "best_member_score": best.tta_scores[best.tta] if best else None,
          "methods": {k: {"oof": v.oof_score, "nested": v.nested_score} for k, v in s.methods.items()},
          "chosen": s.chosen, "chosen_why": s.chosen_why, "test_scores": s.test_scores, "bad_images": s.bad_images,
+         "decision": s.decision,
          "rounds": _round_scores(s.run_dir)}
     if s.chosen and best:
         d["gain_oof"] = s.methods[s.chosen].oof_score - d["best_member_score"]

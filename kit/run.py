@@ -19,6 +19,7 @@ from kit.plan import MemberPlan
 from kit.predictions import Predictions
 from kit.recipe import TTA_MODES, Recipe
 from kit.record import record_ensemble, record_member, record_submission
+from kit.report import REPORT_FILE, read_report
 from kit.results import (ConfigResult, Summary, best_config, blend, collect,  # noqa: F401 (API)
                          final_test_predictions, summary_dict)
 from kit.rundir import write_if_changed, write_json_if_changed
@@ -54,11 +55,19 @@ def submit(ctx: RunContext, pred: Predictions, *, path=None, force: bool = False
     from kit.submit import make_submission, write_submission
     src = ctx.sources
     if src.sample_submission is None:
-        return None
-    sample_path = src.sample_submission_path
-    if sample_path is None or not Path(sample_path).exists():  # built in memory (digits): keep a copy
-        sample_path = write_if_changed(ctx.run_dir / "sample_submission.csv", src.sample_submission.to_csv(index=False))
-    df = make_submission(pred, sample_path, fmt=ctx.recipe.submit.format, task=ctx.task)
+        if src.test is None:
+            return None
+        # a test folder without a sample submission: its ids (file names) in the folder's order, under the labels
+        # CSV's id and target column names (one column per class or label where the task submits so)
+        data = ctx.recipe.data
+        df = make_submission(pred.reorder(src.test.ids), None, fmt=ctx.recipe.submit.format, task=ctx.task,
+                             id_column=data.id_column, label_column=data.label_column)
+    else:
+        sample_path = src.sample_submission_path
+        if sample_path is None or not Path(sample_path).exists():  # built in memory (digits): keep a copy
+            sample_path = write_if_changed(ctx.run_dir / "sample_submission.csv",
+                                           src.sample_submission.to_csv(index=False))
+        df = make_submission(pred, sample_path, fmt=ctx.recipe.submit.format, task=ctx.task)
     if not path:  # submit.path, inside the run directory
         path = ctx.run_dir / ctx.recipe.submit.path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,8 +99,11 @@ def finish(ctx: RunContext, *, force: bool = False, t0: float | None = None, pat
     methods, chosen, why = blend(ctx, configs)
     pred = final_test_predictions(ctx, configs, chosen)
     path = submit(ctx, pred, path=path, force=force) if pred is not None else None
+    report = ctx.run_dir / "ensemble" / REPORT_FILE
+    decision = read_report(report, f"blend the run again: kit submit {ctx.run_dir}").decision if report.is_file() \
+        else None
     summary = Summary(ctx.run_dir, ctx.recipe.train.metric, configs, methods, chosen, path, time.time() - t0, [],
-                      bad_images=len(ctx.bad_images), chosen_why=why)
+                      bad_images=len(ctx.bad_images), chosen_why=why, decision=decision)
     if path is not None:
         summary.test_scores = record_submission(ctx, summary)
     write_json_if_changed(ctx.run_dir / "summary.json", summary_dict(summary), ignore=("wall_time_s",))

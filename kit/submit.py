@@ -131,7 +131,7 @@ def check_submission(df: pd.DataFrame, sample_df: pd.DataFrame, classes, fmt: st
         raise SubmissionError(f"wrong row count: the submission has {len(df)} rows, the sample {len(sample_df)}; "
                               f"write one row per row of the sample, in its order{where}")
 
-    tags = task.kind == "multilabel" and not task.columns and fmt == "label"  # a row may have no tags: ""
+    tags = task.tags and fmt == "label"  # a row may have no tags: ""
     for c in expected:
         n_nan = 0 if tags and c in value_columns else int(df[c].isna().sum())
         if n_nan:
@@ -141,9 +141,7 @@ def check_submission(df: pd.DataFrame, sample_df: pd.DataFrame, classes, fmt: st
         values = df[value_columns[0]].fillna("").astype(str)
         bad = pd.Series(check_label_values(task, values), dtype=object)
         if len(bad):
-            what = {"multiclass": "class names", "multilabel": f"tags of {len(classes)} known labels",
-                    "binary": "0 or 1", "ordinal": f"integer grades {task.low:g}-{task.high:g}" if task.low is not
-                    None else "integer grades", "regression": "numbers"}[task.kind]
+            what = task.label_kind
             raise SubmissionError(f"unknown labels: column {value_columns[0]!r} has {len(bad)} values that are not "
                                   f"{what}, e.g. {_few(bad.unique())}; known: {_few(classes, 10)}; write predicted "
                                   f"values exactly{where}")

@@ -5,19 +5,19 @@ one place that knows its kind. Every other module asks it.
     multiclass  K classes, softmax probabilities (rows sum to 1)                       int (n,): class index
     binary      K = 1, P(y = 1), a sigmoid                                              int (n,): 0/1
     multilabel  K labels, independent sigmoid probabilities                             int (n, K): 0/1
-    ordinal     K = 1, the grade as a real number (regressed, then cut)                  int (n,): the grade
+    ordinal     K = 1, the grade as a real number (expected or regressed, then cut)      int (n,): the grade
     regression  K = 1, the value                                                        float (n,)
 
 It owns: reading the target from a CSV (read_targets, detect_kind), the model's outputs and activation (n_outputs,
 activate), the training targets and loss (train_targets, create_loss), the space TTA views and members merge in
 (softmax: log-probabilities for multiclass, the scores themselves otherwise), the metrics that make sense and the
-default one (metrics, DEFAULT_METRIC), the blends and TTA merges that mean something, what a teacher can teach, the
-stratification of folds (strata), and the decided values a submission holds (decide; the fitted rules are in
+default one (metrics, DEFAULT_METRIC), the blends and TTA merges that mean something, what a teacher can teach,
+and the decided values a submission holds (decide; the fitted rules are in
 kit.decision). numpy at import; torch only inside the functions that take tensors.
 
-Ordinal grades are regressed (MSE on the standardised grade) and cut at thresholds fitted on out-of-fold
-predictions (kit.decision), as winning APTOS entries did; benchmarks/bench_tasks.py measures it against
-classification with the expected grade.
+Ordinal grades are learnt as classes whose expected grade is the score (task.loss: cross_entropy, the default), or
+regressed (mse, huber: on the standardised grade, as winning APTOS entries did); either score is cut at cut-points
+fitted on out-of-fold predictions (kit.decision). benchmarks/bench_tasks.py measured the two (LOSSES).
 """
 from __future__ import annotations
 
@@ -42,8 +42,12 @@ METRICS_OF = {
 }
 # metrics of decided values (a class, a 0/1, a tag set, a grade): a decision rule fitted out of fold can move them
 DECIDED_METRICS = ("accuracy", "f1_macro", "f1_micro", "f2_samples", "qwk")
-LOSSES = {"multiclass": ("cross_entropy",), "binary": ("bce",), "multilabel": ("bce",), "ordinal": ("mse", "huber"),
-          "regression": ("mse", "huber")}
+# the first of each is task.loss: auto. Ordinal grades: cross_entropy reads them as classes and predicts the
+# expected grade sum_k k p_k (cut at fitted cut-points like a regressed grade); mse / huber regress the standardised
+# grade. Measured on the ordinal development competition (benchmarks/README.md, bench_tasks.py): classes with the
+# expected grade 0.9406 test QWK, regression then cut 0.9259 (kit init's recipe, one seed each)
+LOSSES = {"multiclass": ("cross_entropy",), "binary": ("bce",), "multilabel": ("bce",),
+          "ordinal": ("cross_entropy", "mse", "huber"), "regression": ("mse", "huber")}
 # blends that mean something per kind (kit.ensemble): gmean is a product of distributions (one softmax row); rank
 # keeps an order (AUC), not a value
 BLENDS_OF = {
@@ -53,12 +57,12 @@ BLENDS_OF = {
     "ordinal": ("best", "mean", "weights", "greedy"),
     "regression": ("best", "mean", "weights", "greedy"),
 }
-TTA_MERGES_OF = {"multiclass": ("mean", "gmean", "tsharpen")}
+TTA_MERGES_OF = {"multiclass": ("mean", "gmean", "tsharpen")}  # others: mean only (a value has no root or product)
 # feature_extract heads per kind (kit.features): torch heads learn any task's loss; scikit-learn's: a logistic
 # regression (per label for 0/1 targets), an SVM over classes, a ridge regression on the standardised value
 HEADS_OF = {"multiclass": ("linear", "mlp", "logreg", "svm"), "binary": ("linear", "mlp", "logreg"),
             "multilabel": ("linear", "mlp", "logreg"), "ordinal": ("linear", "mlp", "ridge"),
-            "regression": ("linear", "mlp", "ridge")}  # others: mean only (a value has no root or product)
+            "regression": ("linear", "mlp", "ridge")}  # ordinal as classes (task.loss cross_entropy): torch heads
 MAX_GRADES = 10  # integer targets with more distinct values than this are real values, not grades
 # names of a target column that say which of two readings of integers is meant (kit init's detection)
 ORDINAL_NAMES = ("level", "grade", "diagnosis", "severity", "stage", "rating", "score", "rank", "count", "degree",
@@ -83,16 +87,32 @@ class Task:
     pos_weight: Optional[float] = None
     tag_separator: str = " "
     columns: bool = False  # the target came as one 0/1 column per class or label (data.label_columns)
+    names: tuple = ()  # binary from two names (cat, dog): (the 0's, the 1's), sorted; what its label format writes
     decision: str = "fit"
 
     def __post_init__(self):
         object.__setattr__(self, "outputs", tuple(str(o) for o in self.outputs))
+        object.__setattr__(self, "names", tuple(str(o) for o in self.names))
         if self.kind not in KINDS:
             raise ValueError(f"unknown task kind {self.kind!r}; valid: {', '.join(KINDS)}")
 
     @property
     def n_outputs(self) -> int:
+        """The model's outputs: one a class or label, one a grade (ordinal as classes), else one."""
+        if self.grade_classes:
+            return int(self.high - self.low) + 1
         return len(self.outputs) if self.kind in ("multiclass", "multilabel") else 1
+
+    @property
+    def score_loss(self) -> str:
+        """The smooth loss of the scores themselves (what blend weights are fitted on): cross_entropy of a class
+        distribution, bce of 0/1 probabilities, mse of a grade or value (also an expected grade)."""
+        return {"multiclass": "cross_entropy", "binary": "bce", "multilabel": "bce"}.get(self.kind, "mse")
+
+    @property
+    def grade_classes(self) -> bool:
+        """Ordinal grades learnt as classes (task.loss cross_entropy): the score is the expected grade."""
+        return self.kind == "ordinal" and (self.loss or LOSSES["ordinal"][0]) == "cross_entropy"
 
     @property
     def softmax(self) -> bool:
@@ -116,8 +136,27 @@ class Task:
         return TTA_MERGES_OF.get(self.kind, ("mean",))
 
     @property
+    def rule(self) -> Optional[str]:
+        """The decision rule kit.decision can fit for this kind: "thresholds" (one per 0/1 column), "cuts"
+        (between grades), or None (argmax; a value)."""
+        return {"binary": "thresholds", "multilabel": "thresholds", "ordinal": "cuts"}.get(self.kind)
+
+    @property
+    def tags(self) -> bool:
+        """Submitted as separated tags in one column, where a row may hold none."""
+        return self.kind == "multilabel" and not self.columns
+
+    @property
+    def label_kind(self) -> str:
+        """What a one-column label submission holds, for messages."""
+        return {"multiclass": "class names", "multilabel": f"tags of the {len(self.outputs)} known labels",
+                "binary": "0 or 1", "regression": "numbers",
+                "ordinal": f"integer grades {self.low:g}-{self.high:g}" if self.low is not None else "integer grades"
+                }[self.kind]
+
+    @property
     def heads(self) -> tuple:
-        return HEADS_OF[self.kind]
+        return ("linear", "mlp") if self.grade_classes else HEADS_OF[self.kind]
 
     @property
     def teaches(self) -> bool:
@@ -139,7 +178,7 @@ class Task:
     @classmethod
     def from_dict(cls, d: dict) -> "Task":
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: (tuple(v) if k == "outputs" else v) for k, v in d.items() if k in known})
+        return cls(**{k: (tuple(v) if k in ("outputs", "names") else v) for k, v in d.items() if k in known})
 
 
 def multiclass(classes, metric: str = "accuracy") -> Task:
@@ -222,6 +261,11 @@ def detect_kind(df, spec, sample=None) -> tuple[str, str, bool]:
         return "multilabel", (f"column {col!r} holds {spec.tag_separator!r}-separated tags, and rows without any "
                               f"(images with no tags)"), True
     x = _as_numbers(present)
+    sample_values = _sample_values(sample, col)
+    if x is None and present.nunique() == 2 and sample_values is not None and not _is_integral(sample_values):
+        first, second = sort_classes(present)
+        return "binary", (f"column {col!r} holds two classes, {first!r} and {second!r}, and the sample submission "
+                          f"asks for one probability: P({second!r})"), True
     if x is None:
         if _tags_like(present, spec.tag_separator):
             return "multilabel", f"column {col!r} holds {spec.tag_separator!r}-separated tags", True
@@ -235,7 +279,6 @@ def detect_kind(df, spec, sample=None) -> tuple[str, str, bool]:
         return "regression", (f"column {col!r} holds {len(distinct)} distinct integers ({x.min():g} to {x.max():g}): "
                               f"more than {MAX_GRADES}, a value rather than grades or classes"), True
     contiguous = len(distinct) == distinct[-1] - distinct[0] + 1
-    sample_values = _sample_values(sample, col)
     if sample_values is not None and not _is_integral(sample_values):
         return "regression", f"integers in {col!r}, but the sample submission holds real values", True
     if contiguous and _name_hint(col, ORDINAL_NAMES):
@@ -295,6 +338,9 @@ def read_targets(df, spec, task_spec, csv, sample=None) -> tuple[Task, np.ndarra
         for i, r in enumerate(rows):
             y[i, [index[t] for t in r]] = 1
         return Task("multilabel", labels, tag_separator=sep), y
+    if kind == "binary" and _as_numbers(raw) is None and raw.astype(str).nunique() == 2:  # two names: 1 = the second
+        names = sort_classes(raw)
+        return Task("binary", (col,), names=names), (raw.astype(str) == names[1]).to_numpy().astype(np.int64)
     x = _numbers(raw.tolist(), csv, col)
     if kind == "binary":
         bad = np.flatnonzero((x != 0) & (x != 1))
@@ -349,6 +395,69 @@ def _read_columns(df, spec, kind: str, csv) -> tuple[Task, np.ndarray]:
     return Task("multilabel", tuple(cols), columns=True), y
 
 
+# ---------------------------------------------------------------- describing and checking the targets
+
+def _describe_classes(classes, counts) -> str:
+    ratio = counts.max() / max(counts.min(), 1)
+    shown = ", ".join(f"{c}: {n:,}" for c, n in list(zip(classes, counts))[:8]) + (", ..." if len(classes) > 8 else "")
+    balance = "balanced" if ratio < 3 else ("imbalanced: accuracy favours the large classes; train.metric: f1_macro "
+                                            "weighs every class alike (the competition's own metric decides)")
+    return f"classes: {len(classes)}, {counts.min():,} to {counts.max():,} images each ({shown}); " \
+           f"largest / smallest = {ratio:.1f}: {balance}"
+
+
+def describe_targets(task: Task, labels) -> str:
+    """The header comment on the target: classes and their counts; label frequencies; the positive rate; grade
+    counts; the range and mean of a value."""
+    y = np.asarray(labels)
+    if task.kind == "multiclass":
+        return _describe_classes(task.outputs, np.bincount(y, minlength=len(task.outputs)))
+    n = len(y)
+    if task.kind == "multilabel":
+        freq = y.mean(axis=0)
+        order = np.argsort(-freq, kind="stable")
+        shown = ", ".join(f"{task.outputs[k]}: {freq[k]:.0%}" for k in order[:8]) + (", ..." if len(order) > 8 else "")
+        none = int((y.sum(axis=1) == 0).sum())
+        return (f"labels: {len(task.outputs)}, each image's share ({shown}); {y.sum(axis=1).mean():.1f} labels an "
+                f"image, {none:,} images with none; rarest {task.outputs[order[-1]]!r} on "
+                f"{int(y[:, order[-1]].sum()):,}")
+    col = task.outputs[0]
+    if task.kind == "binary":
+        pos = int(y.sum())
+        rate = pos / max(n, 1)
+        skew = min(rate, 1 - rate)
+        note = ("" if skew >= 0.1 else f"; imbalanced: ROC AUC ranks, so it is not fooled by the rare "
+                f"{'1' if rate < 0.5 else '0'}s; task.pos_weight weighs the positives in the loss")
+        return f"target {col!r}: {pos:,} of {n:,} images are 1 ({rate:.1%}){note}"
+    if task.kind == "ordinal":
+        values, counts = np.unique(y, return_counts=True)
+        shown = ", ".join(f"{v:g}: {c:,}" for v, c in zip(values, counts))
+        return (f"grades in {col!r}: {values[0]:g} to {values[-1]:g} ({shown}); largest / smallest = "
+                f"{counts.max() / counts.min():.1f}")
+    return (f"values in {col!r}: {y.min():g} to {y.max():g}, mean {y.mean():.4g}, standard deviation {y.std():.4g}, "
+            f"median {np.median(y):.4g} (predictions are clipped to the range: task.range)")
+
+
+def check_varies(task: Task, labels, where: str) -> None:
+    """TargetError where the target does not vary: one class, no label on any image, one value."""
+    y = np.asarray(labels)
+    if task.kind == "multiclass":
+        if len(task.outputs) < 2:
+            raise TargetError(f"{where} have one class, {task.outputs}; a classifier needs two or more: add the "
+                              f"other classes' images (or pass --label-column)")
+        return
+    if task.kind == "multilabel":
+        if not y.any():
+            raise TargetError(f"none of {where} has a label ({list(task.outputs)}): nothing to learn")
+        return
+    values = np.unique(y)
+    if len(values) < 2:
+        what = {"binary": "a 0/1 target needs images of both", "ordinal": "grades need two or more",
+                "regression": "a value to predict needs to vary"}[task.kind]
+        raise TargetError(f"column {task.outputs[0]!r} holds one value, {values[0]:g}, for all {where}; "
+                          f"{what}: add images, or pass --label-column for another column")
+
+
 def check_sample(task: Task, sample, path) -> None:
     """TargetError when the sample submission fits no submission of this task: its value columns are one column,
     or exactly the classes or labels (one probability or 0/1 column each); tags it holds must all be known."""
@@ -386,12 +495,6 @@ def sort_classes(values) -> tuple[str, ...]:
     return tuple(names)
 
 
-def strata(task: Task, y: np.ndarray) -> np.ndarray:
-    """What folds stratify on (kit.data.folds): classes, 0/1, grades; the label matrix (iterative
-    stratification); real values (binned there)."""
-    return np.asarray(y)
-
-
 # ---------------------------------------------------------------- the model's side (torch)
 
 def activate(task: Task, logits):
@@ -402,6 +505,9 @@ def activate(task: Task, logits):
         return torch.softmax(logits, dim=-1)
     if task.kind in ("binary", "multilabel"):
         return torch.sigmoid(logits)
+    if task.grade_classes:  # the expected grade
+        grades = torch.arange(task.n_outputs, dtype=logits.dtype, device=logits.device) + task.low
+        return (torch.softmax(logits, dim=-1) * grades).sum(dim=-1, keepdim=True)
     return logits * task.scale + task.center
 
 
@@ -415,8 +521,8 @@ def view_scores(task: Task, logits):
 
 
 def train_targets(task: Task, y: np.ndarray) -> np.ndarray:
-    """Targets as the loss takes them: class indices (int64), or float32 rows of n_outputs (the 0/1 labels; the
-    standardised grade or value)."""
+    """Targets as the loss takes them: class (or grade) indices (int64), or float32 rows of n_outputs (the 0/1
+    labels; the standardised grade or value)."""
     y = np.asarray(y)
     if task.kind == "multiclass":
         return y.astype(np.int64)
@@ -424,6 +530,8 @@ def train_targets(task: Task, y: np.ndarray) -> np.ndarray:
         return y.astype(np.float32)
     if task.kind == "binary":
         return y.astype(np.float32).reshape(-1, 1)
+    if task.grade_classes:
+        return (y - int(task.low)).astype(np.int64)
     return ((y.astype(np.float64) - task.center) / task.scale).astype(np.float32).reshape(-1, 1)
 
 
@@ -478,6 +586,8 @@ def label_values(task: Task, scores: np.ndarray) -> list:
         if task.columns:
             return [list(d[:, k]) for k in range(d.shape[1])]
         return [[task.tag_separator.join(task.outputs[k] for k in np.flatnonzero(row)) for row in d]]
+    if task.names:  # a binary target of two names
+        return [list(np.asarray(task.names, dtype=object)[d])]
     return [list(d)]
 
 
@@ -509,6 +619,8 @@ def check_label_values(task: Task, values) -> list:
     if task.kind == "multilabel":
         known = set(task.outputs)
         return [v for v in vals if any(t not in known for t in v.split(task.tag_separator) if t)]
+    if task.names:
+        return [v for v in vals if v not in task.names]
     bad = []
     for v in vals:
         try:

@@ -28,7 +28,7 @@ from timm.utils import ModelEmaV3
 from kit import distributed
 from kit import metrics as M
 from kit.task import Task, activate, create_loss, multiclass
-from kit.errors import OutOfMemory, RunDirError
+from kit.errors import DataError, OutOfMemory, RunDirError
 from kit.errors import UnsafeFileError
 from kit.models.pretrained import load_tensor_file
 from kit.models.strategies import apply_freeze, param_groups, set_train_mode
@@ -377,6 +377,11 @@ def fit(model: nn.Module, train_loader, val_loader, val_labels: np.ndarray, mode
             best = {"model": eval_model.state_dict(), "epoch": epoch, "score": None}
         else:
             score = scores[name]
+            if math.isnan(score) and np.isfinite(probs).all():  # the metric is undefined on these rows
+                raise DataError(f"validation {name} is undefined on this member's {len(rows)} validation images (e.g. "
+                                f"ROC AUC or kappa where they hold one class or grade only); make each fold hold "
+                                f"every class: fewer data.folds, a larger data.holdout_fraction, or another "
+                                f"train.metric")
             if math.isnan(score):
                 raise FloatingPointError(f"validation {name} is NaN at epoch {epoch}; "
                                          f"lower train.lr (now {spec.lr}) or set train.grad_clip")

@@ -192,7 +192,7 @@ def test_bad_targets_through_init(tmp_path, imagefolder_root):
     assert "holds 'cat', not a number" in _error(names, task="regression")
     assert "--metric qwk does not score a multiclass target; use one of accuracy" in _error(names, metric="qwk")
     zeros = _folder(tmp_path / "zeros", {"target": ["0"] * N}, {"target": "0.5"})
-    assert "holds one value, 0, for every labelled image" in _error(zeros, task="binary")
+    assert "holds one value, 0, for all the labelled images" in _error(zeros, task="binary")
     assert "is an ImageFolder tree" in _error(imagefolder_root, task="regression")
     assert "--group-column name columns of a labels CSV" in _error(imagefolder_root, group_column="patient")
     assert "has no column 'patient' (--group-column)" in _error(names, group_column="patient")
@@ -206,6 +206,10 @@ def test_group_columns_are_found_by_name_and_repeats_not_metadata():
     df = pd.DataFrame({"image_id": [f"i{k}" for k in range(n)], "label": ["a", "b"] * 6,
                        "sex": ["m", "f"] * 6, "site": ["x", "y", "z"] * 4, "age": ["40", "50", "60"] * 4})
     assert detect_group_column(df, {"image_id", "label"}) == (None, "")  # metadata is not a group
+    flags = df.assign(**{"Subject Focus": ["0", "1"] * 6})  # PetFinder's metadata: a 0/1 flag named "subject"
+    assert detect_group_column(flags, {"image_id", "label"}) == (None, "")
+    big = pd.DataFrame({"image_id": [f"i{k}" for k in range(400)], "patient": [f"p{k % 4}" for k in range(400)]})
+    assert detect_group_column(big, {"image_id"})[0] is None  # 4 values for 400 rows: a category, not patients
     with_subject = df.assign(SubjectID=[f"s{k // 4}" for k in range(n)])
     col, why = detect_group_column(with_subject, {"image_id", "label"})
     assert col == "SubjectID" and "reads as a subject column" in why and "3 values for 12 rows" in why
@@ -216,9 +220,9 @@ def test_group_columns_are_found_by_name_and_repeats_not_metadata():
     nested = df.assign(study_id=[f"s{k // 2}" for k in range(n)], patient_id=[f"p{k // 4}" for k in range(n)])
     col, why = detect_group_column(nested, {"image_id", "label"})
     assert col == "patient_id" and "also group-like: 'study_id'" in why  # the coarser grouping
-    holes = df.assign(patient_id=["p1", "p2", ""] * 4)
+    holes = df.assign(patient_id=["p1", "p2", "p3", ""] * 3)
     col, note = detect_group_column(holes, {"image_id", "label"})
-    assert col is None and "4 of its rows are empty" in note and "--group-column patient_id" in note
+    assert col is None and "3 of its rows are empty" in note and "--group-column patient_id" in note
 
 
 def test_group_column_option_overrides_detection(tmp_path):

@@ -282,3 +282,80 @@ def test_head_that_does_not_fit_the_task_is_refused(tmp_path, env):
     with pytest.raises(RecipeError, match=r"'model.head' .* 'logreg', which does not fit a regression"):
         prepare_run(_recipe(tmp_path, root, col, "regression", **{"model.strategy": "feature_extract",
                                                                     "model.head": "logreg"}))
+
+
+def test_kit_score_scores_each_shape_as_its_competition_does(tmp_path):
+    """kit score: P(1) by ROC AUC, tags by F2 per image, grades by kappa, values by RMSE, against scikit-learn."""
+    from sklearn.metrics import cohen_kappa_score, fbeta_score, roc_auc_score
+    from kit.leaderboard import score_submission
+    rng = np.random.default_rng(3)
+    n = 40
+    ids = [f"i{k:03d}" for k in range(n)]
+    usage = ["Public"] * n
+
+    def run(truth, pred, metric):
+        pd.DataFrame({"id": ids, "t": truth, "Usage": usage}).to_csv(tmp_path / "sol.csv", index=False)
+        pd.DataFrame({"id": ids, "t": pred}).to_csv(tmp_path / "sub.csv", index=False)
+        return score_submission(tmp_path / "sub.csv", tmp_path / "sol.csv", metric)["public"]
+    y, p = rng.integers(0, 2, n), rng.random(n)
+    assert run(y, p, "roc_auc") == pytest.approx(roc_auc_score(y, p))
+    g, h = rng.integers(0, 5, n), rng.integers(0, 5, n)
+    assert run(g, h, "qwk") == pytest.approx(cohen_kappa_score(g, h, weights="quadratic"))
+    v, w = rng.normal(50, 10, n), rng.normal(50, 10, n)
+    assert run(v.round(3), w.round(3), "rmse") == pytest.approx(np.sqrt(np.mean((v.round(3) - w.round(3)) ** 2)))
+    tags = ["a b", "b", "c", "a c", "b c"]
+    t, q = [tags[k % 5] for k in range(n)], [tags[(k * 3) % 5] for k in range(n)]
+    vocab = ["a", "b", "c"]
+    Y = np.array([[int(x in s.split()) for x in vocab] for s in t])
+    P = np.array([[int(x in s.split()) for x in vocab] for s in q])
+    assert run(t, q, "f2_samples") == pytest.approx(fbeta_score(Y, P, beta=2, average="samples", zero_division=0))
+
+
+def test_labels_in_file_names_make_a_binary_of_two_names(tmp_path, env, monkeypatch):
+    """dogs-vs-cats: train/cat.1.jpg ..., no labels CSV, a sample asking P(dog): kit init writes data.label_pattern
+    and task.kind binary, whose 1 is the second name; the label format writes the names back."""
+    import kit.init as kit_init
+    from kit.init import init_recipe
+    monkeypatch.setattr(kit_init, "measure_speed", lambda size, batch=None, device=None:
+                        {"train": 200.0, "predict": 1000.0, "what": "a fixed speed for the tests"})
+    rng = np.random.default_rng(0)
+    root = tmp_path / "dvc"
+    for i in range(20):
+        _save(root / "train" / f"{('cat', 'dog')[i % 2]}.{i}.jpg", _image(rng, [i % 2]))
+    for i in range(1, 5):
+        _save(root / "test" / f"{i}.jpg", _image(rng, [i % 2]))
+    pd.DataFrame({"id": range(1, 5), "label": 0.5}).to_csv(root / "sample_submission.csv", index=False)
+    _, recipe = init_recipe(root, out=tmp_path / "dvc.yaml", budget=None)
+    assert recipe.data.label_pattern and recipe.task.kind == "binary" and recipe.submit.format == "proba"
+    s = load_sources(recipe.data, recipe.task)
+    assert s.task.names == ("cat", "dog")
+    assert [int(i.startswith("dog")) for i in s.train.ids] == list(s.train.labels) and s.train.labels.sum() == 10
+    assert list(s.test.ids) == ["1", "2", "3", "4"]
+    assert label_values(s.task, np.array([[0.2], [0.8]])) == [["cat", "dog"]]
+    bad = recipe.data.model_copy(update={"label_pattern": r"^(\d+)\."})
+    with pytest.raises(DataSourceError, match=r"finds no label in 20 of the 20 image files"):
+        load_sources(bad, recipe.task)
+
+
+def test_a_test_folder_without_a_sample_is_submitted_in_its_order(tmp_path, env):
+    """No sample_submission.csv: the test folder's file names are the ids, in the folder's order, under the labels
+    CSV's id and target columns; the values in the task's format (here a grade)."""
+    root, col = _folder(tmp_path, "ordinal")
+    (root / "sample_submission.csv").unlink()
+    recipe = _recipe(tmp_path, root, col, "ordinal", **{"ensemble.seeds": [0], "train.epochs": 1})
+    summary = R.run(recipe, log=quiet)
+    sub = pd.read_csv(summary.submission, dtype=str)
+    assert list(sub.columns) == ["image_id", "level"]
+    assert list(sub["image_id"]) == sorted(p.stem for p in (root / "test").iterdir())
+    assert set(sub["level"].astype(int)) <= {0, 1, 2, 3}
+
+
+def test_a_study_minimises_rmse_the_metric_the_task_resolves(tmp_path, env):
+    """train.metric: auto resolved from the data before the study exists: a regression's study minimises RMSE."""
+    from kit.tune._storage import create_study
+    root, col = _folder(tmp_path, "regression")
+    recipe = _recipe(tmp_path, root, col, "regression", **{
+        "search.params": {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}})
+    assert recipe.train.metric == "auto"
+    study = create_study(recipe, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert study.direction.name == "MINIMIZE" and study.user_attrs["metric"] == "rmse"

@@ -348,6 +348,14 @@ def print_summary(s) -> None:
         if s.chosen != "best" and "gain_nested" in d:
             console.print(f"gain over the best member: {d['gain_nested']:+.4f} nested, {d['gain_oof']:+.4f} "
                           f"out-of-fold", highlight=False)
+    if s.decision:  # kit.decision: thresholds or cut-points fitted out of fold
+        r = s.decision
+        what = "thresholds per label" if r["kind"] == "thresholds" and len(r["values"]) > 1 else \
+            "a threshold" if r["kind"] == "thresholds" else "cut-points between grades"
+        shown = ", ".join(f"{v:.3g}" for v in r["values"][:12]) + (", ..." if len(r["values"]) > 12 else "")
+        console.print(_t(f"decision rule: {what} fitted out of fold ({shown}): {s.metric} {r['nested']:.4f} nested "
+                         f"against {r['default']:.4f} with the default rule; "
+                         f"{'applied' if r['kept'] else 'not applied'}: {r['why']}"), highlight=False)
     for c in s.configs:
         if c.refits:
             what = "its refit" if len(c.refits) == 1 else f"the mean of its {len(c.refits)} refits"

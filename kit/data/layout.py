@@ -2,8 +2,9 @@
 
     layout = detect_layout(Path("data/leaves"))   # .data: the recipe's data: keys; .notes: what was found
 
-An ImageFolder tree (root/train/<class>/* or root/<class>/*, test images in a flat root/test*/), or Kaggle's
-(train.csv + image folders + sample_submission.csv), whose columns are found from what they hold: ids =
+An ImageFolder tree (root/train/<class>/* or root/<class>/*, test images in a flat root/test*/), labels in the file
+names (root/train/cat.123.jpg, dogs-vs-cats: data.label_pattern), or Kaggle's (train.csv + image folders +
+sample_submission.csv), whose columns are found from what they hold: ids =
 sample_submission's first column; a column whose values name image files (with or without an extension) gives
 image_dir and image_suffix, or is the path column; the label column is the other one with few distinct values.
 Whatever is missing or ambiguous is a DataError naming the file, the column and the option that settles it.
@@ -75,7 +76,52 @@ def detect_layout(root: Path, *, label_column=None, id_column=None, path_column=
     if given:
         raise DataError(f"{', '.join(given)} name columns of a labels CSV, and {root} holds no train.csv; "
                         f"leave them out for an ImageFolder tree, or add the CSV")
-    return _imagefolder(root, inv)
+    return _labels_in_names(root, inv) or _imagefolder(root, inv)
+
+
+NAME_LABEL = r"^([A-Za-z]+)[._-]"  # data.label_pattern kit init writes: the letters before the first . _ or -
+
+
+def _labels_in_names(root: Path, inv: Inventory) -> Optional[Layout]:
+    """The layout of labelled images named <label><.|_|-><rest> in one flat folder (root/train/ or root), with no
+    labels CSV and no class folders, e.g. train/cat.123.jpg, train/dog.7.jpg; None when the names hold no such
+    labels (two or more, each on two or more files, every file matched)."""
+    folder = "train" if "train" in inv.folders else ""
+    if any(d.startswith(f"{folder}/" if folder else "") and d != folder and not _is_test(d) for d in inv.folders
+           if d):
+        return None  # sub-folders: an ImageFolder tree
+    names = [posixpath.basename(f) for f in inv.files if posixpath.dirname(f) == folder]
+    found = [re.match(NAME_LABEL, n) for n in names]
+    labels = Counter(m.group(1) for m in found if m)
+    if not names or not all(found) or len(labels) < 2 or min(labels.values()) < 2 or len(labels) > len(names) / 2:
+        return None
+    suffixes = sorted({os.path.splitext(n)[1] for n in names})
+    sample_path = _sample_csv(root)
+    sample = _read_csv(sample_path) if sample_path is not None else None
+    layout = Layout({"source": "kaggle", "root": os.path.normpath(str(root))}, sample=sample,
+                    sample_name=sample_path.name if sample_path is not None else None)
+    if sample is not None and sample_path.name != DataSpec().sample_submission:
+        layout.data["sample_submission"] = sample_path.name
+    id_column = str(sample.columns[0]) if sample is not None and sample.shape[1] else DataSpec().id_column
+    label_column = str(sample.columns[1]) if sample is not None and sample.shape[1] == 2 else DataSpec().label_column
+    defaults = DataSpec()
+    for key, value in (("image_dir", folder or "."), ("label_pattern", NAME_LABEL), ("id_column", id_column),
+                       ("label_column", label_column)):
+        if value != getattr(defaults, key):
+            layout.data[key] = value
+    layout.why["label_pattern"] = (f"labels in the file names: {len(names):,} images in {folder or '.'}/ named "
+                                   f"<label>.<n> ({', '.join(f'{k}: {v:,}' for k, v in labels.most_common(6))})")
+    test_dir, test_suffix = _kaggle_test(inv, sample, sample_path, None, layout.notes)
+    if test_dir != defaults.test_dir:
+        layout.data["test_dir"] = test_dir
+    suffix = test_suffix if test_suffix is not None else (suffixes[0] if len(suffixes) == 1 else "")
+    if suffix != defaults.image_suffix:
+        layout.data["image_suffix"] = suffix
+    layout.notes.insert(0, f"no labels CSV: the labels are in the file names of {folder or '.'}/ "
+                           f"({', '.join(f'{k}: {v:,}' for k, v in labels.most_common(6))})")
+    layout.table = pd.DataFrame({id_column: [os.path.splitext(n)[0] for n in names],
+                                 label_column: [m.group(1) for m in found]})
+    return layout
 
 
 def inventory(root: Path) -> Inventory:
@@ -237,6 +283,7 @@ def _kaggle(root: Path, csv: Path, inv: Inventory, label_column, id_column, path
 # names of a column that groups images (one patient's, one subject's): folds keep a group together
 GROUP_WORDS = ("patient", "subject", "group", "individual", "case", "study", "animal", "person", "user", "owner",
                "family")
+MIN_GROUPS = 10  # a group column names many patients or subjects; fewer distinct values are metadata
 GROUP_REPEAT = 1.5  # a column ending in "id" groups the images when it holds at least this many rows per value
 
 
@@ -267,8 +314,10 @@ def detect_group_column(df: pd.DataFrame, exclude: set) -> tuple[Optional[str], 
         values = df[c].astype(str).str.strip()
         n = values[values != ""].nunique()
         per = len(df) / max(n, 1)
-        if not (word and n < len(df) or ends_id and per >= GROUP_REPEAT) or n < 2:
-            continue
+        flag = set(values[values != ""]) <= {"0", "1", "0.0", "1.0", "True", "False", "true", "false"}
+        if not (word and n < len(df) or ends_id and per >= GROUP_REPEAT) or flag or \
+                n < min(MIN_GROUPS, max(2, len(df) // 4)):
+            continue  # a flag or a handful of values is metadata (PetFinder's 0/1 "Subject Focus"), not a group
         empty = int((values == "").sum())
         if empty:
             notes.append(f"column {c!r} reads as a group ({n:,} values, {per:.1f} rows each) but {empty:,} of its "

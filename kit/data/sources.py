@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import glob
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from kit.data.images import load_item
 from kit.errors import DataError
 from kit.recipe import DataSpec, TaskSpec
 from kit.readers import read_csv
-from kit.task import Task, TargetError, check_sample, multiclass, read_targets, sort_classes, strata
+from kit.task import Task, TargetError, check_sample, multiclass, read_targets, sort_classes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 DIGITS_SPLIT_SEED = 0  # the digits test set is part of the "competition", fixed whatever data.seed says
@@ -106,7 +107,7 @@ def load_sources(spec: DataSpec, task_spec: Optional[TaskSpec] = None) -> Source
     if spec.limit is not None and spec.limit < len(sources.train):
         sources = sources.with_train(sources.train.subset(np.arange(spec.limit)))
     if spec.sample is not None and spec.sample < len(sources.train):
-        sources = sources.with_train(sources.train.subset(stratified_sample(strata(sources.task, sources.train.labels),
+        sources = sources.with_train(sources.train.subset(stratified_sample(sources.train.labels,
                                                                             spec.sample, spec.seed)))
     return sources
 
@@ -214,13 +215,42 @@ def _read_sample_submission(root: Path, spec: DataSpec):
 
 # ---------------------------------------------------------------- kaggle
 
+def _labels_from_names(spec: DataSpec, folder: Path) -> pd.DataFrame:
+    """data.label_pattern: the labels table of the image files in `folder`, one row a file: id (the name without
+    its extension), label (the pattern's first group), path (the name); a file the pattern misses is an error."""
+    pattern = re.compile(spec.label_pattern)
+    if not folder.is_dir():
+        raise DataSourceError(f"data.image_dir {folder} is not a folder; data.label_pattern reads the labels from "
+                              f"the names of the image files in it")
+    files = sorted(p for p in folder.iterdir() if _is_image(p))
+    found = [(p, pattern.search(p.name)) for p in files]
+    missed = [p.name for p, m in found if m is None or not m.group(1)]
+    if missed or not files:
+        raise DataSourceError(f"data.label_pattern {spec.label_pattern!r} finds no label in {len(missed)} of the "
+                              f"{len(files)} image files of {folder}, e.g. {missed[:5]}; fix the pattern (its first "
+                              f"group is the label) or move those files out")
+    _check_folder_inside([str(p) for p, _ in found], folder)
+    return pd.DataFrame({spec.id_column: [p.name[: -len(p.suffix)] if p.suffix else p.name for p, _ in found],
+                         spec.label_column: [m.group(1) for _, m in found],
+                         LABELLED_FILE: [p.name for p, _ in found]})
+
+
+LABELLED_FILE = "__file__"  # the file-name column of a table made by _labels_from_names
+
+
 def _load_kaggle(spec: DataSpec, task_spec: TaskSpec) -> Sources:
     root = Path(spec.root)
     csv = root / spec.train_csv
-    if not csv.is_file():
-        raise DataSourceError(f"{csv} does not exist; set data.train_csv to the labels CSV inside {root}")
-    # Only empty cells count as missing: a class may well be called "NA" or "None".
-    df = read_csv(csv, na_values=[""], fix="set data.train_csv to the labels CSV (UTF-8, an id and a label column)")
+    if spec.label_pattern:
+        df = _labels_from_names(spec, root / spec.image_dir)
+        csv = root / spec.image_dir  # where the labels come from, in messages
+        spec = spec.model_copy(update={"path_column": LABELLED_FILE})
+    elif not csv.is_file():
+        raise DataSourceError(f"{csv} does not exist; set data.train_csv to the labels CSV inside {root}, or "
+                              f"data.label_pattern when the labels are in the file names")
+    else:
+        # Only empty cells count as missing: a class may well be called "NA" or "None".
+        df = read_csv(csv, na_values=[""], fix="set data.train_csv to the labels CSV (UTF-8, an id and a label column)")
     target_keys = [("label_columns", c) for c in spec.label_columns] if spec.label_columns else \
         [("label_column", spec.label_column)]
     for key, col in (("id_column", spec.id_column), *target_keys, ("path_column", spec.path_column),

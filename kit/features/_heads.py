@@ -284,7 +284,7 @@ def fit_linear_head(task, c: float, x, y) -> nn.Linear:
     x = np.asarray(x, dtype=np.float64)
     mean, scale = embedding_scale(x)
     xs = (x - mean) / scale
-    if task.kind in ("binary", "multilabel"):
+    if task.loss == "bce":  # 0/1 columns
         labels = np.asarray(y).reshape(len(x), -1)
         coef, bias = np.zeros((labels.shape[1], x.shape[1])), np.zeros(labels.shape[1])
         for k in range(labels.shape[1]):

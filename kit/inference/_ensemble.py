@@ -224,7 +224,7 @@ class Ensemble:
         key = (member.name, str(device))
         if key not in self._models:
             made_with = self.versions if self.kind == "bundle" else None
-            self._models[key] = build_member_model(member, len(self.classes), self.weights_files[member.name],
+            self._models[key] = build_member_model(member, self.task.n_outputs, self.weights_files[member.name],
                                                    device, made_with)
         return self._models[key]
 

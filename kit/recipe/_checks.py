@@ -159,8 +159,12 @@ def _check_semantics(r, source: str) -> None:
             fail("data.root", f"folder {r.data.root} does not exist (resolved to {os.path.abspath(r.data.root)}); "
                               f"fix the path")
         csv = Path(r.data.root) / r.data.train_csv
-        if r.data.source == "kaggle" and not _is_file(csv):
-            fail("data.train_csv", f"{csv} does not exist; set data.train_csv to the labels CSV")
+        if r.data.source == "kaggle" and not r.data.label_pattern and not _is_file(csv):
+            fail("data.train_csv", f"{csv} does not exist; set data.train_csv to the labels CSV (or "
+                                   f"data.label_pattern when the labels are in the file names)")
+        if r.data.label_pattern and r.data.source != "kaggle":
+            fail("data.label_pattern", f"labels in file names are read by data.source: kaggle (a folder of images "
+                                       f"and a sample submission); data.source is {r.data.source}")
     if r.data.source in ("imagefolder", "kaggle"):
         for key in ("train_csv", "image_dir", "test_dir", "sample_submission"):
             _check_inside_root(r.data, key, fail)

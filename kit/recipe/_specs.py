@@ -103,6 +103,10 @@ class DataSpec(Spec):
     tag_separator: str = Field(" ", min_length=1)  # multilabel tags in one column: what separates them
     # rows of one group (a patient, a subject) stay in one fold; the holdout takes whole groups
     group_column: Optional[str] = None
+    # labels in the file names, no labels CSV (dogs-vs-cats: train/cat.123.jpg): a regular expression whose first
+    # group, searched in each file name of data.image_dir, is the image's label (e.g. '^([a-z]+)\.'); the id is the
+    # file name without its extension
+    label_pattern: Optional[str] = None
     path_column: Optional[str] = None  # a column with image paths (relative to image_dir); default: id + image_suffix
     image_dir: str = "train"
     image_suffix: str = ""  # appended to ids to name files, e.g. ".jpg"
@@ -134,6 +138,19 @@ class DataSpec(Spec):
     # another), their test probabilities averaged: validate one seed (ensemble.seeds: [0]) and submit several
     # (refit: [0, 1, 2]), as Kaggle competitors do.
     refit: Union[bool, list[Seed]] = False
+
+    @field_validator("label_pattern")
+    @classmethod
+    def _one_group(cls, v):
+        if v is None:
+            return v
+        try:
+            groups = re.compile(v).groups
+        except re.error as e:
+            raise ValueError(f"{v!r} is not a regular expression ({e}); e.g. '^([a-z]+)\\.' for cat.123.jpg")
+        if groups < 1:
+            raise ValueError(f"{v!r} has no group; put the label part in parentheses, e.g. '^([a-z]+)\\.'")
+        return v
 
     @field_validator("refit")
     @classmethod
@@ -348,8 +365,9 @@ class TaskSpec(Spec):
     # each), ordinal (integer grades, regressed then cut), regression (a real value); auto: from the target's values
     # (kit init writes the kind it found, with its reason)
     kind: Literal[("auto",) + TASK_KINDS] = "auto"
-    # auto: cross-entropy (multiclass, with train.label_smoothing), BCE on logits (binary, multilabel), MSE on the
-    # standardised target (ordinal, regression); huber: a robust loss for noisy real values
+    # auto: cross-entropy (multiclass, with train.label_smoothing; ordinal: the grades as classes, their expected
+    # grade the score), BCE on logits (binary, multilabel), MSE on the standardised value (regression); mse / huber
+    # regress an ordinal grade; huber: a robust loss for noisy real values
     loss: Literal["auto", "cross_entropy", "bce", "mse", "huber"] = "auto"
     pos_weight: Optional[float] = Field(None, gt=0)  # binary / multilabel BCE: weight of the positives
     # ordinal / regression: [low, high] of the target; values outside are errors, predictions are clipped to it;
