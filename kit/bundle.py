@@ -124,7 +124,8 @@ def readme(ens, manifest: dict, name: str) -> str:
     lines = [f"# {md(ens.recipe.name)}: a kit bundle", "",
              f"Exported from {md(manifest['source_run'])} on {manifest['created']} with kit {v['kit']} "
              f"(torch {v['torch']}, timm {v['timm']}).", "",
-             f"Classes ({len(ens.classes)}): {md(', '.join(ens.classes))}", "",
+             f"Task: {md(ens.task.describe())}; outputs ({len(ens.classes)}): {md(', '.join(ens.classes))}"
+             + (f"; decision rule fitted out of fold: {ens.blend.rule['kind']}" if ens.blend.rule else ""), "",
              f"Blend: {blend}" + (f"; validation {metric} {ens.blend.nested_score:.4f} nested, "
                                   f"{ens.blend.oof_score:.4f} out-of-fold" if ens.blend.method else ""), "",
              f"| configuration | backbone | fold models | TTA | weight | validation {metric} |",
