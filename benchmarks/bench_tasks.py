@@ -10,9 +10,10 @@ For each task, one after the other, never two at once:
    `<output_dir>/<name>/submission.csv`) is scored with the task's metric (fashion_tasks.score, all test rows).
    Wall time = init + run. A failing step is one line of the table (`kit init failed: <its error>`), not a crash;
 3. hand: a plain timm + PyTorch loop in this process, with torch.set_num_threads(--threads, default 2):
-   efficientnet_lite0 with the offline ImageNet weights (the file found by kit.models.pretrained.offline_weights_file,
-   its keys renamed onto timm's here), every image resized to 64 px, normalised as the weights expect (0.5/0.5,
-   kit/models/pretrained.py; --norm imagenet: ImageNet mean/std), horizontal flips, AdamW lr 1e-3, cosine over every step, batch 64, the epochs of kit's recipe
+   efficientnet_lite0 with the offline ImageNet weights (kit.models.pretrained.load_pretrained: the package's file,
+   its keys renamed onto timm's), every image resized to 64 px, normalised as the weights expect (0.5/0.5,
+   kit/models/pretrained.py; --norm imagenet: ImageNet mean/std), horizontal flips, AdamW lr 1e-3, cosine over
+   every step, batch 64, the epochs of kit's recipe
    (train.epochs of the recipe kit init wrote, with the --set overrides; else --epochs), trained on a seeded 90 %
    of train.csv; the other 10 % is scored for the report only. The head is a fresh nn.Linear with torch's own init
    (timm's EfficientNet init, U(-1, 1) for one output, starts regression ~15 sd off). Heads and losses:
@@ -226,32 +227,12 @@ def same_model_auc(run_dir: Path, root: Path) -> dict:
 
 # --------------------------------------------------------------------------------------------------------- hand
 def offline_efficientnet_lite0(num_outputs: int):
-    """timm's efficientnet_lite0 filled from the offline package's file (lukemelas key names, renamed here)."""
+    """timm's efficientnet_lite0 filled from the offline package's file, through kit's one converter (the weights
+    only: kit.models.pretrained.load_pretrained keeps the new head, whose shape differs from ImageNet's)."""
     import timm
-    import torch
-    from kit.models.pretrained import offline_weights_file  # only where the file is
+    from kit.models.pretrained import load_pretrained
     model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=num_outputs)
-    raw = torch.load(offline_weights_file("efficientnet_lite0"), map_location="cpu", weights_only=True)
-    flat = [(s, i, type(b).__name__) for s, stage in enumerate(model.blocks) for i, b in enumerate(stage)]
-    blocks = {"InvertedResidual": {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
-                                   "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"},
-              "DepthwiseSeparableConv": {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw",
-                                         "_bn2": "bn2"}}
-    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2"}
-    state = {}
-    for key, tensor in raw.items():
-        parts = key.split(".")
-        if parts[0] == "_blocks":
-            s, i, kind = flat[int(parts[1])]
-            state[f"blocks.{s}.{i}.{blocks[kind][parts[2]]}.{parts[3]}"] = tensor
-        elif parts[0] in top:
-            state[f"{top[parts[0]]}.{parts[1]}"] = tensor
-        # _fc: ImageNet's classifier, replaced by the task's head
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("classifier.")]
-    if missing or unexpected:
-        raise RuntimeError(f"offline weights do not fit efficientnet_lite0: missing {missing[:3]}, "
-                           f"unexpected {unexpected[:3]}")
+    load_pretrained(model, "efficientnet_lite0", "offline")
     # timm's EfficientNet init draws the head from U(-1/sqrt(outputs), +): U(-1, 1) for one output, which starts a
     # regression at outputs of +-15 standard deviations; torch's own nn.Linear init (what a hand-written head gets)
     model.classifier.reset_parameters()

@@ -40,14 +40,6 @@ def _reason(e: Exception) -> str:
     return mask(text.split("\n")[0][:120])
 
 
-def check_url(url: str) -> str:
-    """A URL (a value with '://') that SQLAlchemy can parse, or a ValueError saying why and the form to write;
-    a plain path (a SQLite file) passes as it is."""
-    if "://" in url:
-        _parse(url)
-    return url
-
-
 def without_password(url: str | None) -> str | None:
     """`url` with its password (user:PASSWORD@ or ?password=) removed and remembered for with_password; a URL
     without one, or a plain path, comes back as it is. A ValueError for a URL that cannot be parsed."""

@@ -63,40 +63,39 @@ def _score(task: Task, y, p) -> float:
 
 
 def fit_rule(task: Task, y: np.ndarray, p: np.ndarray) -> dict:
-    """The rule maximising the task's metric on (y, p) by coordinate ascent from the default rule."""
+    """The rule maximising the task's metric on (y, p) by coordinate ascent from the default rule: each threshold
+    over GRID; each cut-point over 21 places between its neighbours (one grade beyond, at the ends)."""
     y = np.asarray(y)
     p = np.asarray(p, dtype=np.float64)
-    higher = M.get_metric(task.metric).higher_is_better
-    sign = 1.0 if higher else -1.0
     if task.rule == "cuts":
         low, high = int(task.low), int(task.high)
-        cuts = np.arange(low, high) + 0.5
-        rule = {"kind": "cuts", "values": cuts.tolist(), "low": low}
-        if len(cuts) == 0:
-            return rule
-        best = sign * _score(task, y, apply_decision(rule, p))
-        for _ in range(PASSES):
-            for k in range(len(cuts)):
-                lo = cuts[k - 1] + 1e-3 if k > 0 else cuts[k] - 1.0
-                hi = cuts[k + 1] - 1e-3 if k + 1 < len(cuts) else cuts[k] + 1.0
-                for c in np.linspace(lo, hi, 21):
-                    trial = cuts.copy()
-                    trial[k] = c
-                    s = sign * _score(task, y, apply_decision({**rule, "values": trial.tolist()}, p))
-                    if s > best + 1e-12:
-                        best, cuts = s, trial
-        return {**rule, "values": [float(c) for c in cuts]}
-    t = np.full(p.shape[1], 0.5)
-    best = sign * _score(task, y, apply_decision({"kind": "thresholds", "values": t.tolist()}, p))
+
+        def between(k, cuts):
+            lo = cuts[k - 1] + 1e-3 if k > 0 else cuts[k] - 1.0
+            hi = cuts[k + 1] - 1e-3 if k + 1 < len(cuts) else cuts[k] + 1.0
+            return np.linspace(lo, hi, 21)
+        return _ascend(task, y, p, {"kind": "cuts", "values": (np.arange(low, high) + 0.5).tolist(), "low": low},
+                       between)
+    return _ascend(task, y, p, {"kind": "thresholds", "values": [0.5] * p.shape[1]}, lambda k, t: GRID)
+
+
+def _ascend(task: Task, y, p, rule: dict, candidates) -> dict:
+    """Coordinate ascent on rule["values"]: PASSES passes, each value k tried at candidates(k, values), a change
+    kept where the metric strictly improves."""
+    sign = 1.0 if M.get_metric(task.metric).higher_is_better else -1.0
+    values = np.asarray(rule["values"], dtype=np.float64)
+    if len(values) == 0:
+        return rule
+    best = sign * _score(task, y, apply_decision(rule, p))
     for _ in range(PASSES):
-        for k in range(p.shape[1]):
-            for c in GRID:
-                trial = t.copy()
+        for k in range(len(values)):
+            for c in candidates(k, values):
+                trial = values.copy()
                 trial[k] = c
-                s = sign * _score(task, y, apply_decision({"kind": "thresholds", "values": trial.tolist()}, p))
+                s = sign * _score(task, y, apply_decision({**rule, "values": trial.tolist()}, p))
                 if s > best + 1e-12:
-                    best, t = s, trial
-    return {"kind": "thresholds", "values": [float(v) for v in t]}
+                    best, values = s, trial
+    return {**rule, "values": [float(v) for v in values]}
 
 
 def nested_rows(task: Task, y: np.ndarray, p: np.ndarray, seed: int = 0) -> np.ndarray:

@@ -164,18 +164,6 @@ def fbeta(y, p, beta: float = 2.0) -> float:
 
 # ---- ranks: ROC AUC ----------------------------------------------------------------------------------------------
 
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n of x, ties sharing their mean rank (scipy.stats.rankdata's 'average')."""
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    new = np.r_[True, xs[1:] != xs[:-1]]
-    starts = np.flatnonzero(new)
-    ends = np.r_[starts[1:], len(x)]
-    ranks = np.empty(len(x))
-    ranks[order] = ((starts + 1 + ends) / 2.0)[np.cumsum(new) - 1]  # a tie group holds ranks start+1 .. end
-    return ranks
-
-
 def _auc(t: np.ndarray, s: np.ndarray) -> float:
     """Mann-Whitney: the chance that a positive outscores a negative, a tie counting one half; equal to sklearn's
     roc_auc_score (the trapezoid under the ROC curve). nan when t holds one class only."""
@@ -183,7 +171,8 @@ def _auc(t: np.ndarray, s: np.ndarray) -> float:
     n_neg = len(t) - n_pos
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    return float((_average_ranks(s)[t].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    from scipy.stats import rankdata  # ties share their mean rank
+    return float((rankdata(s)[t].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def _roc_auc(y, p):

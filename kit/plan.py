@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from kit.errors import RunDirError
+from kit.readers import NUMBER as _NUMBER
 from kit.recipe import EnsembleSpec, Recipe, backbone_recipe, recipe_hash
 
 PLAN_FORMAT = 1
@@ -381,7 +382,6 @@ def plan_from_dict(d: dict, source: str = PLAN_FILE, output_dir: str | None = No
                           f"plan the run again in a new run directory, or export the bundle again") from None
 
 
-_NUMBER = (int, float)
 _MEMBER_SCHEMA = {"index": int, "name": str, "config": str, "backbone_index": int, "seed": int, "fold": int,
                   "recipe": dict, "pretrained_cfg": dict, "channels_last": bool, "tta_modes": [str], "weights": str,
                   "data_config": {"input_size": int, "mean": [_NUMBER], "std": [_NUMBER], "crop_pct": _NUMBER,

@@ -81,7 +81,7 @@ def _same(path: Path, pred: Predictions) -> bool:
 
 
 def load_predictions(path, fix: str | None = None) -> Predictions:
-    """Predictions saved by save_predictions, through the one .npz reader (kit.rundir.read_npz: no pickle, keys,
+    """Predictions saved by save_predictions, through the one .npz reader (kit.readers.read_npz: no pickle, keys,
     dtypes and shapes checked); UnsafeFileError naming the file and the fix otherwise."""
     fix = fix or ("remove it and predict again (kit predict RUN --tta MODE for a member's, kit submit RUN for a "
                   "blend's)")

@@ -21,11 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from kit.errors import RunDirError
-from kit.readers import read_json
+from kit.readers import NUMBER as _NUMBER, check_schema, read_json
 from kit.rundir import write_json_if_changed
 
 REPORT_FILE = "report.json"
-_NUMBER = (int, float)
 REPORT_SCHEMA = {"members": [str], "methods": {"*": {"weights": [_NUMBER], "oof_score": _NUMBER,
                                                     "nested_score": _NUMBER}},
                  "tta?": {"*": str}, "chosen?": (str, type(None)), "best_member?": (str, type(None)),
@@ -93,14 +92,11 @@ def read_report(path, fix: str) -> BlendReport:
         raise RunDirError(f"{path} is missing; {fix}")
     try:
         d = read_json(path, fix=fix, schema=REPORT_SCHEMA)
-        if not isinstance(d, dict):
-            raise TypeError(f"a JSON {type(d).__name__}, not an object")
         members, methods, tta = list(d["members"]), dict(d.get("methods") or {}), dict(d.get("tta") or {})
         chosen = d.get("chosen")
         if chosen is not None and chosen not in methods:
             raise KeyError(f"chosen method {chosen!r} has no entry in methods")
         if d.get("decision") is not None:
-            from kit.readers import check_schema
             check_schema(d["decision"], DECISION_SCHEMA, "decision")
             if d["decision"]["kind"] not in ("thresholds", "cuts"):
                 raise ValueError(f"unknown decision rule {d['decision']['kind']!r}")

@@ -24,7 +24,6 @@ import tempfile
 from pathlib import Path
 
 from kit.errors import DiskFullError, NotWritableError, RunDirError
-from kit.readers import read_json  # noqa: F401  (kit.rundir.read_json: the one JSON reader, kit.readers)
 
 
 def atomic_write(path, write) -> Path:

@@ -207,18 +207,22 @@ def resolve_task(task: Task, spec, metric: str) -> Task:
 
 # ---------------------------------------------------------------- reading the target
 
+def _floats(values) -> np.ndarray:
+    """Each value as a float; nan where it is not a number (pandas' to_numeric, one pass)."""
+    import pandas as pd
+    return pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce").to_numpy(dtype=np.float64)
+
+
 def _numbers(values, csv, column):
-    """The column's values as floats; TargetError naming the first cell that is not a number."""
-    out = np.empty(len(values), dtype=np.float64)
-    for i, v in enumerate(values):
-        try:
-            out[i] = float(v)
-        except (TypeError, ValueError):
-            out[i] = np.nan
-        if not np.isfinite(out[i]):
-            raise TargetError(f"{csv} row {i} (line {i + 2}): column {column!r} holds {v!r}, not a number; a "
-                              f"{'' if v is None else 'numeric '}target needs a number in every row: fix or drop the "
-                              f"row, or set task.kind (multiclass reads any text as a class name)")
+    """The column's values as floats; TargetError naming the first cell that is not a finite number."""
+    values = list(values)
+    out = _floats(values)
+    bad = np.flatnonzero(~np.isfinite(out))
+    if len(bad):
+        i, v = int(bad[0]), values[int(bad[0])]
+        raise TargetError(f"{csv} row {i} (line {i + 2}): column {column!r} holds {v!r}, not a number; a "
+                          f"{'' if v is None else 'numeric '}target needs a number in every row: fix or drop the "
+                          f"row, or set task.kind (multiclass reads any text as a class name)")
     return out
 
 
@@ -227,10 +231,8 @@ def _is_integral(x: np.ndarray) -> bool:
 
 
 def _as_numbers(values) -> Optional[np.ndarray]:
-    try:
-        x = np.array([float(v) for v in values], dtype=np.float64)
-    except (TypeError, ValueError):
-        return None
+    """The values as floats, or None unless every one is a finite number."""
+    x = _floats(values)
     return x if np.isfinite(x).all() else None
 
 

@@ -110,9 +110,7 @@ def _setup(model, model_spec: ModelSpec, spec: TrainSpec, n_batches: int, task: 
     if spec.mixup > 0 or spec.cutmix > 0:  # multiclass only (kit.plan.check_task_recipe)
         mixup = Mixup(mixup_alpha=spec.mixup, cutmix_alpha=spec.cutmix, label_smoothing=spec.label_smoothing,
                       num_classes=task.n_outputs)
-    loss = create_loss(task, spec.label_smoothing, soft=mixup is not None)
-    if isinstance(loss, nn.BCEWithLogitsLoss) and loss.pos_weight is not None:
-        loss = loss.to(device)
+    loss = create_loss(task, spec.label_smoothing, soft=mixup is not None).to(device)  # a BCE pos_weight is a buffer
     ema = ModelEmaV3(model, decay=spec.ema_decay) if spec.ema else None
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     return Setup(optimizer, scheduler, loss, mixup, ema, scaler, updates)

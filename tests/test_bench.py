@@ -246,3 +246,22 @@ def test_a_killed_suite_resumes_without_retraining_finished_cells(tmp_path, kagg
     rows = query(str(tmp_path / "lb.sqlite"), kind="suite")
     assert len(rows) == 4 and rows["run_dir"].is_unique
     assert len(suite_rows(str(tmp_path / "lb.sqlite"), "tiny")) == 4
+
+
+def test_a_cell_with_a_minutes_budget_runs_and_records_the_epochs_it_trained(tmp_path, kaggle_root, env,
+                                                                             monkeypatch):
+    """budget: {minutes: M}: the cell trains the epochs that fit (kit init's timing) and its record and leaderboard
+    row name that recipe (its hash and epochs), not the entry's before the budget."""
+    import kit.init
+    monkeypatch.setattr(kit.init, "measure_speed", lambda size, batch=None, device=None, backbone=None:
+                        {"train": 200.0, "predict": 1000.0, "what": "fixed"})
+    path = write_suite(tmp_path, kaggle_root, seeds=[0], budget={"minutes": 1.02},
+                       entries={"full": {"model.backbone": "test_resnet", "model.weights": "none",
+                                         "model.strategy": "full", "model.channels_last": False,
+                                         "train.batch_size": 8, "tta.modes": ["none"]}})
+    suite = load_suite(path)
+    [rec] = run_suite(suite, log=lambda m: None)
+    epochs = rec["epochs"]
+    assert 1 <= epochs < 10 and [r["epochs"] for r in plan_suite(suite)] == [epochs]
+    [row] = query(str(tmp_path / "lb.sqlite"), kind="suite").to_dict("records")
+    assert row["recipe_hash"] == rec["recipe_hash"]

@@ -82,7 +82,9 @@ def test_a_bundle_readme_escapes_names():
     from types import SimpleNamespace as NS
     from kit.bundle import readme
     recipe = NS(name="<b>run</b>", model=NS(backbone="test_resnet"), submit=NS(format="label"))
-    ens = NS(metric="accuracy", blend=NS(method=None), recipe=recipe, classes=[HTML, "a|b"], left_out=[],
+    from kit.task import multiclass
+    ens = NS(metric="accuracy", blend=NS(method=None, rule=None), recipe=recipe, classes=[HTML, "a|b"], left_out=[],
+             task=multiclass([HTML, "a|b"]),
              configs=[NS(name=f"{HTML}-s0", members=[NS(recipe=recipe)], tta="none", weight=1.0, score=0.5)])
     text = readme(ens, {"versions": {"kit": "1", "torch": "2", "timm": "3"}, "source_run": "/runs/<x>",
                         "created": "today"}, "bundle")

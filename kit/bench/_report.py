@@ -15,6 +15,7 @@ import pandas as pd
 
 from kit.bench._stats import CONFIDENCE, Comparison, compare, ranks, t_interval
 from kit.errors import RecipeError
+from kit.leaderboard import markdown_text
 from kit.metrics import get_metric
 
 
@@ -144,22 +145,17 @@ def _provenance(r: SuiteReport) -> str:
             f"numerics {'; '.join(r.provenance['numerics'])}")
 
 
-def _md_cell(text) -> str:
-    """A Markdown table cell that shows `text`: HTML escaped, pipes escaped."""
-    return html.escape(str(text)).replace("|", "\\|")
-
-
 def render_markdown(r: SuiteReport) -> str:
     def table(head, rows):
-        return ["| " + " | ".join(map(_md_cell, head)) + " |", "|" + "---|" * len(head)] + \
-            ["| " + " | ".join(map(_md_cell, row)) + " |" for row in rows]
-    lines = [f"# Suite {_md_cell(r.name)}", "", _md_cell(_header(r)[0])]
+        return ["| " + " | ".join(map(markdown_text, head)) + " |", "|" + "---|" * len(head)] + \
+            ["| " + " | ".join(map(markdown_text, row)) + " |" for row in rows]
+    lines = [f"# Suite {markdown_text(r.name)}", "", markdown_text(_header(r)[0])]
     for d in r.datasets:
         head, rows = dataset_rows(r, d)
-        lines += ["", f"## {_md_cell(d)} (scored on {r.score_kind[d]})", "", *table(head, rows)]
+        lines += ["", f"## {markdown_text(d)} (scored on {r.score_kind[d]})", "", *table(head, rows)]
     head, rows = summary_rows(r)
     lines += ["", f"## Across {r.comparison.n_datasets} data sets", "", *table(head, rows), "",
-              _md_cell(r.comparison.why), "", _md_cell(_provenance(r))]
+              markdown_text(r.comparison.why), "", markdown_text(_provenance(r))]
     return "\n".join(lines) + "\n"
 
 

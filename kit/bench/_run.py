@@ -14,7 +14,8 @@ from pathlib import Path
 
 from kit.bench._suite import Cell, Suite
 from kit.errors import RunDirError
-from kit.rundir import read_json, write_json_atomic
+from kit.readers import read_json
+from kit.rundir import write_json_atomic
 
 CELL_FILE = "cell.json"  # in a cell's run directory once its scores are recorded: the cell is finished
 WAIT_S = 5.0  # how often a process whose remaining cells are all held by others looks again
@@ -24,10 +25,7 @@ def cell_done(cell: Cell) -> dict | None:
     f = cell.run_dir / CELL_FILE
     if not f.is_file():
         return None
-    try:
-        rec = read_json(f)
-    except (OSError, ValueError) as e:
-        raise RunDirError(f"cannot read {f} ({e}); remove it to run the cell again") from None
+    rec = read_json(f, fix="remove it to run the cell again")
     return rec if isinstance(rec, dict) else None
 
 
@@ -74,23 +72,23 @@ def _describe(rec: dict) -> str:
 def run_cell(suite: Suite, cell: Cell, *, executor: str = "local", address: str | None = None) -> dict:
     """One cell: kit run (resumed where a killed process left it), its scores, throughput and provenance written to
     <run_dir>/cell.json and recorded on the leaderboard (kind "suite")."""
-    from kit.run import run
+    from kit.run import finish, train
     t0 = time.time()
     recipe = cell.recipe
     if suite.spec.budget.minutes is not None:
         recipe = recipe.with_overrides({"train.epochs": budget_epochs(recipe, suite.spec.budget.minutes)},
                                        source=f"{suite.path} (budget.minutes)")
-    summary = run(recipe, log=lambda msg: None, executor=executor, address=address)
-    rec = cell_record(suite, cell, summary, time.time() - t0)
+    ctx, _ = train(recipe, log=lambda msg: None, executor=executor, address=address)
+    summary = finish(ctx, t0=t0)
+    rec = cell_record(suite, cell, summary, time.time() - t0, ctx)
+    record_cell(suite, cell, rec, ctx.recipe)  # recorded first: cell.json marks a cell finished, on the leaderboard
     write_json_atomic(cell.run_dir / CELL_FILE, rec)
-    record_cell(suite, cell, rec)
     return rec
 
 
-def cell_record(suite: Suite, cell: Cell, summary, wall_s: float) -> dict:
-    """What a finished cell measured, and what produced it."""
+def cell_record(suite: Suite, cell: Cell, summary, wall_s: float, ctx) -> dict:
+    """What a finished cell measured, and what produced it (`ctx`: the kit.context.RunContext the cell ran in)."""
     import pandas as pd
-    from kit.context import prepare_run
     from kit.leaderboard import environment
     from kit.record import environment_choices
     ds = suite.spec.datasets[cell.dataset]
@@ -101,7 +99,6 @@ def cell_record(suite: Suite, cell: Cell, summary, wall_s: float) -> dict:
         test, public = scored["private"], scored["public"]
     elif summary.test_scores:
         test, public = summary.test_scores["private"], summary.test_scores["public"]
-    ctx = prepare_run(cell.recipe, write=False)
     train_ips = []
     for m in ctx.plan.members:
         hist = cell.run_dir / "members" / m.name / "history.csv"
@@ -138,7 +135,7 @@ def machine() -> dict:
             torch.get_num_threads(), "gpu": gpu, "system": platform.platform()}
 
 
-def record_cell(suite: Suite, cell: Cell, rec: dict) -> None:
+def record_cell(suite: Suite, cell: Cell, rec: dict, recipe) -> None:
     from kit.leaderboard import Entry, record
     score = rec["test"] if rec["test"] is not None else rec["validation"]
     extra = {k: rec[k] for k in ("suite", "suite_hash", "dataset", "entry", "validation", "test", "test_public",
@@ -146,16 +143,17 @@ def record_cell(suite: Suite, cell: Cell, rec: dict) -> None:
                                  "machine")}
     record([Entry(kind="suite", name=f"{suite.name}:{cell.dataset}:{cell.entry}", metric=rec["metric"], score=score,
                   seed=cell.seed, recipe_name=cell.recipe.name, recipe_hash=rec["recipe_hash"],
-                  recipe=cell.recipe.to_dict(), backbone=rec["backbone"], strategy=rec["strategy"],
+                  recipe=recipe.to_dict(), backbone=rec["backbone"], strategy=rec["strategy"],
                   run_dir=str(cell.run_dir), wall_time_s=rec["wall_time_s"], versions=rec["versions"],
                   git_commit=rec["git_commit"], extra=extra)], url=suite.spec.leaderboard)
 
 
 # ---------------------------------------------------------------- planning a suite
 
-def budget_epochs(recipe, minutes: float) -> int:
-    """The most epochs (up to the default) whose run of this cell fits `minutes`, from kit init's timing."""
-    est = estimate(recipe)
+def budget_epochs(recipe, minutes: float, est: dict | None = None) -> int:
+    """The most epochs (up to the default) whose run of this cell fits `minutes`, from kit init's timing (`est`:
+    estimate(recipe), when it is at hand; it does not depend on the epochs)."""
+    est = est or estimate(recipe)
     spare = minutes * 60 - est["fixed_s"] - est["predict_s"]
     return max(1, min(recipe.train.epochs, int(spare // max(est["epoch_s"], 1e-9))))
 
@@ -185,15 +183,15 @@ def estimate(recipe) -> dict:
             "epochs": recipe.train.epochs}
 
 
-def plan_suite(suite: Suite, log=print) -> list[dict]:
+def plan_suite(suite: Suite) -> list[dict]:
     """Each cell with its state and estimated minutes; nothing trained."""
     rows = []
     for cell in suite.cells:
-        recipe = cell.recipe
-        if suite.spec.budget.minutes is not None:
-            recipe = recipe.with_overrides({"train.epochs": budget_epochs(recipe, suite.spec.budget.minutes)})
-        est = estimate(recipe)
-        minutes = (est["fixed_s"] + est["predict_s"] + est["epochs"] * est["epoch_s"]) / 60
+        est = estimate(cell.recipe)  # per epoch, prediction and start-up: the same whatever the epochs
+        epochs = budget_epochs(cell.recipe, suite.spec.budget.minutes, est) if suite.spec.budget.minutes is not None \
+            else est["epochs"]
+        est["epochs"] = epochs
+        minutes = (est["fixed_s"] + est["predict_s"] + epochs * est["epoch_s"]) / 60
         state = "finished" if cell_done(cell) else ("started" if (cell.run_dir / "plan.json").is_file() else "to run")
         rows.append({"cell": cell.key, "dataset": cell.dataset, "entry": cell.entry, "seed": cell.seed,
                      "epochs": est["epochs"], "members": est["members"], "minutes": minutes, "state": state})

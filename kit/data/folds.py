@@ -201,7 +201,7 @@ def _group_folds(y: np.ndarray, groups: np.ndarray, spec: DataSpec, classes) -> 
         for f, (_, val) in enumerate(sgkf.split(np.zeros(len(y)), strata, groups)):
             folds[val] = f
     if len(np.unique(folds)) < k:
-        folds = _balanced_group_folds(groups, k, spec.seed)
+        folds = _balanced_group_folds(groups, k)
     if spec.split == "kfold":
         return folds
     n_val = _holdout_size(len(y), spec)
@@ -210,19 +210,14 @@ def _group_folds(y: np.ndarray, groups: np.ndarray, spec: DataSpec, classes) -> 
     return np.where(folds == val, 0, ALWAYS_TRAIN).astype(np.int64)
 
 
-def _balanced_group_folds(groups: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Whole groups into k folds, largest first into the smallest fold (GroupKFold's rule), ties broken by a
-    seeded shuffle; with at least k groups no fold is empty."""
-    names, idx, sizes = np.unique(groups, return_inverse=True, return_counts=True)
-    order = np.random.default_rng(seed).permutation(len(names))
-    order = order[np.argsort(-sizes[order], kind="stable")]
-    load = np.zeros(k, dtype=np.int64)
-    fold_of = np.empty(len(names), dtype=np.int64)
-    for gi in order:
-        f = int(np.argmin(load))
-        fold_of[gi] = f
-        load[f] += sizes[gi]
-    return fold_of[idx]
+def _balanced_group_folds(groups: np.ndarray, k: int) -> np.ndarray:
+    """Whole groups into k folds of balanced sizes, scikit-learn's GroupKFold (largest group first into the
+    smallest fold; deterministic); with at least k groups no fold is empty."""
+    from sklearn.model_selection import GroupKFold
+    folds = np.empty(len(groups), dtype=np.int64)
+    for f, (_, val) in enumerate(GroupKFold(n_splits=k).split(np.zeros(len(groups)), groups=groups)):
+        folds[val] = f
+    return folds
 
 
 def _check_class_sizes(values, counts, need: int, spec: DataSpec, classes) -> None:

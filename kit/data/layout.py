@@ -184,12 +184,10 @@ def _one_suffix(m: Match, what: str, fix: str) -> str:
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
-    # as kit.data.sources and kit.submit read them: every cell a string ('007' stays '007'), 'NA' a class name;
-    # pandas drops a UTF-8 byte-order mark, so a column is 'id', not '\ufeffid'
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read {path} as CSV: {' '.join(str(e).split())}; save it as UTF-8 CSV") from None
+    """As kit.data.sources and kit.submit read them (kit.readers.read_csv): every cell a string ('007' stays '007'),
+    'NA' a class name; pandas drops a UTF-8 byte-order mark, so a column is 'id', not '\\ufeffid'."""
+    from kit.readers import read_csv
+    return read_csv(path, fix="save it as UTF-8 CSV")
 
 
 def _train_csv(root: Path) -> Optional[Path]:

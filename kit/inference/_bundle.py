@@ -11,6 +11,7 @@ from pathlib import Path
 
 from kit.errors import RunDirError, UnsafeFileError
 from kit.plan import PLAN_FILE
+from kit.readers import NUMBER as _NUMBER
 from kit.rundir import sha256_file
 
 BUNDLE_FORMAT = 1
@@ -36,7 +37,6 @@ def open_bundle(path):
     return folder, manifest, keep
 
 
-_NUMBER = (int, float)
 # what readers of bundle.json use, checked before anything reads a field
 MANIFEST_SCHEMA = {"format": int, "classes": [str], "versions": dict, "left_out?": [str],
                    "blend": {"method": (str, type(None)), "oof_score?": (int, float, type(None)),

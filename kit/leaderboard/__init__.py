@@ -121,8 +121,11 @@ def score_submission(submission_csv, solution_csv, metric: str, id_column: str |
                          f"{' and ' + repr(usage_column) if usage_column else ''}; found {label_columns}")
     _check_same_ids(solution[id_column], submission[id_column], sol_path, sub_path)
     submission = submission.set_index(id_column).loc[solution[id_column]]
-    if metric in VALUE_METRICS or metric in TAG_METRICS or (
-            metric in ("roc_auc", "log_loss") and submission.shape[1] == 1 and _numeric(solution[label_columns[0]])
+    truth = solution[label_columns[0]]
+    tags = metric in TAG_METRICS and submission.shape[1] == 1 and (  # f1_micro also scores one class a row
+        metric == "f2_samples" or truth.astype(str).str.contains(" ").any())
+    if metric in VALUE_METRICS or tags or (
+            metric in ("roc_auc", "log_loss") and submission.shape[1] == 1 and _numeric(truth)
             and _numeric(submission.iloc[:, 0])):
         y, probs = _value_targets(metric, submission, solution[label_columns[0]], sub_path)
     else:
@@ -169,7 +172,7 @@ def _check_same_ids(solution_ids, submission_ids, sol_path, sub_path):
 
 
 VALUE_METRICS = ("rmse", "mae", "qwk")  # one numeric column: grades or values
-TAG_METRICS = ("f2_samples", "f1_micro")  # one column of separated tags a row
+TAG_METRICS = ("f2_samples", "f1_micro")  # one column of space-separated tags a row
 
 
 def _numeric(values) -> bool:

@@ -134,7 +134,7 @@ def load_tensor_file(path, *, fix: str, legacy: bool = True):
     """torch.load(weights_only=True) of `path` on the CPU: tensors, numbers, strings and containers of them, and
     nothing that could run code. A file holding anything else, or a corrupt one, is refused without running any
     of it: UnsafeFileError naming the file, the reason, and `fix` (what the user can do about it). The file must
-    be a torch zip archive first (kit.rundir.check_tensor_file; with `legacy`, torch's format before 1.6 too)."""
+    be a torch zip archive first (kit.readers.check_tensor_file; with `legacy`, torch's format before 1.6 too)."""
     import pickle
     import warnings
     from kit.readers import check_tensor_file

@@ -8,6 +8,7 @@ Each check raises a RecipeError naming the recipe key, the file, the rule, the v
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import os
 from pathlib import Path
@@ -176,9 +177,9 @@ def _check_semantics(r, source: str) -> None:
         if not _is_file(r.model.weights):
             fail("model.weights", f"file {r.model.weights} does not exist; use auto, hub, offline, none or a weights "
                                   f"file")
-        from kit.readers import check_tensor_file
         try:
-            check_tensor_file(r.model.weights, fix="give a .pth/.pt file saved by torch.save or a .safetensors file")
+            st = os.stat(r.model.weights)
+            _tensor_file_checked(os.path.realpath(r.model.weights), st.st_size, st.st_mtime_ns)
         except KitError as e:
             fail("model.weights", str(e))
     from kit.rundir import check_output_dir
@@ -206,6 +207,14 @@ def _check_semantics(r, source: str) -> None:
         _check_search_param(r, key, p, source)
     for i, item in enumerate(r.augment.train):
         check_transform_name(i, item, source)
+
+
+@functools.lru_cache(maxsize=64)
+def _tensor_file_checked(real: str, size: int, mtime_ns: int) -> None:
+    """kit.readers.check_tensor_file once per file version: every recipe made from this one (members, seeds,
+    trials, backbones; each through recipe_from_dict) names the same weights file. A refusal is not cached."""
+    from kit.readers import check_tensor_file
+    check_tensor_file(real, fix="give a .pth/.pt file saved by torch.save or a .safetensors file")
 
 
 def _check_inside_root(data, key: str, fail) -> None:
