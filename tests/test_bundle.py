@@ -25,20 +25,14 @@ from kit.bundle import BUNDLE_FILE, WEIGHTS_FILE, export_bundle
 from kit.cli import main
 from kit.errors import RunDirError, UnsafeFileError
 from kit.predictions import load_predictions
-from test_inference import CLASSES, TOL, make_kaggle, quiet, tiny_recipe  # the same tiny run
+from test_inference import CLASSES, TOL, finished_run, quiet, tiny_recipe  # the same tiny run
 
 pytestmark = pytest.mark.filterwarnings("ignore:this run blends by rank")  # 6 test images: see test_inference
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    base = tmp_path_factory.mktemp("bundle")
-    root = make_kaggle(base / "kaggle")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(base)
-        mp.setenv("KIT_CACHE_DIR", str(base / "cache"))
-        recipe = tiny_recipe(base, root)
-        R.run(recipe, log=quiet)
+    with finished_run(tmp_path_factory, "bundle") as (base, recipe, root, _):
         run_dir = recipe.run_dir
         report = json.loads((run_dir / "ensemble" / "report.json").read_text())
         weights = report["methods"][report["chosen"]]["weights"]

@@ -14,8 +14,7 @@ from kit.bundle import export_bundle
 from kit.cli import main
 from kit.errors import UnsafeFileError
 from kit.rundir import member_dir, pred_path, sha256_file
-from kit.run import run
-from test_inference import make_kaggle, quiet, tiny_recipe
+from test_inference import finished_run, make_kaggle
 
 DEEP = "[" * 100_000 + "]" * 100_000  # RecursionError in json.loads
 
@@ -32,13 +31,7 @@ class _Touch:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    base = tmp_path_factory.mktemp("corrupt")
-    root = make_kaggle(base / "kaggle")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(base)
-        mp.setenv("KIT_CACHE_DIR", str(base / "cache"))
-        recipe = tiny_recipe(base, root)
-        run(recipe, log=quiet)
+    with finished_run(tmp_path_factory, "corrupt") as (base, recipe, root, _):
         yield recipe.run_dir, export_bundle(recipe.run_dir, base / "bundle"), root
 
 

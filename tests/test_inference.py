@@ -3,6 +3,8 @@ configuration at its TTA mode, the chosen blend and weights), so its own test im
 probabilities and its submission; budget options, inputs, bad images and paths escaping --image-dir."""
 from __future__ import annotations
 
+import contextlib
+
 import json
 import re
 import shutil
@@ -67,15 +69,22 @@ def quiet(msg):
     pass
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    base = tmp_path_factory.mktemp("inference")
+@contextlib.contextmanager
+def finished_run(tmp_path_factory, name: str):
+    """The tiny Kaggle folder trained by kit run in a folder of its own (the current directory and kit's cache
+    while the caller's module uses it): yields (base folder, recipe, data root, run Summary)."""
+    base = tmp_path_factory.mktemp(name)
     root = make_kaggle(base / "kaggle")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(base)
         mp.setenv("KIT_CACHE_DIR", str(base / "cache"))
         recipe = tiny_recipe(base, root)
-        summary = R.run(recipe, log=quiet)
+        yield base, recipe, root, R.run(recipe, log=quiet)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    with finished_run(tmp_path_factory, "inference") as (base, recipe, root, summary):
         run_dir = recipe.run_dir
         report = json.loads((run_dir / "ensemble" / "report.json").read_text())
         yield SimpleNamespace(base=base, root=root, test=root / "test", sample=root / "sample_submission.csv",

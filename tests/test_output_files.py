@@ -11,19 +11,12 @@ import pytest
 
 from kit.cli import main
 from kit.leaderboard import query
-from kit.run import run
-from test_inference import make_kaggle, quiet, tiny_recipe
+from test_inference import finished_run, make_kaggle, tiny_recipe
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    base = tmp_path_factory.mktemp("outputs")
-    root = make_kaggle(base / "kaggle")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(base)
-        mp.setenv("KIT_CACHE_DIR", str(base / "cache"))
-        recipe = tiny_recipe(base, root)
-        run(recipe, log=quiet)
+    with finished_run(tmp_path_factory, "outputs") as (base, recipe, root, _):
         yield recipe.run_dir, base / "lb.sqlite"
 
 
